@@ -1,0 +1,191 @@
+"""sqret's ops: the only layer that chooses a backend. Everything above calls these functions.
+
+Shapes: ``x`` [B, D] with D = M * d, ``codebooks`` [M, K, d], ``codes`` [N, M] (uint8 for K <= 256, else
+int16/int32; packed 4-bit [N, ceil(M/2)] uint8 when ``packed=True``), ``lut`` [Q, M, K].
+Metrics: ``"l2"`` (squared Euclidean, smaller is closer), ``"ip"`` (inner product, larger is closer),
+``"cos"`` (cosine of normalized sub-vectors and codewords, larger is closer); ``build_lut`` also takes
+``"l2_sqrt"``: per sub-space Euclidean distance, whose sum is the SPQ/HQC ranking score.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import checks, library, reference
+from .checks import LUT_METRICS, METRICS, code_dtype
+from .reference import pack4, unpack4
+from .registry import BackendInfo, backends, get_backend, register, select, set_backend, use_backend
+
+register(
+    "reference",
+    ("*",),
+    {
+        name: getattr(reference, name)
+        for name in (
+            "soft_quantize",
+            "soft_quantize_backward",
+            "assign_probs",
+            "assign_probs_backward",
+            "encode",
+            "decode",
+            "decode_backward",
+            "build_lut",
+            "adc_topk",
+        )
+    },
+    priority=0,
+)
+
+__all__ = [
+    "BackendInfo",
+    "LUT_METRICS",
+    "METRICS",
+    "adc_topk",
+    "assign_probs",
+    "backends",
+    "build_lut",
+    "code_dtype",
+    "decode",
+    "encode",
+    "get_backend",
+    "largest_for",
+    "pack4",
+    "select",
+    "set_backend",
+    "soft_quantize",
+    "unpack4",
+    "use_backend",
+]
+
+
+def largest_for(metric: str) -> bool:
+    """Whether larger scores are closer for ``metric`` (ip, cos) or smaller (l2, l2_sqrt)."""
+    return checks.metric(metric, LUT_METRICS) in ("ip", "cos")
+
+
+def soft_quantize(
+    x: Tensor, codebooks: Tensor, tau: float = 1.0, metric: str = "l2", *, check_finite: bool = False
+) -> Tensor:
+    """Soft product quantization z [B, D] of x [B, D]: per sub-space softmax(s(x_m, c) / tau) @ C_m.
+
+    Differentiable w.r.t. ``x`` and ``codebooks``; the backward recomputes the probabilities, so only
+    x and codebooks are saved. For ``"cos"`` the codewords are L2-normalized before use.
+    """
+    library.check_soft(x, codebooks, tau, metric)
+    if check_finite:
+        checks.finite(x, "x"), checks.finite(codebooks, "codebooks")
+    return torch.ops.sqret.soft_quantize(x, codebooks, tau, metric)
+
+
+def assign_probs(
+    x: Tensor, codebooks: Tensor, tau: float = 1.0, metric: str = "l2", *, check_finite: bool = False
+) -> Tensor:
+    """Soft assignment probabilities p [B, M, K] = softmax(s(x_m, c_mk) / tau). Differentiable."""
+    library.check_soft(x, codebooks, tau, metric)
+    if check_finite:
+        checks.finite(x, "x"), checks.finite(codebooks, "codebooks")
+    return torch.ops.sqret.assign_probs(x, codebooks, tau, metric)
+
+
+def encode(x: Tensor, codebooks: Tensor, metric: str = "l2", *, check_finite: bool = False) -> Tensor:
+    """Hard assignment codes [B, M] (dtype :func:`code_dtype` (K)); ties go to the smaller index."""
+    library.check_encode(x, codebooks, metric)
+    if check_finite:
+        checks.finite(x, "x"), checks.finite(codebooks, "codebooks")
+    return torch.ops.sqret.encode(x, codebooks, metric)
+
+
+def decode(codes: Tensor, codebooks: Tensor, *, packed: bool = False) -> Tensor:
+    """Reconstruction [N, D] of codes [N, M] (or packed 4-bit). Differentiable w.r.t. codebooks."""
+    library.check_decode(codes, codebooks, packed)
+    return torch.ops.sqret.decode(codes, codebooks, packed)
+
+
+def build_lut(
+    queries: Tensor,
+    codebooks: Tensor,
+    metric: str = "l2",
+    *,
+    dtype: torch.dtype | None = None,
+    check_finite: bool = False,
+) -> Tensor:
+    """Distance tables lut [Q, M, K] for asymmetric distance computation (float32 unless ``dtype``)."""
+    library.check_lut(queries, codebooks, metric)
+    if check_finite:
+        checks.finite(queries, "queries"), checks.finite(codebooks, "codebooks")
+    return torch.ops.sqret.build_lut(queries, codebooks, metric, dtype)
+
+
+CodesLike = Tensor | np.ndarray
+
+
+def _as_tensor(a: CodesLike, name: str, device: torch.device) -> Tensor:
+    if isinstance(a, np.ndarray):
+        with warnings.catch_warnings():  # read-only memmaps: we never write to them
+            warnings.simplefilter("ignore", UserWarning)
+            a = torch.as_tensor(a)
+    if not isinstance(a, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(a).__name__}")
+    return a.to(device, non_blocking=True)
+
+
+def adc_topk(
+    lut: Tensor,
+    codes: CodesLike | Sequence[CodesLike] | Iterable[CodesLike],
+    k: int,
+    *,
+    largest: bool = False,
+    packed: bool = False,
+    ids: CodesLike | None = None,
+    check_finite: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Best k database entries per query by ADC: score(q, n) = sum_m lut[q, m, codes[n, m]].
+
+    ``codes`` is one tensor / array [N, M], or a sequence (or iterable) of chunks, e.g. slices of a
+    ``numpy.memmap``, streamed through the device with a running top-k. Returns ``(values [Q, k],
+    ids [Q, k] int64)`` sorted best first (ascending unless ``largest``), ties by smaller position;
+    places beyond N hold id -1 and value +inf (-inf when ``largest``). ``ids`` (int64 [N]) maps
+    positions to labels.
+    """
+    _, M, K = checks.lut(lut)
+    k = checks.topk_k(k)
+    if check_finite:
+        checks.finite(lut, "lut")
+    if isinstance(codes, (Tensor, np.ndarray)):
+        v, pos = torch.ops.sqret.adc_topk(lut, _as_tensor(codes, "codes", lut.device), k, largest, packed)
+        total = codes.shape[0]
+    else:
+        v, pos, total = _stream_topk(lut, codes, k, largest, packed)
+    if ids is None:
+        return v, pos
+    labels = _as_tensor(ids, "ids", lut.device)
+    if labels.dtype != torch.int64 or labels.dim() != 1 or labels.shape[0] != total:
+        raise ValueError(
+            f"ids must be int64 [N = {total}], got {str(labels.dtype).replace('torch.', '')} {tuple(labels.shape)}"
+        )
+    mapped = labels[pos.clamp_min(0)] if total else torch.full_like(pos, -1)
+    return v, torch.where(pos >= 0, mapped, torch.full_like(mapped, -1))
+
+
+def _stream_topk(lut, chunks, k, largest, packed):
+    Q = lut.shape[0]
+    vd = reference.topk_dtype(lut)
+    best_v = torch.empty((Q, 0), dtype=vd, device=lut.device)
+    best_i = torch.empty((Q, 0), dtype=torch.int64, device=lut.device)
+    offset = 0
+    for j, chunk in enumerate(chunks):
+        c = _as_tensor(chunk, f"codes chunk {j}", lut.device)
+        n = c.shape[0] if c.dim() else 0
+        if n:
+            v, i = torch.ops.sqret.adc_topk(lut, c, min(k, n), largest, packed)
+            best_v, best_i = reference.merge_topk(best_v, best_i, v, i + offset, k, largest)
+        else:  # still validate an empty chunk's structure
+            library.check_adc(lut, c, k, packed)
+        offset += n
+    v, i = reference.pad_topk(best_v, best_i, k, largest)
+    return v, i, offset

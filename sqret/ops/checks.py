@@ -1,0 +1,121 @@
+"""Argument validation shared by the ops (structural checks run in fake kernels too)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+METRICS = ("l2", "ip", "cos")
+LUT_METRICS = METRICS + ("l2_sqrt",)  # l2_sqrt: SPQ/HQC score, the sum of non-squared sub-distances
+FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+CODE_DTYPES = (torch.uint8, torch.int16, torch.int32, torch.int64)
+
+
+def code_dtype(K: int) -> torch.dtype:
+    """The smallest codes dtype that holds K codewords: uint8 up to 256, then int16, then int32."""
+    if K <= 256:
+        return torch.uint8
+    return torch.int16 if K <= 32768 else torch.int32
+
+
+def tensor(t: object, name: str, ndim: int, dtypes: tuple[torch.dtype, ...]) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+    if t.dtype not in dtypes:
+        allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must have dtype in ({allowed}), got {str(t.dtype).replace('torch.', '')}")
+    return t
+
+
+def same_device(*named: tuple[str, torch.Tensor]) -> None:
+    devices = {t.device for _, t in named}
+    if len(devices) > 1:
+        desc = ", ".join(f"{n} on {t.device}" for n, t in named)
+        raise ValueError(f"tensors must be on one device: {desc}")
+
+
+def metric(m: object, allowed: tuple[str, ...] = METRICS) -> str:
+    if m not in allowed:
+        raise ValueError(f"metric must be one of {allowed}, got {m!r}")
+    return m  # type: ignore[return-value]
+
+
+def codebooks(c: object) -> tuple[int, int, int]:
+    tensor(c, "codebooks", 3, FLOATS)
+    M, K, d = c.shape  # type: ignore[union-attr]
+    if M < 1 or K < 1 or d < 1:
+        raise ValueError(f"codebooks must be [M, K, d] with M, K, d >= 1, got {tuple(c.shape)}")  # type: ignore[union-attr]
+    return M, K, d
+
+
+def features(x: object, cb: torch.Tensor, name: str = "x") -> None:
+    """x [B, D] against codebooks [M, K, d]: D must equal M * d."""
+    M, K, d = codebooks(cb)
+    tensor(x, name, 2, FLOATS)
+    if x.shape[1] != M * d:  # type: ignore[union-attr]
+        raise ValueError(
+            f"{name} has D = {x.shape[1]} features, but codebooks of shape [M={M}, K={K}, d={d}] "  # type: ignore[union-attr]
+            f"need D = M * d = {M * d}"
+        )
+    same_device((name, x), ("codebooks", cb))  # type: ignore[arg-type]
+
+
+def temperature(tau: object) -> float:
+    if not isinstance(tau, (int, float)) or isinstance(tau, bool) or not math.isfinite(tau) or tau <= 0:
+        raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
+    return float(tau)
+
+
+def packed_width(M: int) -> int:
+    return (M + 1) // 2
+
+
+def codes(c: object, M: int, K: int, packed: bool, name: str = "codes") -> None:
+    """Structure of codes [N, M] (or packed 4-bit [N, ceil(M/2)] uint8) for M sub-spaces of K codewords."""
+    tensor(c, name, 2, CODE_DTYPES)
+    if packed:
+        if c.dtype != torch.uint8:  # type: ignore[union-attr]
+            raise TypeError(f"packed 4-bit {name} must be uint8, got {c.dtype}")  # type: ignore[union-attr]
+        if K != 16:
+            raise ValueError(f"packed 4-bit {name} need K = 16 codewords, got K = {K}")
+        if c.shape[1] != packed_width(M):  # type: ignore[union-attr]
+            raise ValueError(
+                f"packed 4-bit {name} for M = {M} must be [N, {packed_width(M)}], got {tuple(c.shape)}"  # type: ignore[union-attr]
+            )
+    elif c.shape[1] != M:  # type: ignore[union-attr]
+        raise ValueError(f"{name} must be [N, M = {M}], got {tuple(c.shape)}")  # type: ignore[union-attr]
+
+
+def code_range(c: torch.Tensor, K: int, packed: bool, name: str = "codes") -> None:
+    """Data check: every code in [0, K). Free for uint8 codes with K = 256 and packed codes."""
+    if packed or c.numel() == 0:
+        return
+    if c.dtype == torch.uint8 and K >= 256:
+        return
+    lo, hi = int(c.min()), int(c.max())
+    if lo < 0 or hi >= K:
+        raise ValueError(f"{name} must lie in [0, K = {K}), found values in [{lo}, {hi}]")
+
+
+def finite(t: torch.Tensor, name: str) -> None:
+    """Data check: no NaN or inf in t."""
+    if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+
+
+def lut(t: object) -> tuple[int, int, int]:
+    tensor(t, "lut", 3, FLOATS)
+    return tuple(t.shape)  # type: ignore[union-attr,return-value]
+
+
+def topk_k(k: object) -> int:
+    if isinstance(k, torch.SymInt):  # traced by torch.compile: checked when it is concrete
+        return k  # type: ignore[return-value]
+    if not isinstance(k, int) or isinstance(k, bool):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return k

@@ -1,0 +1,217 @@
+"""The ``sqret::*`` custom ops: schema, structural checks, fake kernels, autograd, backend dispatch.
+
+Each op's real kernel validates its arguments, then runs the implementation that
+:func:`sqret.ops.registry.select` picks for the tensor's device. Fake kernels run the same structural
+checks, so ``torch.compile`` reports a bad shape at trace time.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import checks, registry
+
+
+def _run(op: str, device: torch.device, *args):
+    return registry.select(op, device.type)[1](*args)
+
+
+def check_soft(x, codebooks, tau, metric) -> None:
+    checks.features(x, codebooks)
+    checks.temperature(tau)
+    checks.metric(metric)
+
+
+# ---------------------------------------------------------------- soft_quantize
+
+
+@torch.library.custom_op("sqret::soft_quantize", mutates_args=())
+def soft_quantize(x: Tensor, codebooks: Tensor, tau: float, metric: str) -> Tensor:
+    check_soft(x, codebooks, tau, metric)
+    return _run("soft_quantize", x.device, x, codebooks, tau, metric)
+
+
+@soft_quantize.register_fake
+def _(x, codebooks, tau, metric):
+    check_soft(x, codebooks, tau, metric)
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("sqret::soft_quantize_backward", mutates_args=())
+def soft_quantize_backward(
+    grad: Tensor, x: Tensor, codebooks: Tensor, tau: float, metric: str
+) -> tuple[Tensor, Tensor]:
+    check_soft(x, codebooks, tau, metric)
+    return _run("soft_quantize_backward", x.device, grad.contiguous(), x, codebooks, tau, metric)
+
+
+@soft_quantize_backward.register_fake
+def _(grad, x, codebooks, tau, metric):
+    return x.new_empty(x.shape), codebooks.new_empty(codebooks.shape)
+
+
+def _save_x_codebooks(ctx, inputs, output):
+    x, codebooks, tau, metric = inputs
+    ctx.save_for_backward(x, codebooks)
+    ctx.tau, ctx.metric = tau, metric
+
+
+def _soft_quantize_grad(ctx, grad):
+    x, codebooks = ctx.saved_tensors
+    gx, gc = torch.ops.sqret.soft_quantize_backward(grad, x, codebooks, ctx.tau, ctx.metric)
+    return gx, gc, None, None
+
+
+soft_quantize.register_autograd(_soft_quantize_grad, setup_context=_save_x_codebooks)
+
+# ---------------------------------------------------------------- assign_probs
+
+
+@torch.library.custom_op("sqret::assign_probs", mutates_args=())
+def assign_probs(x: Tensor, codebooks: Tensor, tau: float, metric: str) -> Tensor:
+    check_soft(x, codebooks, tau, metric)
+    return _run("assign_probs", x.device, x, codebooks, tau, metric)
+
+
+@assign_probs.register_fake
+def _(x, codebooks, tau, metric):
+    check_soft(x, codebooks, tau, metric)
+    return x.new_empty((x.shape[0], codebooks.shape[0], codebooks.shape[1]))
+
+
+@torch.library.custom_op("sqret::assign_probs_backward", mutates_args=())
+def assign_probs_backward(
+    grad: Tensor, x: Tensor, codebooks: Tensor, tau: float, metric: str
+) -> tuple[Tensor, Tensor]:
+    check_soft(x, codebooks, tau, metric)
+    return _run("assign_probs_backward", x.device, grad.contiguous(), x, codebooks, tau, metric)
+
+
+@assign_probs_backward.register_fake
+def _(grad, x, codebooks, tau, metric):
+    return x.new_empty(x.shape), codebooks.new_empty(codebooks.shape)
+
+
+def _assign_probs_grad(ctx, grad):
+    x, codebooks = ctx.saved_tensors
+    gx, gc = torch.ops.sqret.assign_probs_backward(grad, x, codebooks, ctx.tau, ctx.metric)
+    return gx, gc, None, None
+
+
+assign_probs.register_autograd(_assign_probs_grad, setup_context=_save_x_codebooks)
+
+# ---------------------------------------------------------------- encode
+
+
+def check_encode(x, codebooks, metric) -> None:
+    checks.features(x, codebooks)
+    checks.metric(metric)
+
+
+@torch.library.custom_op("sqret::encode", mutates_args=())
+def encode(x: Tensor, codebooks: Tensor, metric: str) -> Tensor:
+    check_encode(x, codebooks, metric)
+    return _run("encode", x.device, x, codebooks, metric)
+
+
+@encode.register_fake
+def _(x, codebooks, metric):
+    check_encode(x, codebooks, metric)
+    M, K, _ = codebooks.shape
+    return x.new_empty((x.shape[0], M), dtype=checks.code_dtype(K))
+
+
+# ---------------------------------------------------------------- decode
+
+
+def check_decode(codes, codebooks, packed) -> None:
+    M, K, _ = checks.codebooks(codebooks)
+    checks.codes(codes, M, K, packed)
+    checks.same_device(("codes", codes), ("codebooks", codebooks))
+
+
+@torch.library.custom_op("sqret::decode", mutates_args=())
+def decode(codes: Tensor, codebooks: Tensor, packed: bool = False) -> Tensor:
+    check_decode(codes, codebooks, packed)
+    checks.code_range(codes, codebooks.shape[1], packed)
+    return _run("decode", codebooks.device, codes, codebooks, packed)
+
+
+@decode.register_fake
+def _(codes, codebooks, packed=False):
+    check_decode(codes, codebooks, packed)
+    M, _, d = codebooks.shape
+    return codebooks.new_empty((codes.shape[0], M * d))
+
+
+@torch.library.custom_op("sqret::decode_backward", mutates_args=())
+def decode_backward(grad: Tensor, codes: Tensor, codebooks: Tensor, packed: bool) -> Tensor:
+    return _run("decode_backward", codebooks.device, grad.contiguous(), codes, codebooks, packed)
+
+
+@decode_backward.register_fake
+def _(grad, codes, codebooks, packed):
+    return grad.new_empty(codebooks.shape)
+
+
+def _decode_setup(ctx, inputs, output):
+    codes, codebooks, packed = inputs
+    ctx.save_for_backward(codes, codebooks)
+    ctx.packed = packed
+
+
+def _decode_grad(ctx, grad):
+    codes, codebooks = ctx.saved_tensors
+    return None, torch.ops.sqret.decode_backward(grad, codes, codebooks, ctx.packed), None
+
+
+decode.register_autograd(_decode_grad, setup_context=_decode_setup)
+
+# ---------------------------------------------------------------- build_lut
+
+
+def check_lut(q, codebooks, metric) -> None:
+    checks.features(q, codebooks, "queries")
+    checks.metric(metric, checks.LUT_METRICS)
+
+
+@torch.library.custom_op("sqret::build_lut", mutates_args=())
+def build_lut(q: Tensor, codebooks: Tensor, metric: str, dtype: torch.dtype | None = None) -> Tensor:
+    check_lut(q, codebooks, metric)
+    return _run("build_lut", q.device, q, codebooks, metric, dtype)
+
+
+@build_lut.register_fake
+def _(q, codebooks, metric, dtype=None):
+    check_lut(q, codebooks, metric)
+    M, K, _ = codebooks.shape
+    cd = torch.float64 if torch.float64 in (q.dtype, codebooks.dtype) else torch.float32
+    return q.new_empty((q.shape[0], M, K), dtype=dtype or cd)
+
+
+# ---------------------------------------------------------------- adc_topk
+
+
+def check_adc(lut, codes, k, packed) -> None:
+    _, M, K = checks.lut(lut)
+    checks.codes(codes, M, K, packed)
+    checks.topk_k(k)
+    checks.same_device(("lut", lut), ("codes", codes))
+
+
+@torch.library.custom_op("sqret::adc_topk", mutates_args=())
+def adc_topk(lut: Tensor, codes: Tensor, k: int, largest: bool = False, packed: bool = False) -> tuple[Tensor, Tensor]:
+    check_adc(lut, codes, k, packed)
+    if bool(torch.isnan(lut).any()):
+        raise ValueError("lut contains NaN")
+    checks.code_range(codes, lut.shape[2], packed)
+    return _run("adc_topk", lut.device, lut, codes, k, largest, packed)
+
+
+@adc_topk.register_fake
+def _(lut, codes, k, largest=False, packed=False):
+    check_adc(lut, codes, k, packed)
+    vd = torch.float64 if lut.dtype == torch.float64 else torch.float32
+    Q = lut.shape[0]
+    return lut.new_empty((Q, k), dtype=vd), lut.new_empty((Q, k), dtype=torch.int64)

@@ -1,0 +1,271 @@
+"""Reference backend: plain PyTorch on any device, the CPU fallback and the ground truth of every test.
+
+Memory is bounded: every op works in chunks of rows so that no temporary holds more than about
+``CHUNK_ELEMENTS`` elements; ``[B, M, K]`` scores and ``[Q, N]`` distances are never materialised whole
+(``assign_probs`` returns ``[B, M, K]`` by definition). Backward passes recompute the forward per chunk
+(flash-attention style): only the inputs are saved.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .checks import code_dtype
+
+CHUNK_ELEMENTS = 1 << 22  # elements per temporary; tests lower it to exercise chunking
+
+
+def _compute_dtype(*ts: torch.Tensor) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
+
+
+def _row_chunks(n: int, per_row: int) -> list[tuple[int, int]]:
+    step = max(1, CHUNK_ELEMENTS // max(per_row, 1))
+    return [(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def _split(x: torch.Tensor, M: int) -> torch.Tensor:
+    """[n, M*d] -> [M, n, d]."""
+    return x.reshape(x.shape[0], M, -1).transpose(0, 1)
+
+
+def _merge(zs: torch.Tensor) -> torch.Tensor:
+    """[M, n, d] -> [n, M*d]."""
+    return zs.transpose(0, 1).reshape(zs.shape[1], -1)
+
+
+def _codewords(codebooks: torch.Tensor, metric: str) -> torch.Tensor:
+    return F.normalize(codebooks, dim=-1) if metric == "cos" else codebooks
+
+
+def _scores(xs: torch.Tensor, C: torch.Tensor, metric: str) -> torch.Tensor:
+    """Similarity, larger is closer: xs [M, n, d], C [M, K, d] (normalized for cos) -> [M, n, K]."""
+    if metric == "cos":
+        xs = F.normalize(xs, dim=-1)
+    dot = torch.bmm(xs, C.transpose(1, 2))
+    if metric != "l2":
+        return dot
+    sq = (xs * xs).sum(-1, keepdim=True) - 2 * dot + (C * C).sum(-1).unsqueeze(1)
+    return -sq.clamp_min(0)
+
+
+def _soft_chunk(x: torch.Tensor, codebooks: torch.Tensor, tau: float, metric: str) -> torch.Tensor:
+    C = _codewords(codebooks, metric)
+    p = torch.softmax(_scores(_split(x, C.shape[0]), C, metric) / tau, dim=-1)
+    return _merge(torch.bmm(p, C))
+
+
+def _probs_chunk(x: torch.Tensor, codebooks: torch.Tensor, tau: float, metric: str) -> torch.Tensor:
+    C = _codewords(codebooks, metric)
+    return torch.softmax(_scores(_split(x, C.shape[0]), C, metric) / tau, dim=-1).transpose(0, 1)
+
+
+def soft_quantize(x: torch.Tensor, codebooks: torch.Tensor, tau: float, metric: str) -> torch.Tensor:
+    """z [B, D]: per sub-space softmax(s(x_m, c) / tau) @ C_m."""
+    M, K, _ = codebooks.shape
+    cd = _compute_dtype(x, codebooks)
+    cb = codebooks.to(cd)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    for b0, b1 in _row_chunks(x.shape[0], M * K):
+        out[b0:b1] = _soft_chunk(x[b0:b1].to(cd), cb, tau, metric)
+    return out
+
+
+def assign_probs(x: torch.Tensor, codebooks: torch.Tensor, tau: float, metric: str) -> torch.Tensor:
+    """p [B, M, K]: per sub-space softmax(s(x_m, c) / tau)."""
+    M, K, _ = codebooks.shape
+    cd = _compute_dtype(x, codebooks)
+    cb = codebooks.to(cd)
+    out = torch.empty((x.shape[0], M, K), dtype=x.dtype, device=x.device)
+    for b0, b1 in _row_chunks(x.shape[0], M * K):
+        out[b0:b1] = _probs_chunk(x[b0:b1].to(cd), cb, tau, metric)
+    return out
+
+
+def _normalize_backward(v: torch.Tensor, g: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Gradient w.r.t. v of F.normalize(v, dim=-1) given the gradient g of its output."""
+    n = v.norm(dim=-1, keepdim=True)
+    u = v / n.clamp_min(eps)
+    return torch.where(n > eps, (g - u * (u * g).sum(-1, keepdim=True)) / n.clamp_min(eps), g / eps)
+
+
+def _backward_chunk(g, xs, C, tau: float, metric: str, wrt_probs: bool):
+    """Gradients for one chunk, recomputing the probabilities.
+
+    xs [M, n, d] and raw codebooks C [M, K, d]; g is [M, n, d] (grad of z) or [M, n, K] (grad of p).
+    Returns dx [M, n, d] and the codebook gradient [M, K, d] w.r.t. the codewords used (normalized for
+    cos: the caller applies the normalization's backward once, after summing the chunks).
+    """
+    Cw = _codewords(C, metric)
+    P = torch.softmax(_scores(xs, Cw, metric) / tau, dim=-1)
+    if wrt_probs:
+        A, dC = g, torch.zeros_like(Cw)
+    else:
+        A, dC = torch.bmm(g, Cw.transpose(1, 2)), torch.bmm(P.transpose(1, 2), g)
+    dS = P * (A - (P * A).sum(-1, keepdim=True)) / tau  # softmax backward
+    if metric == "l2":  # s = -||x - c||^2
+        rows = dS.sum(-1, keepdim=True)
+        dx = 2 * (torch.bmm(dS, C) - xs * rows)
+        dC = dC + 2 * (torch.bmm(dS.transpose(1, 2), xs) - C * dS.sum(1).unsqueeze(-1))
+        return dx, dC
+    xw = F.normalize(xs, dim=-1) if metric == "cos" else xs
+    dxw = torch.bmm(dS, Cw)
+    dC = dC + torch.bmm(dS.transpose(1, 2), xw)
+    return (_normalize_backward(xs, dxw) if metric == "cos" else dxw), dC
+
+
+def _backward(grad, x, codebooks, tau: float, metric: str, wrt_probs: bool):
+    M, K, _ = codebooks.shape
+    cd = _compute_dtype(x, codebooks)
+    C = codebooks.to(cd)
+    gx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    gc = torch.zeros(codebooks.shape, dtype=cd, device=codebooks.device)
+    for b0, b1 in _row_chunks(x.shape[0], M * K):
+        xs = _split(x[b0:b1].to(cd), M)
+        g = grad[b0:b1].to(cd)
+        g = g.transpose(0, 1) if wrt_probs else _split(g, M)
+        dx, dC = _backward_chunk(g, xs, C, tau, metric, wrt_probs)
+        gx[b0:b1] = _merge(dx)
+        gc += dC
+    if metric == "cos":
+        gc = _normalize_backward(C, gc)
+    return gx, gc.to(codebooks.dtype)
+
+
+def soft_quantize_backward(grad, x, codebooks, tau: float, metric: str):
+    """(grad_x [B, D], grad_codebooks [M, K, d]) of soft_quantize for grad [B, D]."""
+    return _backward(grad, x, codebooks, tau, metric, wrt_probs=False)
+
+
+def assign_probs_backward(grad, x, codebooks, tau: float, metric: str):
+    """(grad_x [B, D], grad_codebooks [M, K, d]) of assign_probs for grad [B, M, K]."""
+    return _backward(grad, x, codebooks, tau, metric, wrt_probs=True)
+
+
+def encode(x: torch.Tensor, codebooks: torch.Tensor, metric: str) -> torch.Tensor:
+    """codes [B, M]: nearest codeword per sub-space (smallest index on ties)."""
+    M, K, _ = codebooks.shape
+    cd = _compute_dtype(x, codebooks)
+    C = _codewords(codebooks.to(cd), metric)
+    out = torch.empty((x.shape[0], M), dtype=code_dtype(K), device=x.device)
+    for b0, b1 in _row_chunks(x.shape[0], M * K):
+        s = _scores(_split(x[b0:b1].to(cd), M), C, metric)
+        out[b0:b1] = s.argmax(dim=-1).transpose(0, 1).to(out.dtype)
+    return out
+
+
+def unpack4(codes: torch.Tensor, M: int) -> torch.Tensor:
+    """Packed 4-bit codes [N, ceil(M/2)] uint8 -> [N, M] uint8 (sub-space 2j low nibble, 2j+1 high)."""
+    both = torch.stack((codes & 15, codes >> 4), dim=-1)
+    return both.reshape(codes.shape[0], -1)[:, :M]
+
+
+def pack4(codes: torch.Tensor) -> torch.Tensor:
+    """Codes [N, M] in [0, 16) -> packed [N, ceil(M/2)] uint8; odd M leaves the last high nibble 0."""
+    c = codes.to(torch.uint8)
+    if c.shape[1] % 2:
+        c = torch.cat([c, c.new_zeros(c.shape[0], 1)], dim=1)
+    return c[:, 0::2] | (c[:, 1::2] << 4)
+
+
+def decode(codes: torch.Tensor, codebooks: torch.Tensor, packed: bool) -> torch.Tensor:
+    """[N, M*d]: the codewords that codes select."""
+    M, K, d = codebooks.shape
+    out = torch.empty((codes.shape[0], M * d), dtype=codebooks.dtype, device=codebooks.device)
+    sub = torch.arange(M, device=codebooks.device)
+    for n0, n1 in _row_chunks(codes.shape[0], M * d):
+        c = unpack4(codes[n0:n1], M) if packed else codes[n0:n1]
+        out[n0:n1] = codebooks[sub, c.long()].reshape(n1 - n0, M * d)
+    return out
+
+
+def decode_backward(grad: torch.Tensor, codes: torch.Tensor, codebooks: torch.Tensor, packed: bool):
+    """grad_codebooks [M, K, d] of decode: grad [N, D] scattered back onto the selected codewords."""
+    M, K, d = codebooks.shape
+    gc = torch.zeros(codebooks.shape, dtype=grad.dtype, device=grad.device)
+    sub = torch.arange(M, device=grad.device).expand(1, M)
+    for n0, n1 in _row_chunks(codes.shape[0], M * d):
+        c = unpack4(codes[n0:n1], M) if packed else codes[n0:n1]
+        gc.index_put_((sub, c.long()), grad[n0:n1].reshape(n1 - n0, M, d), accumulate=True)
+    return gc
+
+
+def build_lut(q: torch.Tensor, codebooks: torch.Tensor, metric: str, dtype: torch.dtype | None) -> torch.Tensor:
+    """lut [Q, M, K]: l2 squared distance, l2_sqrt distance, ip dot, cos cosine per sub-space."""
+    M, K, _ = codebooks.shape
+    cd = _compute_dtype(q, codebooks)
+    base = "l2" if metric == "l2_sqrt" else metric
+    C = _codewords(codebooks.to(cd), base)
+    out_dtype = dtype or cd
+    out = torch.empty((q.shape[0], M, K), dtype=out_dtype, device=q.device)
+    for q0, q1 in _row_chunks(q.shape[0], M * K):
+        s = _scores(_split(q[q0:q1].to(cd), M), C, base).transpose(0, 1)
+        if base == "l2":
+            s = -s
+            if metric == "l2_sqrt":
+                s = s.sqrt()
+        out[q0:q1] = s.to(out_dtype)
+    return out
+
+
+def _topk_first(dist: torch.Tensor, k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best k of each row of dist [Q, n], sorted best first, ties by smaller position. Deterministic."""
+    Q = dist.shape[0]
+    v = torch.topk(dist, k, dim=1, largest=largest, sorted=False).values
+    kth = v.min(1, keepdim=True).values if largest else v.max(1, keepdim=True).values
+    better = dist > kth if largest else dist < kth
+    tie = dist == kth
+    need = k - better.sum(1, keepdim=True)
+    take = better | (tie & (tie.cumsum(1) <= need))
+    pos = take.nonzero()[:, 1]
+    if pos.numel() != Q * k:
+        raise ValueError("ADC distances contain NaN (does the LUT mix +inf and -inf?)")
+    pos = pos.reshape(Q, k)
+    vals = dist.gather(1, pos)
+    order = torch.sort(vals, dim=1, stable=True, descending=largest).indices
+    return vals.gather(1, order), pos.gather(1, order)
+
+
+def merge_topk(v1, i1, v2, i2, k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge two sorted top-k lists; on equal values the first list (smaller ids) wins."""
+    v = torch.cat([v1, v2], dim=1)
+    i = torch.cat([i1, i2], dim=1)
+    order = torch.sort(v, dim=1, stable=True, descending=largest).indices[:, :k]
+    return v.gather(1, order), i.gather(1, order)
+
+
+def pad_topk(v: torch.Tensor, i: torch.Tensor, k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad [Q, n] results to [Q, k] with value -inf/+inf and id -1, as FAISS does."""
+    missing = k - v.shape[1]
+    if missing <= 0:
+        return v, i
+    fill = float("-inf") if largest else float("inf")
+    v = torch.cat([v, v.new_full((v.shape[0], missing), fill)], dim=1)
+    i = torch.cat([i, i.new_full((i.shape[0], missing), -1)], dim=1)
+    return v, i
+
+
+def topk_dtype(lut: torch.Tensor) -> torch.dtype:
+    return torch.float64 if lut.dtype == torch.float64 else torch.float32
+
+
+def adc_topk(lut: torch.Tensor, codes: torch.Tensor, k: int, largest: bool, packed: bool):
+    """(values [Q, k], positions [Q, k] int64): best k of sum_m lut[q, m, codes[n, m]] over n."""
+    Q, M, K = lut.shape
+    N = codes.shape[0]
+    vd = topk_dtype(lut)
+    table = lut.to(vd)
+    kk = min(k, N)
+    best_v = torch.empty((Q, 0), dtype=vd, device=lut.device)
+    best_i = torch.empty((Q, 0), dtype=torch.int64, device=lut.device)
+    if Q and kk:
+        for n0, n1 in _row_chunks(N, max(Q, 2 * M)):
+            c = codes[n0:n1].to(lut.device)
+            c = (unpack4(c, M) if packed else c).long()
+            dist = torch.zeros((Q, n1 - n0), dtype=vd, device=lut.device)
+            for m in range(M):
+                dist += table[:, m, :].index_select(1, c[:, m])
+            v, i = _topk_first(dist, min(kk, n1 - n0), largest)
+            best_v, best_i = merge_topk(best_v, best_i, v, i + n0, kk, largest)
+    return pad_topk(best_v, best_i, k, largest)
