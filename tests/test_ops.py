@@ -7,8 +7,18 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import sqret
 from sqret import ops
 from sqret.ops import reference
+
+CPU_BACKENDS = [b.name for b in sqret.backends() if b.available and ("cpu" in b.devices or "*" in b.devices)]
+
+
+@pytest.fixture(autouse=True, params=CPU_BACKENDS)
+def backend(request):
+    """Every test here runs once per backend available for CPU tensors (ops it lacks use the reference)."""
+    with sqret.use_backend(request.param):
+        yield request.param
 
 SETTINGS = settings(
     max_examples=40,

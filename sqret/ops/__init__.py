@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,13 +37,18 @@ register(
             "decode_backward",
             "build_lut",
             "adc_topk",
+            "adc_topk_fastscan",
         )
     },
     priority=0,
 )
+from . import cpu_native  # noqa: E402,F401  (registers the cpu_native backend when sqret._cpu is built)
 
 __all__ = [
     "BackendInfo",
+    "FastScanCodes",
+    "fastscan_pack",
+    "fastscan_unpack",
     "LUT_METRICS",
     "METRICS",
     "adc_topk",
@@ -121,6 +127,31 @@ def build_lut(
     return torch.ops.sqret.build_lut(queries, codebooks, metric, dtype)
 
 
+@dataclass(frozen=True)
+class FastScanCodes:
+    """4-bit codes in the fast-scan layout: ``blocks`` [ceil(n/32), M, 16] uint8 hold n codes; byte j of
+    (block b, sub-space m) has vector 32b+j in its low nibble and vector 32b+16+j in its high nibble.
+    Searching this layout needs no per-call conversion (the CPU kernel shuffles 32 codes at a time)."""
+
+    blocks: Tensor
+    n: int
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def fastscan_pack(codes: Tensor) -> FastScanCodes:
+    """Codes [N, M] with values in [0, 16) (use :func:`unpack4` first for packed codes) -> FastScanCodes."""
+    checks.tensor(codes, "codes", 2, checks.CODE_DTYPES)
+    checks.code_range(codes, 16, False)
+    return FastScanCodes(reference.fastscan_pack(codes.to(torch.uint8), codes.shape[1]), codes.shape[0])
+
+
+def fastscan_unpack(codes: FastScanCodes) -> Tensor:
+    """FastScanCodes -> codes [N, M] uint8."""
+    return reference.fastscan_unpack(codes.blocks, codes.n)
+
+
 CodesLike = Tensor | np.ndarray
 
 
@@ -136,7 +167,7 @@ def _as_tensor(a: CodesLike, name: str, device: torch.device) -> Tensor:
 
 def adc_topk(
     lut: Tensor,
-    codes: CodesLike | Sequence[CodesLike] | Iterable[CodesLike],
+    codes: CodesLike | FastScanCodes | Sequence[CodesLike] | Iterable[CodesLike],
     k: int,
     *,
     largest: bool = False,
@@ -146,17 +177,20 @@ def adc_topk(
 ) -> tuple[Tensor, Tensor]:
     """Best k database entries per query by ADC: score(q, n) = sum_m lut[q, m, codes[n, m]].
 
-    ``codes`` is one tensor / array [N, M], or a sequence (or iterable) of chunks, e.g. slices of a
-    ``numpy.memmap``, streamed through the device with a running top-k. Returns ``(values [Q, k],
-    ids [Q, k] int64)`` sorted best first (ascending unless ``largest``), ties by smaller position;
-    places beyond N hold id -1 and value +inf (-inf when ``largest``). ``ids`` (int64 [N]) maps
-    positions to labels.
+    ``codes`` is one tensor / array [N, M], a :class:`FastScanCodes`, or a sequence (or iterable) of
+    chunks, e.g. slices of a ``numpy.memmap``, streamed through the device with a running top-k.
+    Returns ``(values [Q, k], ids [Q, k] int64)`` sorted best first (ascending unless ``largest``), ties
+    by smaller position; places beyond N hold id -1 and value +inf (-inf when ``largest``).
+    ``ids`` (int64 [N]) maps positions to labels.
     """
     _, M, K = checks.lut(lut)
     k = checks.topk_k(k)
     if check_finite:
         checks.finite(lut, "lut")
-    if isinstance(codes, (Tensor, np.ndarray)):
+    if isinstance(codes, FastScanCodes):
+        v, pos = torch.ops.sqret.adc_topk_fastscan(lut, codes.blocks.to(lut.device), codes.n, k, largest)
+        total = codes.n
+    elif isinstance(codes, (Tensor, np.ndarray)):
         v, pos = torch.ops.sqret.adc_topk(lut, _as_tensor(codes, "codes", lut.device), k, largest, packed)
         total = codes.shape[0]
     else:

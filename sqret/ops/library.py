@@ -215,3 +215,34 @@ def _(lut, codes, k, largest=False, packed=False):
     vd = torch.float64 if lut.dtype == torch.float64 else torch.float32
     Q = lut.shape[0]
     return lut.new_empty((Q, k), dtype=vd), lut.new_empty((Q, k), dtype=torch.int64)
+
+
+# ---------------------------------------------------------------- adc_topk over fast-scan blocks (4-bit)
+
+
+def check_fastscan(lut, blocks, n, k) -> None:
+    _, M, K = checks.lut(lut)
+    if K != 16:
+        raise ValueError(f"fast-scan codes need K = 16 codewords, got K = {K}")
+    checks.tensor(blocks, "blocks", 3, (torch.uint8,))
+    nb = (n + 31) // 32
+    if tuple(blocks.shape) != (nb, M, 16):
+        want, got = (nb, M, 16), tuple(blocks.shape)
+        raise ValueError(f"fast-scan blocks for n = {n} codes, M = {M} must be {list(want)}, got {list(got)}")
+    checks.topk_k(k)
+    checks.same_device(("lut", lut), ("blocks", blocks))
+
+
+@torch.library.custom_op("sqret::adc_topk_fastscan", mutates_args=())
+def adc_topk_fastscan(lut: Tensor, blocks: Tensor, n: int, k: int, largest: bool = False) -> tuple[Tensor, Tensor]:
+    check_fastscan(lut, blocks, n, k)
+    if bool(torch.isnan(lut).any()):
+        raise ValueError("lut contains NaN")
+    return _run("adc_topk_fastscan", lut.device, lut, blocks, n, k, largest)
+
+
+@adc_topk_fastscan.register_fake
+def _(lut, blocks, n, k, largest=False):
+    check_fastscan(lut, blocks, n, k)
+    Q = lut.shape[0]
+    return lut.new_empty((Q, k), dtype=torch.float32), lut.new_empty((Q, k), dtype=torch.int64)

@@ -1,0 +1,242 @@
+// 4-bit fast scan: per block of 32 codes, 16-entry uint8 LUTs in SIMD registers (shuffle lookup), uint16
+// accumulators, then an exact float re-rank of every code whose lower bound can still enter the top-k.
+//
+// Exactness: the LUT of sub-space m is quantized as L[m][j] ~ min_m + a * q[m][j] with one scale a for all
+// sub-spaces, so |L - (min_m + a q)| <= a / 2 and the exact distance d >= bias + a * Qsum - emax with
+// emax = M a / 2 (+ a margin for float rounding). A code is re-ranked exactly when that lower bound does not
+// exceed the current k-th best distance; all others provably cannot enter the top-k.
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+
+#include "kernels.h"
+
+namespace sqret {
+
+namespace {
+
+inline uint8_t nibble(const uint8_t* row, int64_t m) {
+  uint8_t b = row[m >> 1];
+  return (m & 1) ? static_cast<uint8_t>(b >> 4) : static_cast<uint8_t>(b & 15);
+}
+
+// Code of vector j (0..31) of a block for sub-space m.
+inline int code_in_block(const uint8_t* blk, int64_t m, int j) {
+  return j < 16 ? (blk[m * 16 + j] & 15) : (blk[m * 16 + j - 16] >> 4);
+}
+
+inline float exact_in_block(const float* L, int64_t M, const uint8_t* blk, int j) {
+  float d = 0.f;
+  for (int64_t m = 0; m < M; ++m) d += L[m * 16 + code_in_block(blk, m, j)];
+  return d;
+}
+
+struct QuantLut {
+  std::vector<uint8_t> q;  // [M][16] (+32 bytes of padding for wide loads)
+  double a = 1.0, bias = 0.0, emax = 0.0;
+
+  QuantLut(const float* L, int64_t M) : q(static_cast<size_t>(M * 16 + 32), 0) {
+    std::vector<float> mins(M);
+    double range = 0.0, absmax_sum = 0.0;
+    for (int64_t m = 0; m < M; ++m) {
+      float mn = L[m * 16], mx = L[m * 16], am = 0.f;
+      for (int j = 0; j < 16; ++j) {
+        mn = std::min(mn, L[m * 16 + j]);
+        mx = std::max(mx, L[m * 16 + j]);
+        am = std::max(am, std::fabs(L[m * 16 + j]));
+      }
+      mins[m] = mn;
+      bias += mn;
+      range = std::max(range, static_cast<double>(mx) - mn);
+      absmax_sum += am;
+    }
+    a = range > 0 ? range / 255.0 : 1.0;
+    for (int64_t m = 0; m < M; ++m)
+      for (int j = 0; j < 16; ++j) {
+        double v = std::nearbyint((static_cast<double>(L[m * 16 + j]) - mins[m]) / a);
+        q[m * 16 + j] = static_cast<uint8_t>(std::min(255.0, std::max(0.0, v)));
+      }
+    // rounding of the quantization (a/2 per sub-space) + float32 rounding of the exact sum and of the bound
+    emax = M * a * 0.5 * (1 + 1e-6) + 4.0 * M * 1.2e-7 * (absmax_sum + std::fabs(bias)) + 1e-30;
+  }
+
+  // Largest Qsum whose lower bound can still enter a top-k whose k-th best is thr.
+  inline int qthreshold(const TopK& tk) const {
+    if (!tk.full()) return 65535;
+    double t = std::floor((static_cast<double>(tk.threshold()) - bias + emax) / a) + 1.0;
+    if (!(t < 65535.0)) return 65535;  // also +inf / NaN
+    return t < 0 ? -1 : static_cast<int>(t);
+  }
+};
+
+// Offer the candidates of one block (mask bit j: vector j may enter), ascending ids.
+inline void rerank(uint32_t mask, const uint16_t* sums, const QuantLut& ql, const float* L, int64_t M,
+                   const uint8_t* blk, int64_t base, int64_t N, TopK& tk, int& qthr) {
+  while (mask) {
+    int j = __builtin_ctz(mask);
+    mask &= mask - 1;
+    if (base + j >= N) break;
+    if (sums[j] > qthr) continue;
+    float d = exact_in_block(L, M, blk, j);
+    if (tk.admits(d)) {
+      tk.push(d, base + j);
+      qthr = ql.qthreshold(tk);
+    }
+  }
+}
+
+void scan_scalar(const float* L, int64_t M, const uint8_t* blocks, int64_t b0, int64_t b1, int64_t N, TopK& tk) {
+  for (int64_t b = b0; b < b1; ++b) {
+    const uint8_t* blk = blocks + b * M * 16;
+    for (int j = 0; j < 32 && b * 32 + j < N; ++j) tk.offer(exact_in_block(L, M, blk, j), b * 32 + j);
+  }
+}
+
+__attribute__((target("avx2"))) void scan_avx2(const QuantLut& ql, const float* L, int64_t M,
+                                               const uint8_t* blocks, int64_t b0, int64_t b1, int64_t N,
+                                               TopK& tk) {
+  const __m128i low4 = _mm_set1_epi8(0x0f);
+  int qthr = ql.qthreshold(tk);
+  alignas(32) uint16_t sums[32];
+  for (int64_t b = b0; b < b1; ++b) {
+    const uint8_t* blk = blocks + b * M * 16;
+    __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
+    for (int64_t m = 0; m < M; ++m) {
+      __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + m * 16));
+      __m128i lo = _mm_and_si128(raw, low4);
+      __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), low4);
+      __m256i idx = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+      __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(&ql.q[m * 16])));
+      __m256i v = _mm256_shuffle_epi8(tab, idx);
+      acc0 = _mm256_add_epi16(acc0, _mm256_cvtepu8_epi16(_mm256_castsi256_si128(v)));
+      acc1 = _mm256_add_epi16(acc1, _mm256_cvtepu8_epi16(_mm256_extracti128_si256(v, 1)));
+    }
+    if (qthr < 0) continue;
+    __m256i t = _mm256_set1_epi16(static_cast<short>(static_cast<uint16_t>(qthr)));
+    __m256i le0 = _mm256_cmpeq_epi16(_mm256_max_epu16(acc0, t), t);  // 0xffff where sum <= qthr
+    __m256i le1 = _mm256_cmpeq_epi16(_mm256_max_epu16(acc1, t), t);
+    // to bytes in vector order: packs interleaves 128-bit lanes, the permute restores the order
+    __m256i bytes = _mm256_permute4x64_epi64(_mm256_packs_epi16(le0, le1), 0xD8);
+    uint32_t mask = static_cast<uint32_t>(_mm256_movemask_epi8(bytes));
+    if (!mask) continue;
+    _mm256_store_si256(reinterpret_cast<__m256i*>(sums), acc0);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(sums + 16), acc1);
+    rerank(mask, sums, ql, L, M, blk, b * 32, N, tk, qthr);
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,avx2"))) void scan_avx512(const QuantLut& ql, const float* L, int64_t M,
+                                                                        const uint8_t* blocks, int64_t b0,
+                                                                        int64_t b1, int64_t N, TopK& tk) {
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  int qthr = ql.qthreshold(tk);
+  alignas(64) uint16_t sums[32];
+  for (int64_t b = b0; b < b1; ++b) {
+    const uint8_t* blk = blocks + b * M * 16;
+    __m512i acc = _mm512_setzero_si512();  // 32 x uint16: vectors 0..31
+    int64_t m = 0;
+    for (; m + 2 <= M; m += 2) {  // two sub-spaces per 512-bit shuffle
+      __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + m * 16));
+      __m256i lo = _mm256_and_si256(raw, low4);
+      __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+      __m512i idx = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_permute2x128_si256(lo, hi, 0x20)),
+                                       _mm256_permute2x128_si256(lo, hi, 0x31), 1);
+      __m256i t2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&ql.q[m * 16]));
+      __m512i tab = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_permute2x128_si256(t2, t2, 0x00)),
+                                       _mm256_permute2x128_si256(t2, t2, 0x11), 1);
+      __m512i v = _mm512_shuffle_epi8(tab, idx);
+      acc = _mm512_add_epi16(acc, _mm512_cvtepu8_epi16(_mm512_castsi512_si256(v)));
+      acc = _mm512_add_epi16(acc, _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(v, 1)));
+    }
+    if (m < M) {  // odd M: the last sub-space alone
+      __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + m * 16));
+      __m128i lo = _mm_and_si128(raw, _mm256_castsi256_si128(low4));
+      __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), _mm256_castsi256_si128(low4));
+      __m256i idx = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+      __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(&ql.q[m * 16])));
+      acc = _mm512_add_epi16(acc, _mm512_cvtepu8_epi16(_mm256_shuffle_epi8(tab, idx)));
+    }
+    if (qthr < 0) continue;
+    uint32_t mask = _mm512_cmple_epu16_mask(acc, _mm512_set1_epi16(static_cast<short>(static_cast<uint16_t>(qthr))));
+    if (!mask) continue;
+    _mm512_store_si512(reinterpret_cast<__m512i*>(sums), acc);
+    rerank(mask, sums, ql, L, M, blk, b * 32, N, tk, qthr);
+  }
+}
+
+}  // namespace
+
+void pack_fastscan(const uint8_t* packed, int64_t N, int64_t M, uint8_t* blocks, int nthreads) {
+  const int64_t W = (M + 1) / 2, nb = (N + 31) / 32;
+#pragma omp parallel for schedule(static) num_threads(std::max(1, nthreads))
+  for (int64_t b = 0; b < nb; ++b) {
+    uint8_t* out = blocks + b * M * 16;
+    for (int64_t m = 0; m < M; ++m)
+      for (int j = 0; j < 16; ++j) {
+        int64_t v0 = b * 32 + j, v1 = v0 + 16;
+        uint8_t lo = v0 < N ? nibble(packed + v0 * W, m) : 0;
+        uint8_t hi = v1 < N ? nibble(packed + v1 * W, m) : 0;
+        out[m * 16 + j] = static_cast<uint8_t>(lo | (hi << 4));
+      }
+  }
+}
+
+void unpack_fastscan(const uint8_t* blocks, int64_t N, int64_t M, uint8_t* packed, int nthreads) {
+  const int64_t W = (M + 1) / 2;
+#pragma omp parallel for schedule(static) num_threads(std::max(1, nthreads))
+  for (int64_t v = 0; v < N; ++v) {
+    const uint8_t* blk = blocks + (v / 32) * M * 16;
+    uint8_t* row = packed + v * W;
+    for (int64_t w = 0; w < W; ++w) row[w] = 0;
+    for (int64_t m = 0; m < M; ++m) {
+      uint8_t c = static_cast<uint8_t>(code_in_block(blk, m, static_cast<int>(v % 32)));
+      row[m >> 1] |= (m & 1) ? static_cast<uint8_t>(c << 4) : c;
+    }
+  }
+}
+
+void adc_topk_fastscan(const float* lut, int64_t Q, int64_t M, const uint8_t* blocks, int64_t N, int64_t k,
+                       int nthreads, float* out_d, int64_t* out_i) {
+  if (Q < 0 || M < 1 || N < 0 || k < 1) throw std::invalid_argument("adc_topk_fastscan: bad sizes");
+  nthreads = std::max(1, nthreads);
+  const Simd simd = M > 257 ? Simd::scalar : active_simd();  // uint16 accumulators hold M * 255
+  TaskPlan p = plan_tasks(Q, N, k, nthreads, 32);
+  const int64_t kk = std::min(k, N);
+  std::vector<std::vector<TopK>> partial(p.qblocks * p.parts);
+  const int64_t BB = std::max<int64_t>(8, (16 * 1024) / (M * 16));  // blocks per cache tile
+#pragma omp parallel for schedule(dynamic) num_threads(nthreads)
+  for (int64_t t = 0; t < p.qblocks * p.parts; ++t) {
+    int64_t qb = t / p.parts, part = t % p.parts;
+    int64_t q0 = qb * p.qblock, q1 = std::min(Q, q0 + p.qblock);
+    int64_t n0 = part * p.part_len, n1 = std::min(N, n0 + p.part_len);
+    int64_t blk0 = n0 / 32, blk1 = (n1 + 31) / 32;
+    std::vector<TopK>& heaps = partial[t];
+    std::vector<QuantLut> qluts;
+    heaps.reserve(q1 - q0);
+    qluts.reserve(q1 - q0);
+    for (int64_t q = q0; q < q1; ++q) {
+      heaps.emplace_back(kk);
+      qluts.emplace_back(lut + q * M * 16, M);
+    }
+    for (int64_t c0 = blk0; c0 < blk1; c0 += BB) {
+      int64_t c1 = std::min(blk1, c0 + BB);
+      for (int64_t q = q0; q < q1; ++q) {
+        const float* L = lut + q * M * 16;
+        TopK& tk = heaps[q - q0];
+        if (simd == Simd::avx512)
+          scan_avx512(qluts[q - q0], L, M, blocks, c0, c1, n1, tk);
+        else if (simd == Simd::avx2)
+          scan_avx2(qluts[q - q0], L, M, blocks, c0, c1, n1, tk);
+        else
+          scan_scalar(L, M, blocks, c0, c1, n1, tk);
+      }
+    }
+  }
+  merge_partial(p, Q, k, partial, out_d, out_i, nthreads);
+}
+
+}  // namespace sqret

@@ -1,0 +1,50 @@
+// sqret native CPU kernels. Plain C++ on raw buffers (no torch headers); bound in module.cpp.
+// Distances are "smaller is closer" everywhere: callers negate the LUT for largest-first metrics.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "topk.h"
+
+namespace sqret {
+
+enum class Simd { scalar = 0, avx2 = 1, avx512 = 2 };
+
+Simd best_simd();                      // what this CPU supports
+Simd active_simd();                    // best_simd(), or lower if forced (set_simd / SQRET_CPU_SIMD)
+void set_simd(Simd s);                 // throws if the CPU lacks it
+const char* simd_name(Simd s);
+
+// Split Q queries x N items into tasks for nthreads; run scan(q0, q1, n0, n1, heaps) per task and merge
+// per-query partial results into out_d / out_i [Q, k] (best first, -1 / +inf padding where N < k).
+struct TaskPlan {
+  int64_t qblock, qblocks, parts, part_len;
+};
+TaskPlan plan_tasks(int64_t Q, int64_t N, int64_t k, int nthreads, int64_t align);
+// partial[t][j]: heap of query qb*qblock + j from task t = qb*parts + part
+void merge_partial(const TaskPlan& p, int64_t Q, int64_t k, std::vector<std::vector<TopK>>& partial, float* out_d,
+                   int64_t* out_i, int nthreads);
+
+// 8-bit (or wider) codes: codes [N, M] of CodeT, lut [Q, M, K] float32.
+template <typename CodeT>
+void adc_topk_codes(const float* lut, int64_t Q, int64_t M, int64_t K, const CodeT* codes, int64_t N, int64_t k,
+                    int nthreads, float* out_d, int64_t* out_i);
+
+// 4-bit packed codes [N, ceil(M/2)] (sub-space 2j low nibble, 2j+1 high) -> fast-scan blocks
+// [ceil(N/32), M, 16]: byte j of (block b, sub-space m) holds vector 32b+j low, 32b+16+j high.
+void pack_fastscan(const uint8_t* packed, int64_t N, int64_t M, uint8_t* blocks, int nthreads);
+void unpack_fastscan(const uint8_t* blocks, int64_t N, int64_t M, uint8_t* packed, int nthreads);
+
+// 4-bit fast scan over blocks: quantized uint8 LUTs in SIMD registers, uint16 accumulators, exact re-rank
+// of every candidate whose lower bound can enter the top-k, so the results equal the exact scan.
+void adc_topk_fastscan(const float* lut, int64_t Q, int64_t M, const uint8_t* blocks, int64_t N, int64_t k,
+                       int nthreads, float* out_d, int64_t* out_i);
+
+// Nearest codeword per sub-space: x [N, M*d] float32, codebooks [M, K, d] float32. metric 0 = l2 (argmin
+// squared distance), 1 = ip (argmax dot). Ties go to the smaller index. codes written as int32 [N, M].
+void encode(const float* x, int64_t N, const float* codebooks, int64_t M, int64_t K, int64_t d, int metric,
+            int32_t* codes, int nthreads);
+
+}  // namespace sqret

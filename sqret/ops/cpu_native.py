@@ -1,0 +1,94 @@
+"""The ``cpu_native`` backend: ADC scan + top-k (8-bit and 4-bit fast scan) and encode from ``sqret._cpu``.
+
+Buffers go to C++ by address, without copies, when they are already contiguous and of the kernel's dtype.
+Threads: ``torch.get_num_threads()``. Results equal the reference's (same summation order, ties by id).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import reference
+from .checks import code_dtype
+from .registry import mark_unavailable, register
+
+try:
+    from .. import _cpu
+except ImportError as err:  # not built: pure-Python install, or no compiler
+    _cpu = None
+    mark_unavailable("cpu_native", f"native extension sqret._cpu is not built ({err})")
+
+_WIDTH = {torch.uint8: 1, torch.int16: 2, torch.int32: 4}
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def _outputs(Q: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty((Q, k), dtype=torch.float32), torch.empty((Q, k), dtype=torch.int64)
+
+
+def _signed_lut(lut: torch.Tensor, largest: bool) -> torch.Tensor:
+    """float32 contiguous, negated for largest-first: the kernels always keep the smallest."""
+    t = lut.to(torch.float32)
+    return (-t if largest else t).contiguous()
+
+
+def _finish(v: torch.Tensor, i: torch.Tensor, largest: bool):
+    return (v.neg_() if largest else v), i
+
+
+def adc_topk(lut: torch.Tensor, codes: torch.Tensor, k: int, largest: bool, packed: bool):
+    if lut.dtype == torch.float64:  # float64 results are the reference's job
+        return reference.adc_topk(lut, codes, k, largest, packed)
+    Q, M, K = lut.shape
+    N = codes.shape[0]
+    if packed:
+        blocks = torch.empty(((N + 31) // 32, M, 16), dtype=torch.uint8)
+        if N:
+            _cpu.pack_fastscan(codes.contiguous().data_ptr(), N, M, blocks.data_ptr(), _threads())
+        return adc_topk_fastscan(lut, blocks, N, k, largest)
+    if codes.dtype not in _WIDTH:
+        codes = codes.to(torch.int32)
+    table, c = _signed_lut(lut, largest), codes.contiguous()
+    v, i = _outputs(Q, k)
+    if Q:
+        _cpu.adc_topk(table.data_ptr(), Q, M, K, c.data_ptr() if N else 1, _WIDTH[c.dtype], N, k, _threads(),
+                      v.data_ptr(), i.data_ptr())
+    return _finish(v, i, largest)
+
+
+def adc_topk_fastscan(lut: torch.Tensor, blocks: torch.Tensor, n: int, k: int, largest: bool):
+    Q, M, _ = lut.shape
+    table, b = _signed_lut(lut, largest), blocks.contiguous()
+    v, i = _outputs(Q, k)
+    if Q:
+        _cpu.adc_topk_fastscan(table.data_ptr(), Q, M, b.data_ptr() if n else 1, n, k, _threads(),
+                               v.data_ptr(), i.data_ptr())
+    return _finish(v, i, largest)
+
+
+def encode(x: torch.Tensor, codebooks: torch.Tensor, metric: str) -> torch.Tensor:
+    if x.dtype == torch.float64 or codebooks.dtype == torch.float64:
+        return reference.encode(x, codebooks, metric)
+    M, K, d = codebooks.shape
+    C = codebooks.to(torch.float32)
+    if metric == "cos":  # argmax of cos(x, c) = argmax of x . c / ||c||
+        C = F.normalize(C, dim=-1)
+    xs, C = x.to(torch.float32).contiguous(), C.contiguous()
+    out = torch.empty((x.shape[0], M), dtype=torch.int32)
+    if x.shape[0]:
+        _cpu.encode(xs.data_ptr(), x.shape[0], C.data_ptr(), M, K, d, 0 if metric == "l2" else 1,
+                    out.data_ptr(), _threads())
+    return out.to(code_dtype(K))
+
+
+if _cpu is not None:
+    register(
+        "cpu_native",
+        ("cpu",),
+        {"adc_topk": adc_topk, "adc_topk_fastscan": adc_topk_fastscan, "encode": encode},
+        priority=10,
+    )

@@ -1,0 +1,185 @@
+"""The cpu_native backend (csrc/cpu) against the reference: values and ids equal, ties by id, every SIMD path."""
+
+import contextlib
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import sqret
+from sqret import ops
+
+NATIVE = {b.name: b for b in sqret.backends()}["cpu_native"]
+if not NATIVE.available:
+    if os.environ.get("SQRET_REQUIRE_NATIVE") == "1":
+        raise RuntimeError(f"SQRET_REQUIRE_NATIVE=1 but cpu_native is unavailable: {NATIVE.reason}")
+    pytest.skip(f"cpu_native unavailable: {NATIVE.reason}", allow_module_level=True)
+
+from sqret import _cpu  # noqa: E402
+
+LEVELS = [lv for lv in ("scalar", "avx2", "avx512") if ["scalar", "avx2", "avx512"].index(lv)
+          <= ["scalar", "avx2", "avx512"].index(_cpu.best_simd())]
+
+
+@contextlib.contextmanager
+def simd(level):
+    old = _cpu.active_simd()
+    _cpu.set_simd(level)
+    try:
+        yield
+    finally:
+        _cpu.set_simd(old)
+
+
+@contextlib.contextmanager
+def threads(n):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def both(fn):
+    """(native result, reference result) of fn()."""
+    with sqret.use_backend("cpu_native"):
+        got = fn()
+    with sqret.use_backend("reference"):
+        want = fn()
+    return got, want
+
+
+def assert_same(got, want):
+    np.testing.assert_array_equal(got[0].numpy(), want[0].numpy())
+    np.testing.assert_array_equal(got[1].numpy(), want[1].numpy())
+
+
+def _lut(rng, Q, M, K, ties):
+    if ties:  # small integers: many exact ties, every summation order exact
+        return torch.from_numpy(rng.integers(0, 4, (Q, M, K)).astype(np.float32))
+    return torch.from_numpy(rng.standard_normal((Q, M, K)).astype(np.float32))
+
+
+CASES = [  # (Q, M, N, k)
+    (1, 16, 1000, 10),
+    (3, 8, 4099, 100),
+    (17, 3, 333, 333),
+    (5, 1, 50, 64),
+    (2, 17, 1, 5),
+    (0, 4, 10, 3),
+    (4, 4, 0, 7),
+    (40, 16, 20000, 1),
+    (2, 64, 5000, 4999),
+]
+
+
+@pytest.mark.parametrize("Q,M,N,k", CASES)
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32, torch.int64])
+@pytest.mark.parametrize("ties", [True, False])
+def test_byte_scan_equals_reference(Q, M, N, k, dtype, ties):
+    rng = np.random.default_rng(Q * 1000 + M * 10 + N)
+    K = 256 if dtype == torch.uint8 else 300
+    lut = _lut(rng, Q, M, K, ties)
+    codes = torch.from_numpy(rng.integers(0, K, (N, M))).to(dtype)
+    for largest in (False, True):
+        for n_threads in (1, 2):
+            with threads(n_threads):
+                assert_same(*both(lambda: ops.adc_topk(lut, codes, k, largest=largest)))  # noqa: B023
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("Q,M,N,k", CASES + [(3, 2, 100000, 50), (1, 33, 777, 40)])
+@pytest.mark.parametrize("ties", [True, False])
+def test_fast_scan_equals_reference_on_every_simd_path(level, Q, M, N, k, ties):
+    rng = np.random.default_rng(Q * 1000 + M * 10 + N + 7)
+    lut = _lut(rng, Q, M, 16, ties)
+    codes = torch.from_numpy(rng.integers(0, 16, (N, M)).astype(np.uint8))
+    packed, fast = ops.pack4(codes), ops.fastscan_pack(codes)
+    assert torch.equal(ops.fastscan_unpack(fast), codes)
+    with simd(level):
+        for largest in (False, True):
+            for n_threads in (1, 2):
+                with threads(n_threads):
+                    assert_same(*both(lambda: ops.adc_topk(lut, packed, k, largest=largest, packed=True)))  # noqa: B023
+                    assert_same(*both(lambda: ops.adc_topk(lut, fast, k, largest=largest)))  # noqa: B023
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_fast_scan_is_exact_when_quantization_is_coarse(level):
+    """One sub-space with a huge range makes the uint8 LUT coarse everywhere else: the re-rank must still
+    return the exact top-k, including near-ties the quantized sums cannot tell apart."""
+    rng = np.random.default_rng(5)
+    lut = torch.from_numpy(rng.standard_normal((4, 8, 16)).astype(np.float32)) * 1e-3
+    lut[:, 0, 15] = 1e4
+    lut[1] = torch.round(lut[1] * 1e4) / 1e4  # ties
+    codes = torch.from_numpy(rng.integers(0, 15, (30000, 8)).astype(np.uint8))
+    codes[::97, 0] = 15
+    with simd(level):
+        for k in (1, 10, 1000):
+            assert_same(*both(lambda: ops.adc_topk(lut, ops.pack4(codes), k, packed=True)))  # noqa: B023
+            assert_same(*both(lambda: ops.adc_topk(lut, ops.pack4(codes), k, packed=True, largest=True)))  # noqa: B023
+
+
+def test_infinite_lut_entries():
+    lut = torch.randn(2, 4, 16)
+    lut[0, 1, 3] = float("inf")
+    codes = torch.randint(0, 16, (500, 4), dtype=torch.uint8)
+    assert_same(*both(lambda: ops.adc_topk(lut, codes, 500)))
+    assert_same(*both(lambda: ops.adc_topk(lut, ops.pack4(codes), 500, packed=True)))
+
+
+def test_real_codes(data_dir):
+    from sqret.cluster import train_pq
+    from sqret.data import read_bvecs, read_fvecs
+
+    sift = torch.from_numpy(read_fvecs(data_dir / "siftsmall" / "siftsmall_base.fvecs"))
+    q = torch.from_numpy(read_fvecs(data_dir / "siftsmall" / "siftsmall_query.fvecs"))
+    big = torch.from_numpy(read_bvecs(data_dir / "bigann10k" / "bigann10k_base.bvecs").astype(np.float32))
+    for base, queries in ((sift, q), (big, big[:100])):
+        C8 = train_pq(base, 16, 256, iters=4, progress=False)
+        C4 = train_pq(base, 16, 16, iters=4, progress=False)
+        codes8, codes4 = ops.encode(base, C8), ops.encode(base, C4)
+        for k in (1, 10, 100, 10000):
+            assert_same(*both(lambda: ops.adc_topk(ops.build_lut(queries, C8), codes8, k)))  # noqa: B023
+            assert_same(*both(lambda: ops.adc_topk(ops.build_lut(queries, C4), ops.pack4(codes4), k, packed=True)))  # noqa: B023
+            assert_same(*both(lambda: ops.adc_topk(ops.build_lut(queries, C8, "ip"), codes8, k, largest=True)))  # noqa: B023
+
+
+@pytest.mark.parametrize("metric", ops.METRICS)
+@pytest.mark.parametrize("B,M,K,d", [(1000, 8, 256, 4), (37, 3, 5, 7), (0, 2, 16, 3), (513, 16, 16, 8)])
+def test_encode_picks_a_nearest_codeword(metric, B, M, K, d):
+    x, C = torch.randn(B, M * d), torch.randn(M, K, d)
+    got, want = both(lambda: ops.encode(x, C, metric))
+    assert got.dtype == want.dtype == ops.code_dtype(K) and got.shape == want.shape
+    # equal except at float near-ties: the chosen codeword's score is within rounding of the best
+    Cw = torch.nn.functional.normalize(C, dim=-1) if metric == "cos" else C
+    xs = x.view(B, M, 1, d)
+    s = -((xs - Cw) ** 2).sum(-1) if metric == "l2" else (xs * Cw).sum(-1)  # [B, M, K]
+    chosen = s.gather(2, got.long().unsqueeze(-1)).squeeze(-1)
+    assert (chosen >= s.max(-1).values - 1e-4 * (1 + s.abs().max())).all() if B else True
+    assert (got == want).float().mean() > 0.99 if B else True
+
+
+def test_float64_falls_back_to_reference_results():
+    lut = torch.randn(2, 4, 16, dtype=torch.float64)
+    codes = torch.randint(0, 16, (100, 4), dtype=torch.uint8)
+    got, want = both(lambda: ops.adc_topk(lut, codes, 5))
+    assert got[0].dtype == torch.float64
+    assert_same(got, want)
+
+
+def test_bad_input_is_an_error_not_a_crash():
+    with pytest.raises(ValueError, match="null buffer"):
+        _cpu.adc_topk(0, 1, 1, 1, 0, 1, 1, 1, 1, 0, 0)
+    with pytest.raises(ValueError, match="codes must be 1, 2 or 4 bytes"):
+        x = torch.zeros(4)
+        _cpu.adc_topk(x.data_ptr(), 1, 1, 1, x.data_ptr(), 8, 1, 1, 1, x.data_ptr(), x.data_ptr())
+    with pytest.raises(ValueError, match="bad sizes"):
+        x = torch.zeros(4)
+        _cpu.adc_topk(x.data_ptr(), 1, 0, 1, x.data_ptr(), 1, 1, 1, 1, x.data_ptr(), x.data_ptr())
+    with pytest.raises(ValueError, match="unknown SIMD level"):
+        _cpu.set_simd("sse9")
+    with sqret.use_backend("cpu_native"), pytest.raises(ValueError, match="codes must lie"):
+        ops.adc_topk(torch.randn(1, 2, 8), torch.full((3, 2), 8, dtype=torch.uint8), 1)
