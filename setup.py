@@ -26,7 +26,7 @@ def native_extensions():
             Pybind11Extension(
                 "sqret._cpu",
                 cpu,
-                extra_compile_args=["-O3", "-fopenmp"],
+                extra_compile_args=["-O3", "-fopenmp", "-Wall", "-Wno-psabi"],
                 extra_link_args=["-fopenmp"],
                 cxx_std=17,
             )
@@ -37,13 +37,15 @@ def native_extensions():
 class OptionalBuildExt(build_ext):
     """Build each native extension if possible; never fail the install unless asked to."""
 
-    def build_extension(self, ext):
-        try:
-            super().build_extension(ext)
-        except Exception as err:  # compiler missing or failing: stay pure Python
-            if os.environ.get("SQRET_REQUIRE_NATIVE") == "1":
-                raise
-            print(f"sqret: skipping native extension {ext.name}: {err}", file=sys.stderr)
+    def build_extensions(self):
+        for ext in list(self.extensions):
+            try:
+                self.build_extension(ext)
+            except Exception as err:  # compiler missing or failing: stay pure Python
+                if os.environ.get("SQRET_REQUIRE_NATIVE") == "1":
+                    raise
+                print(f"sqret: skipping native extension {ext.name}: {err}", file=sys.stderr)
+                self.extensions.remove(ext)
 
 
 setup(

@@ -16,8 +16,9 @@ namespace sqret {
 Simd best_simd() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("bmi2")) return Simd::scalar;
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) return Simd::avx512;
-  if (__builtin_cpu_supports("avx2")) return Simd::avx2;
+  return Simd::avx2;
 #endif
   return Simd::scalar;
 }

@@ -36,10 +36,10 @@ inline float exact_in_block(const float* L, int64_t M, const uint8_t* blk, int j
 }
 
 struct QuantLut {
-  std::vector<uint8_t> q;  // [M][16] (+32 bytes of padding for wide loads)
+  std::vector<uint8_t> q;  // [M][16] (+64 bytes of padding for wide loads)
   double a = 1.0, bias = 0.0, emax = 0.0;
 
-  QuantLut(const float* L, int64_t M) : q(static_cast<size_t>(M * 16 + 32), 0) {
+  QuantLut(const float* L, int64_t M) : q(static_cast<size_t>(M * 16 + 64), 0) {
     std::vector<float> mins(M);
     double range = 0.0, absmax_sum = 0.0;
     for (int64_t m = 0; m < M; ++m) {
@@ -96,75 +96,123 @@ void scan_scalar(const float* L, int64_t M, const uint8_t* blocks, int64_t b0, i
   }
 }
 
-__attribute__((target("avx2"))) void scan_avx2(const QuantLut& ql, const float* L, int64_t M,
-                                               const uint8_t* blocks, int64_t b0, int64_t b1, int64_t N,
-                                               TopK& tk) {
-  const __m128i low4 = _mm_set1_epi8(0x0f);
-  int qthr = ql.qthreshold(tk);
+__attribute__((target("avx2"))) inline __m128i le(__m128i a, __m128i t) {  // 0xffff where a <= t (unsigned)
+  return _mm_cmpeq_epi16(_mm_max_epu16(a, t), t);
+}
+
+__attribute__((target("avx2"))) inline __m128i fold256(__m256i a) {
+  return _mm_add_epi16(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+}
+
+__attribute__((target("avx512f,avx512bw,avx2"))) inline __m128i fold512(__m512i a) {
+  return fold256(_mm256_add_epi16(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64(a, 1)));
+}
+
+// The shuffled bytes of 16 codes sit in one 128-bit lane; as uint16 lanes, (v & 0xff) holds the even codes
+// and (v >> 8) the odd ones, so sums accumulate without widening (cross-lane) instructions.
+// e_lo/o_lo: even/odd codes 0..15 of the block, e_hi/o_hi: codes 16..31; 8 uint16 lanes each.
+__attribute__((target("avx2,bmi2"))) inline uint32_t candidates(__m128i e_lo, __m128i o_lo, __m128i e_hi,
+                                                                 __m128i o_hi, int qthr, uint16_t* sums) {
+  const __m128i t = _mm_set1_epi16(static_cast<short>(static_cast<uint16_t>(qthr)));
+  uint32_t even = static_cast<uint32_t>(_mm_movemask_epi8(_mm_packs_epi16(le(e_lo, t), le(e_hi, t))));
+  uint32_t odd = static_cast<uint32_t>(_mm_movemask_epi8(_mm_packs_epi16(le(o_lo, t), le(o_hi, t))));
+  uint32_t mask = _pdep_u32(even, 0x55555555u) | _pdep_u32(odd, 0xAAAAAAAAu);
+  if (mask) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(sums), _mm_unpacklo_epi16(e_lo, o_lo));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(sums + 8), _mm_unpackhi_epi16(e_lo, o_lo));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(sums + 16), _mm_unpacklo_epi16(e_hi, o_hi));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(sums + 24), _mm_unpackhi_epi16(e_hi, o_hi));
+  }
+  return mask;
+}
+
+// One sub-space with 128-bit shuffles (the remainder of M).
+__attribute__((target("avx2"))) inline void accumulate_one(const uint8_t* raw_p, const uint8_t* tab_p, __m128i& e_lo,
+                                                           __m128i& o_lo, __m128i& e_hi, __m128i& o_hi) {
+  const __m128i low4 = _mm_set1_epi8(0x0f), byte = _mm_set1_epi16(0x00ff);
+  __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(raw_p));
+  __m128i tab = _mm_loadu_si128(reinterpret_cast<const __m128i*>(tab_p));
+  __m128i sl = _mm_shuffle_epi8(tab, _mm_and_si128(raw, low4));
+  __m128i sh = _mm_shuffle_epi8(tab, _mm_and_si128(_mm_srli_epi16(raw, 4), low4));
+  e_lo = _mm_add_epi16(e_lo, _mm_and_si128(sl, byte));
+  o_lo = _mm_add_epi16(o_lo, _mm_srli_epi16(sl, 8));
+  e_hi = _mm_add_epi16(e_hi, _mm_and_si128(sh, byte));
+  o_hi = _mm_add_epi16(o_hi, _mm_srli_epi16(sh, 8));
+}
+
+template <int NQ>
+__attribute__((target("avx2,bmi2"))) void scan_avx2(const QuantLut* const* ql, const float* const* L, TopK* const* tk,
+                                                    int64_t M, const uint8_t* blocks, int64_t b0, int64_t b1,
+                                                    int64_t N) {
+  const __m256i low4 = _mm256_set1_epi8(0x0f), byte = _mm256_set1_epi16(0x00ff);
+  const int64_t M2 = M / 2 * 2;
+  int qthr[NQ];
+  for (int i = 0; i < NQ; ++i) qthr[i] = ql[i]->qthreshold(*tk[i]);
   alignas(32) uint16_t sums[32];
   for (int64_t b = b0; b < b1; ++b) {
     const uint8_t* blk = blocks + b * M * 16;
-    __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
-    for (int64_t m = 0; m < M; ++m) {
-      __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + m * 16));
-      __m128i lo = _mm_and_si128(raw, low4);
-      __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), low4);
-      __m256i idx = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
-      __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(&ql.q[m * 16])));
-      __m256i v = _mm256_shuffle_epi8(tab, idx);
-      acc0 = _mm256_add_epi16(acc0, _mm256_cvtepu8_epi16(_mm256_castsi256_si128(v)));
-      acc1 = _mm256_add_epi16(acc1, _mm256_cvtepu8_epi16(_mm256_extracti128_si256(v, 1)));
+    __m256i e_lo[NQ], o_lo[NQ], e_hi[NQ], o_hi[NQ];
+#pragma GCC unroll 4
+    for (int i = 0; i < NQ; ++i) e_lo[i] = o_lo[i] = e_hi[i] = o_hi[i] = _mm256_setzero_si256();
+    for (int64_t m = 0; m < M2; m += 2) {  // two sub-spaces: one 128-bit lane each
+      __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + m * 16));
+      __m256i lo = _mm256_and_si256(raw, low4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+#pragma GCC unroll 4
+      for (int i = 0; i < NQ; ++i) {
+        __m256i tab = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&ql[i]->q[m * 16]));
+        __m256i sl = _mm256_shuffle_epi8(tab, lo), sh = _mm256_shuffle_epi8(tab, hi);
+        e_lo[i] = _mm256_add_epi16(e_lo[i], _mm256_and_si256(sl, byte));
+        o_lo[i] = _mm256_add_epi16(o_lo[i], _mm256_srli_epi16(sl, 8));
+        e_hi[i] = _mm256_add_epi16(e_hi[i], _mm256_and_si256(sh, byte));
+        o_hi[i] = _mm256_add_epi16(o_hi[i], _mm256_srli_epi16(sh, 8));
+      }
     }
-    if (qthr < 0) continue;
-    __m256i t = _mm256_set1_epi16(static_cast<short>(static_cast<uint16_t>(qthr)));
-    __m256i le0 = _mm256_cmpeq_epi16(_mm256_max_epu16(acc0, t), t);  // 0xffff where sum <= qthr
-    __m256i le1 = _mm256_cmpeq_epi16(_mm256_max_epu16(acc1, t), t);
-    // to bytes in vector order: packs interleaves 128-bit lanes, the permute restores the order
-    __m256i bytes = _mm256_permute4x64_epi64(_mm256_packs_epi16(le0, le1), 0xD8);
-    uint32_t mask = static_cast<uint32_t>(_mm256_movemask_epi8(bytes));
-    if (!mask) continue;
-    _mm256_store_si256(reinterpret_cast<__m256i*>(sums), acc0);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(sums + 16), acc1);
-    rerank(mask, sums, ql, L, M, blk, b * 32, N, tk, qthr);
+    for (int i = 0; i < NQ; ++i) {
+      __m128i el = fold256(e_lo[i]), ol = fold256(o_lo[i]), eh = fold256(e_hi[i]), oh = fold256(o_hi[i]);
+      if (M2 < M) accumulate_one(blk + M2 * 16, &ql[i]->q[M2 * 16], el, ol, eh, oh);
+      if (qthr[i] < 0) continue;
+      uint32_t mask = candidates(el, ol, eh, oh, qthr[i], sums);
+      if (mask) rerank(mask, sums, *ql[i], L[i], M, blk, b * 32, N, *tk[i], qthr[i]);
+    }
   }
 }
 
-__attribute__((target("avx512f,avx512bw,avx2"))) void scan_avx512(const QuantLut& ql, const float* L, int64_t M,
+// NQ queries per loaded block: the nibble decode of the codes is shared, each query has its accumulators.
+template <int NQ>
+__attribute__((target("avx512f,avx512bw,avx2,bmi2"))) void scan_avx512(const QuantLut* const* ql, const float* const* L,
+                                                                        TopK* const* tk, int64_t M,
                                                                         const uint8_t* blocks, int64_t b0,
-                                                                        int64_t b1, int64_t N, TopK& tk) {
-  const __m256i low4 = _mm256_set1_epi8(0x0f);
-  int qthr = ql.qthreshold(tk);
+                                                                        int64_t b1, int64_t N) {
+  const __m512i low4 = _mm512_set1_epi8(0x0f), byte = _mm512_set1_epi16(0x00ff);
+  const int64_t M4 = M / 4 * 4;
+  int qthr[NQ];
+  for (int i = 0; i < NQ; ++i) qthr[i] = ql[i]->qthreshold(*tk[i]);
   alignas(64) uint16_t sums[32];
   for (int64_t b = b0; b < b1; ++b) {
     const uint8_t* blk = blocks + b * M * 16;
-    __m512i acc = _mm512_setzero_si512();  // 32 x uint16: vectors 0..31
-    int64_t m = 0;
-    for (; m + 2 <= M; m += 2) {  // two sub-spaces per 512-bit shuffle
-      __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + m * 16));
-      __m256i lo = _mm256_and_si256(raw, low4);
-      __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
-      __m512i idx = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_permute2x128_si256(lo, hi, 0x20)),
-                                       _mm256_permute2x128_si256(lo, hi, 0x31), 1);
-      __m256i t2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&ql.q[m * 16]));
-      __m512i tab = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_permute2x128_si256(t2, t2, 0x00)),
-                                       _mm256_permute2x128_si256(t2, t2, 0x11), 1);
-      __m512i v = _mm512_shuffle_epi8(tab, idx);
-      acc = _mm512_add_epi16(acc, _mm512_cvtepu8_epi16(_mm512_castsi512_si256(v)));
-      acc = _mm512_add_epi16(acc, _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(v, 1)));
+    __m512i e_lo[NQ], o_lo[NQ], e_hi[NQ], o_hi[NQ];
+#pragma GCC unroll 4
+    for (int i = 0; i < NQ; ++i) e_lo[i] = o_lo[i] = e_hi[i] = o_hi[i] = _mm512_setzero_si512();
+    for (int64_t m = 0; m < M4; m += 4) {  // four sub-spaces: one 128-bit lane each
+      __m512i raw = _mm512_loadu_si512(blk + m * 16);
+      __m512i lo = _mm512_and_si512(raw, low4), hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4);
+#pragma GCC unroll 4
+      for (int i = 0; i < NQ; ++i) {
+        __m512i tab = _mm512_loadu_si512(&ql[i]->q[m * 16]);
+        __m512i sl = _mm512_shuffle_epi8(tab, lo), sh = _mm512_shuffle_epi8(tab, hi);
+        e_lo[i] = _mm512_add_epi16(e_lo[i], _mm512_and_si512(sl, byte));
+        o_lo[i] = _mm512_add_epi16(o_lo[i], _mm512_srli_epi16(sl, 8));
+        e_hi[i] = _mm512_add_epi16(e_hi[i], _mm512_and_si512(sh, byte));
+        o_hi[i] = _mm512_add_epi16(o_hi[i], _mm512_srli_epi16(sh, 8));
+      }
     }
-    if (m < M) {  // odd M: the last sub-space alone
-      __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + m * 16));
-      __m128i lo = _mm_and_si128(raw, _mm256_castsi256_si128(low4));
-      __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), _mm256_castsi256_si128(low4));
-      __m256i idx = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
-      __m256i tab = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(&ql.q[m * 16])));
-      acc = _mm512_add_epi16(acc, _mm512_cvtepu8_epi16(_mm256_shuffle_epi8(tab, idx)));
+    for (int i = 0; i < NQ; ++i) {
+      __m128i el = fold512(e_lo[i]), ol = fold512(o_lo[i]), eh = fold512(e_hi[i]), oh = fold512(o_hi[i]);
+      for (int64_t m = M4; m < M; ++m) accumulate_one(blk + m * 16, &ql[i]->q[m * 16], el, ol, eh, oh);
+      if (qthr[i] < 0) continue;
+      uint32_t mask = candidates(el, ol, eh, oh, qthr[i], sums);
+      if (mask) rerank(mask, sums, *ql[i], L[i], M, blk, b * 32, N, *tk[i], qthr[i]);
     }
-    if (qthr < 0) continue;
-    uint32_t mask = _mm512_cmple_epu16_mask(acc, _mm512_set1_epi16(static_cast<short>(static_cast<uint16_t>(qthr))));
-    if (!mask) continue;
-    _mm512_store_si512(reinterpret_cast<__m512i*>(sums), acc);
-    rerank(mask, sums, ql, L, M, blk, b * 32, N, tk, qthr);
   }
 }
 
@@ -222,17 +270,23 @@ void adc_topk_fastscan(const float* lut, int64_t Q, int64_t M, const uint8_t* bl
       heaps.emplace_back(kk);
       qluts.emplace_back(lut + q * M * 16, M);
     }
+    std::vector<const QuantLut*> qp;
+    std::vector<const float*> lp;
+    std::vector<TopK*> tp;
+    for (int64_t q = q0; q < q1; ++q) {
+      qp.push_back(&qluts[q - q0]);
+      lp.push_back(lut + q * M * 16);
+      tp.push_back(&heaps[q - q0]);
+    }
     for (int64_t c0 = blk0; c0 < blk1; c0 += BB) {
       int64_t c1 = std::min(blk1, c0 + BB);
-      for (int64_t q = q0; q < q1; ++q) {
-        const float* L = lut + q * M * 16;
-        TopK& tk = heaps[q - q0];
-        if (simd == Simd::avx512)
-          scan_avx512(qluts[q - q0], L, M, blocks, c0, c1, n1, tk);
-        else if (simd == Simd::avx2)
-          scan_avx2(qluts[q - q0], L, M, blocks, c0, c1, n1, tk);
-        else
-          scan_scalar(L, M, blocks, c0, c1, n1, tk);
+      int64_t j = 0;
+      if (simd == Simd::avx512) {
+        for (; j < q1 - q0; ++j) scan_avx512<1>(&qp[j], &lp[j], &tp[j], M, blocks, c0, c1, n1);
+      } else if (simd == Simd::avx2) {
+        for (; j < q1 - q0; ++j) scan_avx2<1>(&qp[j], &lp[j], &tp[j], M, blocks, c0, c1, n1);
+      } else {
+        for (; j < q1 - q0; ++j) scan_scalar(lp[j], M, blocks, c0, c1, n1, *tp[j]);
       }
     }
   }
