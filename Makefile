@@ -23,7 +23,10 @@ test: lint
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)
-	$(BIN)/python -m pytest -q benchmarks --benchmark-only
+	$(BIN)/python -m pytest -q benchmarks/test_cpu_scan.py --benchmark-only \
+		--benchmark-json=benchmarks/results/cpu_scan.json
+	$(BIN)/python benchmarks/report.py benchmarks/results/cpu_scan.json > benchmarks/results/cpu_scan.md
+	cat benchmarks/results/cpu_scan.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info sqret/*.so

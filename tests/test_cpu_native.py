@@ -141,10 +141,11 @@ def test_real_codes(data_dir):
         C8 = train_pq(base, 16, 256, iters=4, progress=False)
         C4 = train_pq(base, 16, 16, iters=4, progress=False)
         codes8, codes4 = ops.encode(base, C8), ops.encode(base, C4)
+        lut8, lut4, ip8 = ops.build_lut(queries, C8), ops.build_lut(queries, C4), ops.build_lut(queries, C8, "ip")
         for k in (1, 10, 100, 10000):
-            assert_same(*both(lambda: ops.adc_topk(ops.build_lut(queries, C8), codes8, k)))  # noqa: B023
-            assert_same(*both(lambda: ops.adc_topk(ops.build_lut(queries, C4), ops.pack4(codes4), k, packed=True)))  # noqa: B023
-            assert_same(*both(lambda: ops.adc_topk(ops.build_lut(queries, C8, "ip"), codes8, k, largest=True)))  # noqa: B023
+            assert_same(*both(lambda: ops.adc_topk(lut8, codes8, k)))  # noqa: B023
+            assert_same(*both(lambda: ops.adc_topk(lut4, ops.pack4(codes4), k, packed=True)))  # noqa: B023
+            assert_same(*both(lambda: ops.adc_topk(ip8, codes8, k, largest=True)))  # noqa: B023
 
 
 @pytest.mark.parametrize("metric", ops.METRICS)

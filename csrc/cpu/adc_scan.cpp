@@ -81,14 +81,11 @@ void merge_write(const TaskPlan& p, int64_t Q, int64_t k, std::vector<std::vecto
   for (int64_t q = 0; q < Q; ++q) {
     int64_t qb = q / p.qblock, j = q % p.qblock;
     std::vector<Cand> best;
-    if (p.parts == 1) {
-      best = partial[qb * p.parts][j].sorted();
-    } else {
-      TopK merged(k);
-      for (int64_t part = 0; part < p.parts; ++part)
-        for (const Cand& c : partial[qb * p.parts + part][j].items()) merged.push(c.d, c.id);
-      best = merged.sorted();
+    for (int64_t part = 0; part < p.parts; ++part) {
+      const std::vector<Cand>& items = partial[qb * p.parts + part][j].items();
+      best.insert(best.end(), items.begin(), items.end());
     }
+    best_k(best, k);
     float* od = out_d + q * k;
     int64_t* oi = out_i + q * k;
     int64_t n = static_cast<int64_t>(best.size());

@@ -1,7 +1,10 @@
-// Nearest codeword per sub-space (PQ encoding / the k-means assignment step).
+// Per-row distance tables: LUT construction (ADC) and nearest codeword per sub-space (PQ encoding / the
+// k-means assignment step). Vectorized over the K codewords of a sub-space; compiled per SIMD level and
+// chosen at load time by the CPU's features (GCC function multi-versioning).
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <stdexcept>
 #include <vector>
@@ -12,45 +15,85 @@ namespace sqret {
 
 namespace {
 
-// dist[k] = base[k] + sum_j coef * xv_j * Ct[j][k], vectorized over k; compiled per SIMD level and chosen at
-// load time by the CPU's features (GCC function multi-versioning).
+// Codebooks transposed to [M][d][K] with squared norms [M][K].
+struct Transposed {
+  std::vector<float> Ct, norms;
+  Transposed(const float* C, int64_t M, int64_t K, int64_t d)
+      : Ct(static_cast<size_t>(M * d * K)), norms(static_cast<size_t>(M * K), 0.f) {
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t k = 0; k < K; ++k) {
+        const float* c = C + (m * K + k) * d;
+        float n = 0.f;
+        for (int64_t j = 0; j < d; ++j) {
+          Ct[(m * d + j) * K + k] = c[j];
+          n += c[j] * c[j];
+        }
+        norms[m * K + k] = n;
+      }
+  }
+};
+
+// out[k] = sum_j (x_j - c_kj)^2 (l2, l2_sqrt) or sum_j x_j c_kj (ip), one sub-space.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void lut_row(const float* xs, const float* Ct, int64_t d,
+                                                                           int64_t K, int metric, float* out) {
+  for (int64_t k = 0; k < K; ++k) out[k] = 0.f;
+  if (metric == 1) {
+    for (int64_t j = 0; j < d; ++j) {
+      const float xv = xs[j], *row = Ct + j * K;
+      for (int64_t k = 0; k < K; ++k) out[k] += xv * row[k];
+    }
+    return;
+  }
+  for (int64_t j = 0; j < d; ++j) {
+    const float xv = xs[j], *row = Ct + j * K;
+    for (int64_t k = 0; k < K; ++k) {
+      const float t = xv - row[k];
+      out[k] += t * t;
+    }
+  }
+  if (metric == 2)
+    for (int64_t k = 0; k < K; ++k) out[k] = std::sqrt(out[k]);
+}
+
+// argmin_k of base[k] + coef * x . c_k, the first index on ties.
 __attribute__((target_clones("avx512f", "avx2", "default"))) int32_t nearest(const float* xs, const float* Ct,
                                                                               const float* base, int64_t d,
                                                                               int64_t K, float coef, float* dist) {
   for (int64_t k = 0; k < K; ++k) dist[k] = base[k];
   for (int64_t j = 0; j < d; ++j) {
-    const float c = coef * xs[j];
-    const float* row = Ct + j * K;
+    const float c = coef * xs[j], *row = Ct + j * K;
     for (int64_t k = 0; k < K; ++k) dist[k] += c * row[k];
   }
-  int32_t best = 0;
-  float bd = dist[0];
-  for (int64_t k = 1; k < K; ++k)
-    if (dist[k] < bd) {  // strict: ties keep the smaller index
-      bd = dist[k];
-      best = static_cast<int32_t>(k);
-    }
-  return best;
+  float mn = std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(min : mn)
+  for (int64_t k = 0; k < K; ++k) mn = std::min(mn, dist[k]);
+  int64_t first = K;
+#pragma omp simd reduction(min : first)
+  for (int64_t k = 0; k < K; ++k) first = std::min(first, dist[k] == mn ? k : K);
+  return static_cast<int32_t>(first == K ? 0 : first);  // all NaN: 0
 }
 
 }  // namespace
+
+void build_lut(const float* x, int64_t Q, const float* codebooks, int64_t M, int64_t K, int64_t d, int metric,
+               float* out, int nthreads) {
+  if (Q < 0 || M < 1 || K < 1 || d < 1 || metric < 0 || metric > 2)
+    throw std::invalid_argument("build_lut: bad sizes or metric");
+  Transposed t(codebooks, M, K, d);
+#pragma omp parallel for schedule(static) num_threads(std::max(1, Q > 64 ? nthreads : 1))
+  for (int64_t q = 0; q < Q; ++q)
+    for (int64_t m = 0; m < M; ++m)
+      lut_row(x + q * M * d + m * d, t.Ct.data() + m * d * K, d, K, metric, out + (q * M + m) * K);
+}
 
 void encode(const float* x, int64_t N, const float* codebooks, int64_t M, int64_t K, int64_t d, int metric,
             int32_t* codes, int nthreads) {
   if (N < 0 || M < 1 || K < 1 || d < 1 || (metric != 0 && metric != 1))
     throw std::invalid_argument("encode: bad sizes or metric");
-  // codebooks transposed to [M][d][K]; base: ||c||^2 for l2 (argmin ||c||^2 - 2 x.c), 0 for ip (argmin -x.c)
-  std::vector<float> Ct(static_cast<size_t>(M * d * K)), base(static_cast<size_t>(M * K), 0.f);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t k = 0; k < K; ++k) {
-      const float* c = codebooks + (m * K + k) * d;
-      float nrm = 0.f;
-      for (int64_t j = 0; j < d; ++j) {
-        Ct[(m * d + j) * K + k] = c[j];
-        nrm += c[j] * c[j];
-      }
-      if (metric == 0) base[m * K + k] = nrm;
-    }
+  Transposed t(codebooks, M, K, d);
+  // l2: argmin ||c||^2 - 2 x.c ; ip: argmin -x.c
+  std::vector<float> zeros(static_cast<size_t>(M * K), 0.f);
+  const float* base = metric == 0 ? t.norms.data() : zeros.data();
   const float coef = metric == 0 ? -2.f : -1.f;
 #pragma omp parallel num_threads(std::max(1, nthreads))
   {
@@ -59,7 +102,7 @@ void encode(const float* x, int64_t N, const float* codebooks, int64_t M, int64_
     for (int64_t n = 0; n < N; ++n)
       for (int64_t m = 0; m < M; ++m)
         codes[n * M + m] =
-            nearest(x + n * M * d + m * d, Ct.data() + m * d * K, base.data() + m * K, d, K, coef, dist.data());
+            nearest(x + n * M * d + m * d, t.Ct.data() + m * d * K, base + m * K, d, K, coef, dist.data());
   }
 }
 

@@ -73,17 +73,57 @@ struct QuantLut {
   }
 };
 
-// Offer the candidates of one block (mask bit j: vector j may enter), ascending ids.
+// Exact distances of 16 codes (half 0: codes 0..15 of the block, half 1: codes 16..31), summed over
+// sub-spaces in order m = 0..M-1 like the reference, so the values are bit-identical.
+__attribute__((target("avx512f,avx512bw"))) void exact16_avx512(const float* L, int64_t M, const uint8_t* blk,
+                                                                int half, float* out) {
+  const __m128i low4 = _mm_set1_epi8(0x0f);
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t m = 0; m < M; ++m) {
+    __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + m * 16));
+    __m128i c = _mm_and_si128(half ? _mm_srli_epi16(raw, 4) : raw, low4);
+    acc = _mm512_add_ps(acc, _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(c), _mm512_loadu_ps(L + m * 16)));
+  }
+  _mm512_storeu_ps(out, acc);
+}
+
+__attribute__((target("avx2"))) void exact16_avx2(const float* L, int64_t M, const uint8_t* blk, int half,
+                                                  float* out) {
+  const __m128i low4 = _mm_set1_epi8(0x0f);
+  const __m256i seven = _mm256_set1_epi32(7);
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  for (int64_t m = 0; m < M; ++m) {
+    __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + m * 16));
+    __m128i c = _mm_and_si128(half ? _mm_srli_epi16(raw, 4) : raw, low4);
+    __m256 lo = _mm256_loadu_ps(L + m * 16), hi = _mm256_loadu_ps(L + m * 16 + 8);
+    __m256i i0 = _mm256_cvtepu8_epi32(c), i1 = _mm256_cvtepu8_epi32(_mm_srli_si128(c, 8));
+    __m256 v0 = _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, i0), _mm256_permutevar8x32_ps(hi, i0),
+                                 _mm256_castsi256_ps(_mm256_cmpgt_epi32(i0, seven)));
+    __m256 v1 = _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, i1), _mm256_permutevar8x32_ps(hi, i1),
+                                 _mm256_castsi256_ps(_mm256_cmpgt_epi32(i1, seven)));
+    acc0 = _mm256_add_ps(acc0, v0);
+    acc1 = _mm256_add_ps(acc1, v1);
+  }
+  _mm256_storeu_ps(out, acc0);
+  _mm256_storeu_ps(out + 8, acc1);
+}
+
+using Exact16 = void (*)(const float*, int64_t, const uint8_t*, int, float*);
+
+// Offer the candidates of one block (mask bit j: code j may enter), ascending ids; exact distances are
+// computed 16 at a time for the halves that hold candidates.
 inline void rerank(uint32_t mask, const uint16_t* sums, const QuantLut& ql, const float* L, int64_t M,
-                   const uint8_t* blk, int64_t base, int64_t N, TopK& tk, int& qthr) {
+                   const uint8_t* blk, int64_t base, int64_t N, TopK& tk, int& qthr, Exact16 exact16) {
+  alignas(64) float exact[32];
+  if (mask & 0xffffu) exact16(L, M, blk, 0, exact);
+  if (mask >> 16) exact16(L, M, blk, 1, exact + 16);
   while (mask) {
     int j = __builtin_ctz(mask);
     mask &= mask - 1;
     if (base + j >= N) break;
     if (sums[j] > qthr) continue;
-    float d = exact_in_block(L, M, blk, j);
-    if (tk.admits(d)) {
-      tk.push(d, base + j);
+    if (tk.admits(exact[j])) {
+      tk.push(exact[j], base + j);
       qthr = ql.qthreshold(tk);
     }
   }
@@ -172,7 +212,7 @@ __attribute__((target("avx2,bmi2"))) void scan_avx2(const QuantLut* const* ql, c
       if (M2 < M) accumulate_one(blk + M2 * 16, &ql[i]->q[M2 * 16], el, ol, eh, oh);
       if (qthr[i] < 0) continue;
       uint32_t mask = candidates(el, ol, eh, oh, qthr[i], sums);
-      if (mask) rerank(mask, sums, *ql[i], L[i], M, blk, b * 32, N, *tk[i], qthr[i]);
+      if (mask) rerank(mask, sums, *ql[i], L[i], M, blk, b * 32, N, *tk[i], qthr[i], exact16_avx2);
     }
   }
 }
@@ -211,7 +251,7 @@ __attribute__((target("avx512f,avx512bw,avx2,bmi2"))) void scan_avx512(const Qua
       for (int64_t m = M4; m < M; ++m) accumulate_one(blk + m * 16, &ql[i]->q[m * 16], el, ol, eh, oh);
       if (qthr[i] < 0) continue;
       uint32_t mask = candidates(el, ol, eh, oh, qthr[i], sums);
-      if (mask) rerank(mask, sums, *ql[i], L[i], M, blk, b * 32, N, *tk[i], qthr[i]);
+      if (mask) rerank(mask, sums, *ql[i], L[i], M, blk, b * 32, N, *tk[i], qthr[i], exact16_avx512);
     }
   }
 }

@@ -42,6 +42,10 @@ void unpack_fastscan(const uint8_t* blocks, int64_t N, int64_t M, uint8_t* packe
 void adc_topk_fastscan(const float* lut, int64_t Q, int64_t M, const uint8_t* blocks, int64_t N, int64_t k,
                        int nthreads, float* out_d, int64_t* out_i);
 
+// Distance tables out [Q, M, K] for x [Q, M*d]: metric 0 = l2 (squared), 1 = ip, 2 = l2_sqrt.
+void build_lut(const float* x, int64_t Q, const float* codebooks, int64_t M, int64_t K, int64_t d, int metric,
+               float* out, int nthreads);
+
 // Nearest codeword per sub-space: x [N, M*d] float32, codebooks [M, K, d] float32. metric 0 = l2 (argmin
 // squared distance), 1 = ip (argmax dot). Ties go to the smaller index. codes written as int32 [N, M].
 void encode(const float* x, int64_t N, const float* codebooks, int64_t M, int64_t K, int64_t d, int metric,

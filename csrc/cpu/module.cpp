@@ -71,6 +71,14 @@ PYBIND11_MODULE(_cpu, m) {
       },
       "4-bit fast scan + exact re-rank: lut [Q, M, 16] float32, blocks [ceil(N/32), M, 16]");
   m.def(
+      "build_lut",
+      [](uintptr_t x, int64_t Q, uintptr_t codebooks, int64_t M, int64_t K, int64_t d, int metric, uintptr_t out,
+         int nthreads) {
+        py::gil_scoped_release release;
+        build_lut(ptr<const float>(x), Q, ptr<const float>(codebooks), M, K, d, metric, ptr<float>(out), nthreads);
+      },
+      "distance tables: x [Q, M*d], codebooks [M, K, d] float32 -> out [Q, M, K]; metric 0 l2, 1 ip, 2 l2_sqrt");
+  m.def(
       "encode",
       [](uintptr_t x, int64_t N, uintptr_t codebooks, int64_t M, int64_t K, int64_t d, int metric, uintptr_t codes,
          int nthreads) {

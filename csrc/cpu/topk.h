@@ -17,11 +17,15 @@ struct Cand {
 // a is better (closer) than b
 inline bool better(const Cand& a, const Cand& b) { return a.d < b.d || (a.d == b.d && a.id < b.id); }
 
-// Max-heap of the k best seen so far; the root is the worst kept. Offers with ascending ids within one
-// scan: an equal distance never displaces an earlier id, so `d < thr` is the whole admission test.
+// A reservoir of candidates: offers below the threshold are appended (O(1)); when 2k are held they are cut
+// to the k best (nth_element) and the threshold becomes the k-th best distance. Offers within one scan
+// come with ascending ids, so an offer equal to the threshold is never better than what is kept: `d < thr`
+// is the whole admission test once k are known.
 class TopK {
  public:
-  explicit TopK(int64_t k = 0) : k_(k) { heap_.reserve(static_cast<size_t>(std::min<int64_t>(k, 1 << 16))); }
+  explicit TopK(int64_t k = 0) : k_(k), cap_(std::max<int64_t>(2 * k, k + 16)) {
+    buf_.reserve(static_cast<size_t>(std::min<int64_t>(cap_, 1 << 16)));
+  }
 
   inline bool admits(float d) const { return !full_ || d < thr_; }
   inline float threshold() const { return full_ ? thr_ : std::numeric_limits<float>::infinity(); }
@@ -31,39 +35,37 @@ class TopK {
     if (admits(d)) push(d, id);
   }
 
-  // General insert (any id order), used when merging partial results.
+  // Append an admitted candidate (ids ascending within a scan).
   inline void push(float d, int64_t id) {
-    Cand c{d, id};
-    if (!full_) {
-      heap_.push_back(c);
-      std::push_heap(heap_.begin(), heap_.end(), better);
-      if (static_cast<int64_t>(heap_.size()) == k_) {
-        full_ = true;
-        thr_ = heap_.front().d;
-      }
-      return;
-    }
-    if (!better(c, heap_.front())) return;
-    std::pop_heap(heap_.begin(), heap_.end(), better);
-    heap_.back() = c;
-    std::push_heap(heap_.begin(), heap_.end(), better);
-    thr_ = heap_.front().d;
+    buf_.push_back({d, id});
+    if (static_cast<int64_t>(buf_.size()) >= cap_) shrink();
   }
 
-  // Sorted best first.
-  std::vector<Cand> sorted() const {
-    std::vector<Cand> out(heap_);
-    std::sort(out.begin(), out.end(), better);
-    return out;
-  }
-
-  const std::vector<Cand>& items() const { return heap_; }
+  // All candidates held (a superset of the k best; unsorted).
+  const std::vector<Cand>& items() const { return buf_; }
 
  private:
-  int64_t k_;
+  void shrink() {
+    std::nth_element(buf_.begin(), buf_.begin() + (k_ - 1), buf_.end(), better);
+    buf_.resize(static_cast<size_t>(k_));
+    thr_ = buf_[k_ - 1].d;  // the k-th best: every kept candidate is better or equal
+    full_ = true;
+  }
+
+  int64_t k_, cap_;
   bool full_ = false;
   float thr_ = std::numeric_limits<float>::infinity();
-  std::vector<Cand> heap_;
+  std::vector<Cand> buf_;
 };
+
+// The k best of cands, sorted best first (cands is reordered).
+inline void best_k(std::vector<Cand>& cands, int64_t k) {
+  if (static_cast<int64_t>(cands.size()) > k) {
+    std::partial_sort(cands.begin(), cands.begin() + k, cands.end(), better);
+    cands.resize(static_cast<size_t>(k));
+  } else {
+    std::sort(cands.begin(), cands.end(), better);
+  }
+}
 
 }  // namespace sqret

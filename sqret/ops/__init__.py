@@ -103,7 +103,7 @@ def encode(x: Tensor, codebooks: Tensor, metric: str = "l2", *, check_finite: bo
     library.check_encode(x, codebooks, metric)
     if check_finite:
         checks.finite(x, "x"), checks.finite(codebooks, "codebooks")
-    return torch.ops.sqret.encode(x, codebooks, metric)
+    return library.direct("encode")(x, codebooks, metric)
 
 
 def decode(codes: Tensor, codebooks: Tensor, *, packed: bool = False) -> Tensor:
@@ -124,7 +124,7 @@ def build_lut(
     library.check_lut(queries, codebooks, metric)
     if check_finite:
         checks.finite(queries, "queries"), checks.finite(codebooks, "codebooks")
-    return torch.ops.sqret.build_lut(queries, codebooks, metric, dtype)
+    return library.direct("build_lut")(queries, codebooks, metric, dtype)
 
 
 @dataclass(frozen=True)
@@ -188,10 +188,10 @@ def adc_topk(
     if check_finite:
         checks.finite(lut, "lut")
     if isinstance(codes, FastScanCodes):
-        v, pos = torch.ops.sqret.adc_topk_fastscan(lut, codes.blocks.to(lut.device), codes.n, k, largest)
+        v, pos = library.direct("adc_topk_fastscan")(lut, codes.blocks.to(lut.device), codes.n, k, largest)
         total = codes.n
     elif isinstance(codes, (Tensor, np.ndarray)):
-        v, pos = torch.ops.sqret.adc_topk(lut, _as_tensor(codes, "codes", lut.device), k, largest, packed)
+        v, pos = library.direct("adc_topk")(lut, _as_tensor(codes, "codes", lut.device), k, largest, packed)
         total = codes.shape[0]
     else:
         v, pos, total = _stream_topk(lut, codes, k, largest, packed)
@@ -216,7 +216,7 @@ def _stream_topk(lut, chunks, k, largest, packed):
         c = _as_tensor(chunk, f"codes chunk {j}", lut.device)
         n = c.shape[0] if c.dim() else 0
         if n:
-            v, i = torch.ops.sqret.adc_topk(lut, c, min(k, n), largest, packed)
+            v, i = library.direct("adc_topk")(lut, c, min(k, n), largest, packed)
             best_v, best_i = reference.merge_topk(best_v, best_i, v, i + offset, k, largest)
         else:  # still validate an empty chunk's structure
             library.check_adc(lut, c, k, packed)

@@ -70,6 +70,25 @@ def adc_topk_fastscan(lut: torch.Tensor, blocks: torch.Tensor, n: int, k: int, l
     return _finish(v, i, largest)
 
 
+_LUT_METRIC = {"l2": 0, "ip": 1, "cos": 1, "l2_sqrt": 2}
+
+
+def build_lut(q: torch.Tensor, codebooks: torch.Tensor, metric: str, dtype: torch.dtype | None) -> torch.Tensor:
+    if torch.float64 in (q.dtype, codebooks.dtype):
+        return reference.build_lut(q, codebooks, metric, dtype)
+    M, K, d = codebooks.shape
+    xs, C = q.to(torch.float32), codebooks.to(torch.float32)
+    if metric == "cos":  # cosine = dot of normalized sub-vectors and codewords
+        xs = F.normalize(xs.reshape(q.shape[0], M, d), dim=-1).reshape(q.shape[0], M * d)
+        C = F.normalize(C, dim=-1)
+    xs, C = xs.contiguous(), C.contiguous()
+    out = torch.empty((q.shape[0], M, K), dtype=torch.float32)
+    if q.shape[0]:
+        args = (xs.data_ptr(), q.shape[0], C.data_ptr(), M, K, d, _LUT_METRIC[metric], out.data_ptr())
+        _cpu.build_lut(*args, _threads())
+    return out if dtype in (None, torch.float32) else out.to(dtype)
+
+
 def encode(x: torch.Tensor, codebooks: torch.Tensor, metric: str) -> torch.Tensor:
     if x.dtype == torch.float64 or codebooks.dtype == torch.float64:
         return reference.encode(x, codebooks, metric)
@@ -89,6 +108,6 @@ if _cpu is not None:
     register(
         "cpu_native",
         ("cpu",),
-        {"adc_topk": adc_topk, "adc_topk_fastscan": adc_topk_fastscan, "encode": encode},
+        {"adc_topk": adc_topk, "adc_topk_fastscan": adc_topk_fastscan, "build_lut": build_lut, "encode": encode},
         priority=10,
     )

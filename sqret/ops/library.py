@@ -17,6 +17,14 @@ def _run(op: str, device: torch.device, *args):
     return registry.select(op, device.type)[1](*args)
 
 
+def direct(op: str):
+    """The op to call: in eager mode the non-differentiable ops skip the dispatcher (~20 us a call) and run
+    their implementation directly; under torch.compile the registered op is traced."""
+    if torch.compiler.is_compiling():
+        return getattr(torch.ops.sqret, op)
+    return globals()[f"{op}_impl"]
+
+
 def check_soft(x, codebooks, tau, metric) -> None:
     checks.features(x, codebooks)
     checks.temperature(tau)
@@ -109,10 +117,12 @@ def check_encode(x, codebooks, metric) -> None:
     checks.metric(metric)
 
 
-@torch.library.custom_op("sqret::encode", mutates_args=())
-def encode(x: Tensor, codebooks: Tensor, metric: str) -> Tensor:
+def encode_impl(x: Tensor, codebooks: Tensor, metric: str) -> Tensor:
     check_encode(x, codebooks, metric)
     return _run("encode", x.device, x, codebooks, metric)
+
+
+encode = torch.library.custom_op("sqret::encode", encode_impl, mutates_args=())
 
 
 @encode.register_fake
@@ -176,10 +186,12 @@ def check_lut(q, codebooks, metric) -> None:
     checks.metric(metric, checks.LUT_METRICS)
 
 
-@torch.library.custom_op("sqret::build_lut", mutates_args=())
-def build_lut(q: Tensor, codebooks: Tensor, metric: str, dtype: torch.dtype | None = None) -> Tensor:
+def build_lut_impl(q: Tensor, codebooks: Tensor, metric: str, dtype: torch.dtype | None = None) -> Tensor:
     check_lut(q, codebooks, metric)
     return _run("build_lut", q.device, q, codebooks, metric, dtype)
+
+
+build_lut = torch.library.custom_op("sqret::build_lut", build_lut_impl, mutates_args=())
 
 
 @build_lut.register_fake
@@ -200,13 +212,17 @@ def check_adc(lut, codes, k, packed) -> None:
     checks.same_device(("lut", lut), ("codes", codes))
 
 
-@torch.library.custom_op("sqret::adc_topk", mutates_args=())
-def adc_topk(lut: Tensor, codes: Tensor, k: int, largest: bool = False, packed: bool = False) -> tuple[Tensor, Tensor]:
+def adc_topk_impl(
+    lut: Tensor, codes: Tensor, k: int, largest: bool = False, packed: bool = False
+) -> tuple[Tensor, Tensor]:
     check_adc(lut, codes, k, packed)
     if bool(torch.isnan(lut).any()):
         raise ValueError("lut contains NaN")
     checks.code_range(codes, lut.shape[2], packed)
     return _run("adc_topk", lut.device, lut, codes, k, largest, packed)
+
+
+adc_topk = torch.library.custom_op("sqret::adc_topk", adc_topk_impl, mutates_args=())
 
 
 @adc_topk.register_fake
@@ -233,12 +249,16 @@ def check_fastscan(lut, blocks, n, k) -> None:
     checks.same_device(("lut", lut), ("blocks", blocks))
 
 
-@torch.library.custom_op("sqret::adc_topk_fastscan", mutates_args=())
-def adc_topk_fastscan(lut: Tensor, blocks: Tensor, n: int, k: int, largest: bool = False) -> tuple[Tensor, Tensor]:
+def adc_topk_fastscan_impl(
+    lut: Tensor, blocks: Tensor, n: int, k: int, largest: bool = False
+) -> tuple[Tensor, Tensor]:
     check_fastscan(lut, blocks, n, k)
     if bool(torch.isnan(lut).any()):
         raise ValueError("lut contains NaN")
     return _run("adc_topk_fastscan", lut.device, lut, blocks, n, k, largest)
+
+
+adc_topk_fastscan = torch.library.custom_op("sqret::adc_topk_fastscan", adc_topk_fastscan_impl, mutates_args=())
 
 
 @adc_topk_fastscan.register_fake
