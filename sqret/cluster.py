@@ -63,7 +63,7 @@ def train_pq(
         xs = torch.nn.functional.normalize(xs, dim=-1)
     C = _kmeans_pp(xs, K, g)
     sub = torch.arange(M, device=x.device).expand(1, M)
-    for _ in tqdm(range(iters), desc="k-means", disable=progress is False, leave=False):
+    for _ in tqdm(range(iters), desc="k-means", disable=None if progress is None else not progress, leave=False):
         codes = ops.encode(xs.reshape(N, D), C, assign).long()  # [N, M]
         sums = torch.zeros_like(C).index_put_((sub, codes), xs, accumulate=True)
         ones = torch.ones(N, M, device=x.device)

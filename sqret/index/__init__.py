@@ -1,0 +1,39 @@
+"""Indexes: PQIndex (flat PQ), IVFPQIndex (inverted lists + residual PQ), persistence, FAISS interop,
+sharded search over torch.distributed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .ivf import IVFPQIndex
+from .pq import PQIndex
+from .storage import FORMAT_VERSION, IndexFile, IndexFileError
+
+_KINDS = {"pq": PQIndex, "ivfpq": IVFPQIndex}
+
+
+def load(path: str | Path, mmap: bool = False, verify: bool = True) -> PQIndex | IVFPQIndex:
+    """Read an index written by ``save``. ``mmap=True`` maps the codes and ids instead of reading them (the
+    index is then read-only and searched by streaming); ``verify`` checks every section's CRC-32 (a full
+    read: pass False to open a huge memory-mapped index instantly)."""
+    f = IndexFile(path, mmap=mmap, verify=verify)
+    kind = f.meta.get("kind")
+    if kind not in _KINDS:
+        raise IndexFileError(f"{path}: unknown index kind {kind!r}")
+    return _KINDS[kind]._from_file(f)
+
+
+def _typed_load(cls):
+    def load_as(path: str | Path, mmap: bool = False, verify: bool = True):
+        index = load(path, mmap=mmap, verify=verify)
+        if not isinstance(index, cls):
+            raise IndexFileError(f"{path} holds a {type(index).__name__}, not a {cls.__name__}")
+        return index
+
+    return staticmethod(load_as)
+
+
+PQIndex.load = _typed_load(PQIndex)
+IVFPQIndex.load = _typed_load(IVFPQIndex)
+
+__all__ = ["FORMAT_VERSION", "IVFPQIndex", "IndexFile", "IndexFileError", "PQIndex", "load"]

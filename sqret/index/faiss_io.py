@@ -1,0 +1,116 @@
+"""FAISS interop: IndexPQ and IndexIVFPQ (optionally wrapped in IndexIDMap / IndexIDMap2) to and from sqret.
+
+Codebooks, coarse centroids, codes and ids are copied as they are, so both libraries search the same codes.
+4-bit codes use the same packing in both (sub-space 2j in the low nibble of byte j).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import ops
+from .ivf import IVFPQIndex
+from .pq import PQIndex
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+def _metric_type(metric: str) -> int:
+    f = _faiss()
+    return f.METRIC_L2 if metric == "l2" else f.METRIC_INNER_PRODUCT
+
+
+def _metric_name(metric_type: int) -> str:
+    f = _faiss()
+    if metric_type == f.METRIC_L2:
+        return "l2"
+    if metric_type == f.METRIC_INNER_PRODUCT:
+        return "ip"
+    raise ValueError(f"unsupported FAISS metric type {metric_type}")
+
+
+def _faiss_codes(codes: torch.Tensor, nbits: int) -> np.ndarray:
+    return np.ascontiguousarray((ops.pack4(codes) if nbits == 4 else codes).numpy())
+
+
+def _sqret_codes(raw: np.ndarray, M: int, nbits: int) -> torch.Tensor:
+    t = torch.from_numpy(np.array(raw))
+    return ops.unpack4(t, M) if nbits == 4 else t
+
+
+def to_faiss(index: PQIndex | IVFPQIndex):
+    """A FAISS index holding the same codebooks, codes and ids (IndexIDMap2 around IndexPQ when the ids
+    are not 0..ntotal-1)."""
+    f = _faiss()
+    if not index.is_trained:
+        raise RuntimeError("the index is not trained")
+    mt = _metric_type(index.metric)
+    if isinstance(index, PQIndex):
+        out = f.IndexPQ(index.d, index.M, index.nbits, mt)
+        f.copy_array_to_vector(index.codebooks.numpy().ravel(), out.pq.centroids)
+        out.is_trained = True
+        ids = index.ids().numpy()
+        codes = _faiss_codes(index.codes(), index.nbits)
+        if np.array_equal(ids, np.arange(len(ids))):
+            out.add_sa_codes(codes)
+            return out
+        wrapped = f.IndexIDMap2(out)
+        out.this.disown()
+        wrapped.own_fields = True
+        wrapped.add_sa_codes(codes, np.ascontiguousarray(ids, dtype=np.int64))
+        return wrapped
+    if isinstance(index, IVFPQIndex):
+        quantizer = f.IndexFlatL2(index.d) if index.metric == "l2" else f.IndexFlatIP(index.d)
+        quantizer.add(index.centroids.numpy())
+        out = f.IndexIVFPQ(quantizer, index.d, index.nlist, index.M, index.nbits, mt)
+        quantizer.this.disown()
+        out.own_fields = True
+        f.copy_array_to_vector(index.codebooks.numpy().ravel(), out.pq.centroids)
+        out.is_trained = True
+        for li in range(index.nlist):
+            ids = np.ascontiguousarray(np.asarray(index._ids[li]), dtype=np.int64)
+            if len(ids):
+                codes = _faiss_codes(torch.as_tensor(np.asarray(index._codes[li])), index.nbits)
+                out.invlists.add_entries(li, len(ids), f.swig_ptr(ids), f.swig_ptr(codes))
+        out.ntotal = len(index)
+        out.precompute_table()
+        return out
+    raise TypeError(f"to_faiss takes a PQIndex or IVFPQIndex, got {type(index).__name__}")
+
+
+def from_faiss(findex) -> PQIndex | IVFPQIndex:
+    """A sqret index from a FAISS IndexPQ or IndexIVFPQ (by_residual), optionally in IndexIDMap(2)."""
+    f = _faiss()
+    findex = f.downcast_index(findex)
+    ids = None
+    if isinstance(findex, (f.IndexIDMap, f.IndexIDMap2)):
+        ids = f.vector_to_array(findex.id_map).astype(np.int64)
+        findex = f.downcast_index(findex.index)
+    if isinstance(findex, f.IndexPQ):
+        pq = findex.pq
+        codebooks = torch.from_numpy(f.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub))
+        index = PQIndex.from_codebooks(codebooks, _metric_name(findex.metric_type))
+        raw = f.vector_to_array(findex.codes).reshape(findex.ntotal, pq.code_size)
+        index.add_codes(_sqret_codes(raw, pq.M, pq.nbits), ids)
+        return index
+    if isinstance(findex, f.IndexIVFPQ):
+        if not findex.by_residual:
+            raise ValueError("only IndexIVFPQ with by_residual=True is supported")
+        pq, inv = findex.pq, findex.invlists
+        index = IVFPQIndex(findex.d, findex.nlist, pq.M, pq.nbits, _metric_name(findex.metric_type))
+        index.centroids = torch.from_numpy(findex.quantizer.reconstruct_n(0, findex.nlist))
+        index.codebooks = torch.from_numpy(f.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub))
+        for li in range(findex.nlist):
+            n = inv.list_size(li)
+            if n:
+                raw = f.rev_swig_ptr(inv.get_codes(li), n * inv.code_size).reshape(n, inv.code_size)
+                lids = f.rev_swig_ptr(inv.get_ids(li), n).astype(np.int64)
+                index._codes[li] = _sqret_codes(raw, pq.M, pq.nbits)
+                index._ids[li] = torch.from_numpy(lids.copy())
+        return index
+    raise TypeError(f"from_faiss takes a FAISS IndexPQ or IndexIVFPQ, got {type(findex).__name__}")
