@@ -184,3 +184,25 @@ def test_bad_input_is_an_error_not_a_crash():
         _cpu.set_simd("sse9")
     with sqret.use_backend("cpu_native"), pytest.raises(ValueError, match="codes must lie"):
         ops.adc_topk(torch.randn(1, 2, 8), torch.full((3, 2), 8, dtype=torch.uint8), 1)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+@pytest.mark.parametrize("M,K,k", [(4, 16, 10), (8, 256, 50), (5, 7, 300)])
+def test_ivf_search_equals_reference(metric, M, K, k):
+    """Integer-valued queries, centroids and codebooks make both LUT formulas exact, and ties common:
+    values and ids (ties by smaller id) must be equal."""
+    rng = np.random.default_rng(M * K)
+    d, nlist, Q, nprobe = 2 * M, 12, 9, 5
+    t = torch.from_numpy
+    q = t(rng.integers(-3, 4, (Q, d)).astype(np.float32))
+    cen = t(rng.integers(-3, 4, (nlist, d)).astype(np.float32))
+    cb = t(rng.integers(-2, 3, (M, K, 2)).astype(np.float32))
+    sizes = rng.integers(0, 200, nlist)
+    sizes[3] = 0
+    codes = [t(rng.integers(0, K, (n, M)).astype(np.uint8)) for n in sizes]
+    ids = [t(rng.permutation(10**6)[:n].astype(np.int64)) for n in sizes]
+    probes = t(np.stack([rng.permutation(nlist)[:nprobe] for _ in range(Q)]).astype(np.int64))
+    probes[0, -1] = -1  # an empty probe slot
+    got, want = both(lambda: ops.ivf_search(q, cen, cb, codes, ids, probes, k, metric))
+    assert_same(got, want)
+    assert (got[1] >= 0).sum() > 0

@@ -13,25 +13,19 @@
 
 namespace sqret {
 
-namespace {
-
-// Codebooks transposed to [M][d][K] with squared norms [M][K].
-struct Transposed {
-  std::vector<float> Ct, norms;
-  Transposed(const float* C, int64_t M, int64_t K, int64_t d)
-      : Ct(static_cast<size_t>(M * d * K)), norms(static_cast<size_t>(M * K), 0.f) {
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t k = 0; k < K; ++k) {
-        const float* c = C + (m * K + k) * d;
-        float n = 0.f;
-        for (int64_t j = 0; j < d; ++j) {
-          Ct[(m * d + j) * K + k] = c[j];
-          n += c[j] * c[j];
-        }
-        norms[m * K + k] = n;
+Transposed::Transposed(const float* C, int64_t M, int64_t K, int64_t d)
+    : Ct(static_cast<size_t>(M * d * K)), norms(static_cast<size_t>(M * K), 0.f) {
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k) {
+      const float* c = C + (m * K + k) * d;
+      float n = 0.f;
+      for (int64_t j = 0; j < d; ++j) {
+        Ct[(m * d + j) * K + k] = c[j];
+        n += c[j] * c[j];
       }
-  }
-};
+      norms[m * K + k] = n;
+    }
+}
 
 // out[k] = sum_j (x_j - c_kj)^2 (l2, l2_sqrt) or sum_j x_j c_kj (ip), one sub-space.
 __attribute__((target_clones("avx512f", "avx2", "default"))) void lut_row(const float* xs, const float* Ct, int64_t d,
@@ -54,6 +48,8 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void lut_row(const 
   if (metric == 2)
     for (int64_t k = 0; k < K; ++k) out[k] = std::sqrt(out[k]);
 }
+
+namespace {
 
 // argmin_k of base[k] + coef * x . c_k, the first index on ties.
 __attribute__((target_clones("avx512f", "avx2", "default"))) int32_t nearest(const float* xs, const float* Ct,

@@ -42,6 +42,25 @@ void unpack_fastscan(const uint8_t* blocks, int64_t N, int64_t M, uint8_t* packe
 void adc_topk_fastscan(const float* lut, int64_t Q, int64_t M, const uint8_t* blocks, int64_t N, int64_t k,
                        int nthreads, float* out_d, int64_t* out_i);
 
+// Codebooks [M][K][d] transposed to [M][d][K] (vectorizable over the K codewords), with norms [M][K].
+struct Transposed {
+  std::vector<float> Ct, norms;
+  Transposed(const float* C, int64_t M, int64_t K, int64_t d);
+};
+
+// One sub-space's table: out[k] = ||xs - c_k||^2 (metric 0), xs . c_k (1), ||xs - c_k|| (2); Ct = [d][K].
+void lut_row(const float* xs, const float* Ct, int64_t d, int64_t K, int metric, float* out);
+
+// IVF-PQ search: per query, the LUT of each probed list (residual q - c_l for l2; for ip the LUT of q plus
+// <q, c_l>) and a scan of that list's codes [n_l, M] (uint8) straight from memory; ids from the list's ids.
+// list_codes / list_ids: addresses of each list's arrays; probes [Q, nprobe] list numbers (-1: none).
+// metric 0 = l2 (smallest first), 1 = ip (largest first). Ties by smaller id. precomputed (l2, may be null):
+// [nlist, M, K] = ||r_mk||^2 + 2 <c_l,m, r_mk>, so a list's LUT costs M*K additions instead of d*K products.
+void ivf_search(const float* queries, int64_t Q, int64_t d, const float* centroids, const float* codebooks,
+                int64_t M, int64_t K, const int64_t* list_codes, const int64_t* list_ids, const int64_t* list_sizes,
+                const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed, int nthreads,
+                float* out_d, int64_t* out_i);
+
 // Distance tables out [Q, M, K] for x [Q, M*d]: metric 0 = l2 (squared), 1 = ip, 2 = l2_sqrt.
 void build_lut(const float* x, int64_t Q, const float* codebooks, int64_t M, int64_t K, int64_t d, int metric,
                float* out, int nthreads);

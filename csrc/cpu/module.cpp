@@ -71,6 +71,18 @@ PYBIND11_MODULE(_cpu, m) {
       },
       "4-bit fast scan + exact re-rank: lut [Q, M, 16] float32, blocks [ceil(N/32), M, 16]");
   m.def(
+      "ivf_search",
+      [](uintptr_t queries, int64_t Q, int64_t d, uintptr_t centroids, uintptr_t codebooks, int64_t M, int64_t K,
+         uintptr_t list_codes, uintptr_t list_ids, uintptr_t list_sizes, uintptr_t probes, int64_t nprobe, int64_t k,
+         int metric, uintptr_t precomputed, int nthreads, uintptr_t out_d, uintptr_t out_i) {
+        py::gil_scoped_release release;
+        ivf_search(ptr<const float>(queries), Q, d, ptr<const float>(centroids), ptr<const float>(codebooks), M, K,
+                   ptr<const int64_t>(list_codes), ptr<const int64_t>(list_ids), ptr<const int64_t>(list_sizes),
+                   ptr<const int64_t>(probes), nprobe, k, metric, reinterpret_cast<const float*>(precomputed),
+                   nthreads, ptr<float>(out_d), ptr<int64_t>(out_i));
+      },
+      "IVF-PQ search: per query, LUTs of the probed lists and a scan of their codes; out [Q, k]");
+  m.def(
       "build_lut",
       [](uintptr_t x, int64_t Q, uintptr_t codebooks, int64_t M, int64_t K, int64_t d, int metric, uintptr_t out,
          int nthreads) {

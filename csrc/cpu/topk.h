@@ -28,6 +28,8 @@ class TopK {
   }
 
   inline bool admits(float d) const { return !full_ || d < thr_; }
+  // For offers in any id order: an offer equal to the threshold may still win on its smaller id.
+  inline bool admits_any(float d) const { return !full_ || d <= thr_; }
   inline float threshold() const { return full_ ? thr_ : std::numeric_limits<float>::infinity(); }
   inline bool full() const { return full_; }
 
@@ -35,7 +37,7 @@ class TopK {
     if (admits(d)) push(d, id);
   }
 
-  // Append an admitted candidate (ids ascending within a scan).
+  // Append an admitted candidate.
   inline void push(float d, int64_t id) {
     buf_.push_back({d, id});
     if (static_cast<int64_t>(buf_.size()) >= cap_) shrink();

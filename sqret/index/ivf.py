@@ -33,6 +33,8 @@ class IVFPQIndex:
         self._codes: list[torch.Tensor | np.ndarray] = [torch.empty((0, M), dtype=torch.uint8)] * nlist
         self._ids: list[torch.Tensor | np.ndarray] = [torch.empty(0, dtype=torch.int64)] * nlist
         self.readonly = False
+        self._addr = None  # cached list addresses (see _addresses)
+        self._table = None  # cached l2 precomputed table (see _precomputed)
 
     # ------------------------------------------------------------------ build
 
@@ -48,6 +50,7 @@ class IVFPQIndex:
         self.centroids = train_pq(x, 1, self.nlist, iters=iters, seed=seed, progress=progress)[0]
         residuals = x - self.centroids[self.assign(x)]
         self.codebooks = train_pq(residuals, self.M, self.K, iters=iters, seed=seed, progress=progress)
+        self._table = None
         return self
 
     def assign(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,6 +84,7 @@ class IVFPQIndex:
         for li, part in zip(ls.tolist(), torch.split(order, counts.tolist()), strict=True):
             self._codes[li] = torch.cat([self._codes[li], codes[part].to(torch.uint8)])
             self._ids[li] = torch.cat([self._ids[li], ids[part]])
+        self._addr = None
 
     def remove(self, ids) -> int:
         """Remove every entry whose id is in ids; returns how many were removed."""
@@ -91,6 +95,7 @@ class IVFPQIndex:
             if gone.any():
                 removed += int(gone.sum())
                 self._codes[li], self._ids[li] = self._codes[li][~gone], self._ids[li][~gone]
+        self._addr = None
         return removed
 
     def __len__(self) -> int:
@@ -133,34 +138,32 @@ class IVFPQIndex:
         if not isinstance(nprobe, int) or nprobe < 1:
             raise ValueError(f"nprobe must be an int >= 1, got {nprobe!r}")
         nprobe = min(nprobe, self.nlist)
-        largest = self.metric == "ip"
-        Q = q.shape[0]
         coarse = ops.build_lut(q, self.centroids[None], self.metric)[:, 0]  # [Q, nlist]
-        probes = coarse.topk(nprobe, dim=1, largest=largest).indices  # [Q, nprobe], nearest first
-        fill = float("-inf") if largest else float("inf")
-        vals = torch.full((Q, nprobe, k), fill)
-        ids = torch.full((Q, nprobe, k), -1, dtype=torch.int64)
-        lut_ip = ops.build_lut(q, self.codebooks, "ip") if largest else None
-        flat = probes.reshape(-1)
-        order = torch.argsort(flat, stable=True)
-        lists, counts = torch.unique_consecutive(flat[order], return_counts=True)
-        for li, pairs in zip(lists.tolist(), torch.split(order, counts.tolist()), strict=True):
-            n = int(self._ids[li].shape[0])
-            if n == 0:
-                continue
-            qs, rank = pairs // nprobe, pairs % nprobe
-            if largest:
-                lut = lut_ip[qs]
-            else:
-                lut = ops.build_lut(q[qs] - self.centroids[li], self.codebooks, "l2")
-            kk = min(k, n)
-            v, i = ops.adc_topk(lut, self._codes[li], kk, largest=largest, ids=self._ids[li])
-            if largest:
-                v = v + (q[qs] @ self.centroids[li]).unsqueeze(1)
-            vals[qs, rank, :kk], ids[qs, rank, :kk] = v, i
-        vals, ids = vals.reshape(Q, -1), ids.reshape(Q, -1)
-        best = torch.sort(vals, dim=1, stable=True, descending=largest).indices[:, :k]
-        return vals.gather(1, best), ids.gather(1, best)
+        probes = coarse.topk(nprobe, dim=1, largest=self.metric == "ip").indices  # nearest first
+        return ops.ivf_search(q, self.centroids, self.codebooks, self._codes, self._ids, probes, k, self.metric,
+                              addresses=self._addresses(), precomputed=self._precomputed())
+
+    PRECOMPUTED_MAX_BYTES = 256 << 20
+
+    def _precomputed(self) -> torch.Tensor | None:
+        """The l2 precomputed table [nlist, M, K] (cached), unless it would exceed PRECOMPUTED_MAX_BYTES."""
+        if self.metric != "l2" or self.nlist * self.M * self.K * 4 > self.PRECOMPUTED_MAX_BYTES:
+            return None
+        if self._table is None:
+            self._table = ops.ivf_precomputed_table(self.centroids, self.codebooks)
+        return self._table
+
+    def _addresses(self):
+        """Buffer addresses of the lists for the native scan, cached until the lists change."""
+        if self._addr is None and ops.get_backend() in ("auto", "cpu_native") and self._native():
+            from ..ops.cpu_native import list_addresses
+
+            self._addr = list_addresses(self._codes, self._ids)
+        return self._addr
+
+    @staticmethod
+    def _native() -> bool:
+        return any(b.name == "cpu_native" and b.available for b in ops.backends())
 
     # ------------------------------------------------------------------ persistence
 

@@ -104,10 +104,52 @@ def encode(x: torch.Tensor, codebooks: torch.Tensor, metric: str) -> torch.Tenso
     return out.to(code_dtype(K))
 
 
+def list_addresses(codes, ids) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """int64 addresses of each list's codes and ids, and the list sizes (arrays must be C-contiguous)."""
+
+    def addr(a) -> int:
+        if isinstance(a, torch.Tensor):
+            if not a.is_contiguous() or a.device.type != "cpu":
+                raise ValueError("inverted lists must be contiguous CPU tensors")
+            return a.data_ptr()
+        if not a.flags.c_contiguous:
+            raise ValueError("inverted lists must be C-contiguous arrays")
+        return a.ctypes.data
+
+    return (torch.tensor([addr(c) for c in codes], dtype=torch.int64),
+            torch.tensor([addr(i) for i in ids], dtype=torch.int64),
+            torch.tensor([int(i.shape[0]) for i in ids], dtype=torch.int64))
+
+
+def ivf_search(queries, centroids, codebooks, codes, ids, probes, k: int, metric: str, addresses=None,
+               precomputed=None):
+    M, K, _ = codebooks.shape
+    if K > 256 or any(torch.float64 == t.dtype for t in (queries, centroids, codebooks)):
+        return reference.ivf_search(queries, centroids, codebooks, codes, ids, probes, k, metric)
+    pre = precomputed.to(torch.float32).contiguous() if precomputed is not None and metric == "l2" else None
+    c_addr, i_addr, sizes = addresses if addresses is not None else list_addresses(codes, ids)
+    Q, d = queries.shape
+    q = queries.to(torch.float32).contiguous()
+    cen, cb = centroids.to(torch.float32).contiguous(), codebooks.to(torch.float32).contiguous()
+    pr = probes.to(torch.int64).contiguous()
+    v, i = _outputs(Q, k)
+    if Q:
+        _cpu.ivf_search(q.data_ptr(), Q, d, cen.data_ptr(), cb.data_ptr(), M, K, c_addr.data_ptr(), i_addr.data_ptr(),
+                        sizes.data_ptr(), pr.data_ptr(), pr.shape[1], k, 0 if metric == "l2" else 1,
+                        pre.data_ptr() if pre is not None else 0, _threads(), v.data_ptr(), i.data_ptr())
+    return v, i
+
+
 if _cpu is not None:
     register(
         "cpu_native",
         ("cpu",),
-        {"adc_topk": adc_topk, "adc_topk_fastscan": adc_topk_fastscan, "build_lut": build_lut, "encode": encode},
+        {
+            "adc_topk": adc_topk,
+            "adc_topk_fastscan": adc_topk_fastscan,
+            "build_lut": build_lut,
+            "encode": encode,
+            "ivf_search": ivf_search,
+        },
         priority=10,
     )

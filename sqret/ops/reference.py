@@ -8,6 +8,7 @@ Memory is bounded: every op works in chunks of rows so that no temporary holds m
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -292,3 +293,43 @@ def fastscan_unpack(blocks: torch.Tensor, n: int) -> torch.Tensor:
 def adc_topk_fastscan(lut: torch.Tensor, blocks: torch.Tensor, n: int, k: int, largest: bool):
     """adc_topk over fast-scan blocks holding n codes."""
     return adc_topk(lut, fastscan_unpack(blocks, n), k, largest, False)
+
+
+def ivf_search(queries, centroids, codebooks, codes, ids, probes, k: int, metric: str, addresses=None,
+               precomputed=None):
+    """IVF-PQ search: (values [Q, k], ids [Q, k]) over the lists in probes [Q, nprobe] (-1: none).
+
+    l2 scores the LUT of the residual q - c_l; ip scores <q, c_l> + LUT(q). Ties by smaller id.
+    ``codes[l]`` [n_l, M] uint8 and ``ids[l]`` [n_l] int64 (tensors or arrays); ``addresses`` and
+    ``precomputed`` (accelerators of the native backend) are unused.
+    """
+    Q, nprobe = probes.shape
+    largest = metric == "ip"
+    fill = float("-inf") if largest else float("inf")
+    vals = torch.full((Q, nprobe, k), fill)
+    out = torch.full((Q, nprobe, k), -1, dtype=torch.int64)
+    lut_ip = build_lut(queries, codebooks, "ip", None) if largest else None
+    flat = probes.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    lists, counts = torch.unique_consecutive(flat[order], return_counts=True)
+    for li, pairs in zip(lists.tolist(), torch.split(order, counts.tolist()), strict=True):
+        if li < 0 or codes[li].shape[0] == 0:
+            continue
+        c, i = torch.as_tensor(np.asarray(codes[li])), torch.as_tensor(np.asarray(ids[li]))
+        by_id = torch.argsort(i, stable=True)  # scan in id order: the per-list cut keeps the smaller ids
+        c, i = c[by_id], i[by_id]
+        qs, rank = pairs // nprobe, pairs % nprobe
+        if largest:
+            lut = lut_ip[qs]
+        else:
+            lut = build_lut(queries[qs] - centroids[li], codebooks, "l2", None)
+        kk = min(k, c.shape[0])
+        v, pos = adc_topk(lut, c, kk, largest, False)
+        if largest:
+            v = v + (queries[qs] @ centroids[li]).unsqueeze(1)
+        vals[qs, rank, :kk], out[qs, rank, :kk] = v.to(vals.dtype), i[pos]
+    vals, out = vals.reshape(Q, -1), out.reshape(Q, -1)
+    by_id = torch.argsort(torch.where(out < 0, torch.iinfo(torch.int64).max, out), dim=1, stable=True)
+    vals, out = vals.gather(1, by_id), out.gather(1, by_id)
+    best = torch.sort(vals, dim=1, stable=True, descending=largest).indices[:, :k]
+    return vals.gather(1, best), out.gather(1, best)

@@ -1,0 +1,121 @@
+// IVF-PQ search in one call: parallel over queries; each query builds the LUT of every probed list and
+// scans that list's codes where they lie (tensors or memory-mapped files), keeping one reservoir top-k.
+#include <omp.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <vector>
+
+#include "kernels.h"
+
+namespace sqret {
+
+namespace {
+
+// sum over sub-spaces in order, then the list's base term; four codes at a time
+template <int M>
+void scan_list(const float* L, int64_t K, const uint8_t* codes, const int64_t* ids, int64_t n, float base, float sign,
+               TopK& tk) {
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const uint8_t* c = codes + i * M;
+    float d0 = 0.f, d1 = 0.f, d2 = 0.f, d3 = 0.f;
+#pragma GCC unroll 64
+    for (int m = 0; m < M; ++m) {
+      const float* Lm = L + m * K;
+      d0 += Lm[c[m]];
+      d1 += Lm[c[M + m]];
+      d2 += Lm[c[2 * M + m]];
+      d3 += Lm[c[3 * M + m]];
+    }
+    const float e[4] = {sign * (d0 + base), sign * (d1 + base), sign * (d2 + base), sign * (d3 + base)};
+    for (int j = 0; j < 4; ++j)
+      if (tk.admits_any(e[j])) tk.push(e[j], ids[i + j]);
+  }
+  for (; i < n; ++i) {
+    float d = 0.f;
+    for (int m = 0; m < M; ++m) d += L[m * K + codes[i * M + m]];
+    d = sign * (d + base);
+    if (tk.admits_any(d)) tk.push(d, ids[i]);
+  }
+}
+
+void scan_list_any(const float* L, int64_t M, int64_t K, const uint8_t* codes, const int64_t* ids, int64_t n,
+                   float base, float sign, TopK& tk) {
+  for (int64_t i = 0; i < n; ++i) {
+    float d = 0.f;
+    for (int64_t m = 0; m < M; ++m) d += L[m * K + codes[i * M + m]];
+    d = sign * (d + base);
+    if (tk.admits_any(d)) tk.push(d, ids[i]);
+  }
+}
+
+void scan(const float* L, int64_t M, int64_t K, const uint8_t* codes, const int64_t* ids, int64_t n, float base,
+          float sign, TopK& tk) {
+  switch (M) {
+    case 4:
+      return scan_list<4>(L, K, codes, ids, n, base, sign, tk);
+    case 8:
+      return scan_list<8>(L, K, codes, ids, n, base, sign, tk);
+    case 16:
+      return scan_list<16>(L, K, codes, ids, n, base, sign, tk);
+    case 32:
+      return scan_list<32>(L, K, codes, ids, n, base, sign, tk);
+    default:
+      return scan_list_any(L, M, K, codes, ids, n, base, sign, tk);
+  }
+}
+
+}  // namespace
+
+void ivf_search(const float* queries, int64_t Q, int64_t d, const float* centroids, const float* codebooks,
+                int64_t M, int64_t K, const int64_t* list_codes, const int64_t* list_ids, const int64_t* list_sizes,
+                const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed, int nthreads,
+                float* out_d, int64_t* out_i) {
+  if (Q < 0 || d < 1 || M < 1 || d % M || K < 1 || K > 256 || nprobe < 1 || k < 1 || (metric != 0 && metric != 1))
+    throw std::invalid_argument("ivf_search: bad sizes or metric");
+  const int64_t dsub = d / M;
+  Transposed t(codebooks, M, K, dsub);
+  const float sign = metric == 0 ? 1.f : -1.f;  // the reservoir keeps the smallest: negate ip scores
+#pragma omp parallel num_threads(std::max(1, nthreads))
+  {
+    std::vector<float> lut(static_cast<size_t>(M * K)), qr(static_cast<size_t>(M * K)), resid(static_cast<size_t>(d));
+#pragma omp for schedule(dynamic)
+    for (int64_t q = 0; q < Q; ++q) {
+      const float* x = queries + q * d;
+      TopK tk(k);
+      if (metric == 1 || precomputed)  // <q_m, r_mk>: the ip LUT, or the query term of the l2 decomposition
+        for (int64_t m = 0; m < M; ++m)
+          lut_row(x + m * dsub, t.Ct.data() + m * dsub * K, dsub, K, 1, (metric == 1 ? &lut[0] : &qr[0]) + m * K);
+      for (int64_t p = 0; p < nprobe; ++p) {
+        const int64_t l = probes[q * nprobe + p];
+        if (l < 0 || list_sizes[l] == 0) continue;
+        const float* c = centroids + l * d;
+        float base = 0.f;
+        if (metric == 0 && precomputed) {
+          // ||q - c - r||^2 = ||q - c||^2 + (||r||^2 + 2 <c, r>) - 2 <q, r>: the middle term is per list
+          const float* pre = precomputed + l * M * K;
+          for (int64_t mk = 0; mk < M * K; ++mk) lut[mk] = pre[mk] - 2.f * qr[mk];
+          for (int64_t j = 0; j < d; ++j) base += (x[j] - c[j]) * (x[j] - c[j]);
+        } else if (metric == 0) {
+          for (int64_t j = 0; j < d; ++j) resid[j] = x[j] - c[j];
+          for (int64_t m = 0; m < M; ++m)
+            lut_row(&resid[m * dsub], t.Ct.data() + m * dsub * K, dsub, K, 0, &lut[m * K]);
+        } else {
+          for (int64_t j = 0; j < d; ++j) base += x[j] * c[j];
+        }
+        scan(lut.data(), M, K, reinterpret_cast<const uint8_t*>(list_codes[l]),
+             reinterpret_cast<const int64_t*>(list_ids[l]), list_sizes[l], base, sign, tk);
+      }
+      std::vector<Cand> best(tk.items());
+      best_k(best, k);
+      const int64_t n = static_cast<int64_t>(best.size());
+      for (int64_t r = 0; r < k; ++r) {
+        out_d[q * k + r] = r < n ? sign * best[r].d : sign * std::numeric_limits<float>::infinity();
+        out_i[q * k + r] = r < n ? best[r].id : -1;
+      }
+    }
+  }
+}
+
+}  // namespace sqret
