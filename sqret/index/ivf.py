@@ -35,6 +35,7 @@ class IVFPQIndex:
         self.readonly = False
         self._addr = None  # cached list addresses (see _addresses)
         self._table = None  # cached l2 precomputed table (see _precomputed)
+        self._cnorm = None  # cached squared centroid norms (see probe)
 
     # ------------------------------------------------------------------ build
 
@@ -50,7 +51,7 @@ class IVFPQIndex:
         self.centroids = train_pq(x, 1, self.nlist, iters=iters, seed=seed, progress=progress)[0]
         residuals = x - self.centroids[self.assign(x)]
         self.codebooks = train_pq(residuals, self.M, self.K, iters=iters, seed=seed, progress=progress)
-        self._table = None
+        self._table = self._cnorm = None
         return self
 
     def assign(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,8 +139,7 @@ class IVFPQIndex:
         if not isinstance(nprobe, int) or nprobe < 1:
             raise ValueError(f"nprobe must be an int >= 1, got {nprobe!r}")
         nprobe = min(nprobe, self.nlist)
-        coarse = ops.build_lut(q, self.centroids[None], self.metric)[:, 0]  # [Q, nlist]
-        probes = coarse.topk(nprobe, dim=1, largest=self.metric == "ip").indices  # nearest first
+        probes = self.probe(q, nprobe)
         return ops.ivf_search(q, self.centroids, self.codebooks, self._codes, self._ids, probes, k, self.metric,
                               addresses=self._addresses(), precomputed=self._precomputed())
 
@@ -152,6 +152,15 @@ class IVFPQIndex:
         if self._table is None:
             self._table = ops.ivf_precomputed_table(self.centroids, self.codebooks)
         return self._table
+
+    def probe(self, q: torch.Tensor, nprobe: int) -> torch.Tensor:
+        """The nprobe lists nearest each query of q [Q, d], nearest first -> int64 [Q, nprobe]."""
+        if self._cnorm is None:
+            self._cnorm = (self.centroids * self.centroids).sum(1)
+        dots = q @ self.centroids.T  # one GEMM; l2 ranks by ||c||^2 - 2 q.c (||q||^2 is common)
+        if self.metric == "ip":
+            return dots.topk(nprobe, dim=1).indices
+        return (self._cnorm - 2 * dots).topk(nprobe, dim=1, largest=False).indices
 
     def _addresses(self):
         """Buffer addresses of the lists for the native scan, cached until the lists change."""

@@ -201,7 +201,7 @@ def ivf_precomputed_table(centroids: Tensor, codebooks: Tensor) -> Tensor:
     M, K, dsub = codebooks.shape
     c = centroids.to(torch.float32).reshape(-1, M, dsub)
     r = codebooks.to(torch.float32)
-    return (r * r).sum(-1) + 2 * torch.einsum("lmd,mkd->lmk", c, r)
+    return ((r * r).sum(-1) + 2 * torch.einsum("lmd,mkd->lmk", c, r)).contiguous()
 
 
 def _as_tensor(a: CodesLike, name: str, device: torch.device) -> Tensor:
