@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.sqret-installed
 NATIVE := $(wildcard csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh)
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-index bench-billion clean
 
 $(STAMP): requirements.txt setup.py $(NATIVE)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,16 @@ bench: $(STAMP)
 		--benchmark-json=benchmarks/results/cpu_scan.json
 	$(BIN)/python benchmarks/report.py benchmarks/results/cpu_scan.json > benchmarks/results/cpu_scan.md
 	cat benchmarks/results/cpu_scan.md
+
+bench-index: $(STAMP)
+	$(BIN)/python -m pytest -q benchmarks/test_index_vs_faiss.py --benchmark-only \
+		--benchmark-json=benchmarks/results/index_vs_faiss.json
+	cd benchmarks && ../$(BIN)/python index_report.py results/index_vs_faiss.json \
+		results/index_vs_faiss.md results/index_vs_faiss.png
+	cat benchmarks/results/index_vs_faiss.md
+
+bench-billion: $(STAMP)
+	$(BIN)/python benchmarks/billion.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info sqret/*.so
