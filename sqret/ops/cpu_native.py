@@ -90,9 +90,9 @@ def build_lut(q: torch.Tensor, codebooks: torch.Tensor, metric: str, dtype: torc
 
 
 def encode(x: torch.Tensor, codebooks: torch.Tensor, metric: str) -> torch.Tensor:
-    if x.dtype == torch.float64 or codebooks.dtype == torch.float64:
-        return reference.encode(x, codebooks, metric)
     M, K, d = codebooks.shape
+    if x.dtype == torch.float64 or codebooks.dtype == torch.float64 or d >= 32:
+        return reference.encode(x, codebooks, metric)  # wide sub-vectors: the reference's GEMM is faster
     C = codebooks.to(torch.float32)
     if metric == "cos":  # argmax of cos(x, c) = argmax of x . c / ||c||
         C = F.normalize(C, dim=-1)
