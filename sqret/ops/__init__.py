@@ -43,7 +43,8 @@ register(
     },
     priority=0,
 )
-from . import cpu_native  # noqa: E402,F401  (registers the cpu_native backend when sqret._cpu is built)
+# the optional backends register themselves (cpu_native when sqret._cpu is built, triton when it can run)
+from . import cpu_native, triton_backend  # noqa: E402,F401
 
 __all__ = [
     "BackendInfo",

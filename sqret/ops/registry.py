@@ -25,7 +25,7 @@ class _Backend:
     name: str
     devices: tuple[str, ...] = ()
     impls: dict[str, Callable] = field(default_factory=dict)
-    priority: int = 0
+    priority: int | dict[str, int] = 0  # per device type when a dict
     reason: str | None = "not part of this build yet"
 
 
@@ -52,8 +52,11 @@ def _check_name(name: str, where: str) -> str:
 _forced: str = _check_name(os.environ.get("SQRET_BACKEND", AUTO) or AUTO, "SQRET_BACKEND")
 
 
-def register(name: str, devices: tuple[str, ...], impls: dict[str, Callable], priority: int) -> None:
-    """Make backend ``name`` available for ``devices`` (device types; ``"*"`` for any) with ``impls``."""
+def register(
+    name: str, devices: tuple[str, ...], impls: dict[str, Callable], priority: int | dict[str, int]
+) -> None:
+    """Make backend ``name`` available for ``devices`` (device types; ``"*"`` for any) with ``impls``;
+    the automatic choice takes the highest ``priority`` (an int, or one per device type)."""
     _check_name(name, "register")
     _registry[name] = _Backend(name, tuple(devices), dict(impls), priority, None)
 
@@ -121,5 +124,9 @@ def select(op: str, device_type: str) -> tuple[str, Callable]:
     ]
     if not candidates:
         raise RuntimeError(f"no backend implements {op!r} on {device_type} tensors")
-    best = max(candidates, key=lambda b: b.priority)
+    best = max(candidates, key=lambda b: _priority(b, device_type))
     return best.name, best.impls[op]
+
+
+def _priority(b: _Backend, device_type: str) -> int:
+    return b.priority.get(device_type, 0) if isinstance(b.priority, dict) else b.priority

@@ -1,0 +1,73 @@
+"""The ``triton`` backend: the kernels of ``sqret_kernels`` for CUDA tensors, and for CPU tensors under
+Triton's interpreter (``TRITON_INTERPRET=1``, how CI proves them correct). On the CPU it is never chosen
+automatically (the interpreter is slow): force it with ``sqret.use_backend("triton")``."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from . import reference
+from .checks import code_dtype
+from .registry import mark_unavailable, register
+
+try:
+    from sqret_kernels import adc, lut, soft
+except Exception as err:  # triton missing or broken
+    soft = None
+    mark_unavailable("triton", f"Triton kernels cannot be imported ({type(err).__name__}: {err})")
+
+_CHUNK = 1 << 24  # codes per launch on the multi-pass path (and below 2**31 positions per launch)
+
+
+def encode(x, codebooks, metric):
+    return soft.encode(x, codebooks, metric, code_dtype(codebooks.shape[1]))
+
+
+def adc_topk(table: torch.Tensor, codes: torch.Tensor, k: int, largest: bool, packed: bool):
+    """Fused per-program top-k for k <= FUSED_MAX_K; else a chunked multi-pass path. Values float32
+    (float64 LUTs go to the reference), ties by smaller position, FAISS padding."""
+    if table.dtype == torch.float64:
+        return reference.adc_topk(table, codes, k, largest, packed)
+    Q, N = table.shape[0], codes.shape[0]
+    kk = min(k, N)
+    best_v = torch.empty((Q, 0), dtype=torch.float32, device=table.device)
+    best_i = torch.empty((Q, 0), dtype=torch.int64, device=table.device)
+    if Q and kk:
+        for n0 in range(0, N, _CHUNK):
+            c = codes[n0 : n0 + _CHUNK]
+            if kk <= adc.FUSED_MAX_K:
+                v, i = adc.adc_topk_fused(table, c, kk, largest, packed)
+            else:
+                v, i = reference._topk_first(adc.adc_distances(table, c, packed), min(kk, c.shape[0]), largest)
+            best_v, best_i = reference.merge_topk(best_v, best_i, v, i + n0, kk, largest)
+    return reference.pad_topk(best_v, best_i, k, largest)
+
+
+def _devices() -> tuple[str, ...]:
+    devices = ("cuda",) if torch.cuda.is_available() else ()
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        devices += ("cpu",)
+    return devices
+
+
+if soft is not None:
+    if _devices():
+        register(
+            "triton",
+            _devices(),
+            {
+                "soft_quantize": soft.soft_quantize,
+                "soft_quantize_backward": soft.soft_quantize_backward,
+                "assign_probs": soft.assign_probs,
+                "assign_probs_backward": soft.assign_probs_backward,
+                "encode": encode,
+                "decode": lut.decode,
+                "build_lut": lut.build_lut,
+                "adc_topk": adc_topk,
+            },
+            priority={"cuda": 20, "cpu": -1},
+        )
+    else:
+        mark_unavailable("triton", "no CUDA GPU (TRITON_INTERPRET=1 runs the kernels on CPU tensors, slowly)")

@@ -1,0 +1,82 @@
+"""Distance tables for ADC (build_lut) and codeword gather (decode)."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .soft import INTERPRET, _pow2
+
+
+@triton.jit
+def _lut(q_ptr, c_ptr, out_ptr, Q, K, M, d, sqb, scm, sck, METRIC: tl.constexpr, IEEE: tl.constexpr,
+         BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    """METRIC 0: squared l2, 1: inner product, 2: l2 (non-squared, the SPQ/HQC score)."""
+    pq, m, pk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    rq = pq * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    rk = pk * BLOCK_K + tl.arange(0, BLOCK_K)
+    rd = tl.arange(0, BLOCK_D)
+    mq, mk, md = rq < Q, rk < K, rd < d
+    x = tl.load(q_ptr + rq[:, None] * sqb + (m * d + rd)[None, :], mask=mq[:, None] & md[None, :], other=0.0)
+    c = tl.load(c_ptr + m * scm + rk[:, None] * sck + rd[None, :], mask=mk[:, None] & md[None, :], other=0.0)
+    x, c = x.to(tl.float32), c.to(tl.float32)
+    if IEEE:
+        dot = tl.dot(x, tl.trans(c), input_precision="ieee")
+    else:
+        dot = tl.dot(x, tl.trans(c))
+    if METRIC == 1:
+        v = dot
+    else:
+        v = tl.maximum(tl.sum(x * x, 1)[:, None] - 2.0 * dot + tl.sum(c * c, 1)[None, :], 0.0)
+        if METRIC == 2:
+            v = tl.sqrt(v)
+    tl.store(out_ptr + rq[:, None] * (M * K) + m * K + rk[None, :], v.to(out_ptr.dtype.element_ty),
+             mask=mq[:, None] & mk[None, :])
+
+
+def build_lut(q: torch.Tensor, codebooks: torch.Tensor, metric: str, dtype: torch.dtype | None) -> torch.Tensor:
+    M, K, d = codebooks.shape
+    if metric == "cos":
+        q = torch.nn.functional.normalize(q.float().reshape(q.shape[0], M, d), dim=-1).reshape(q.shape[0], M * d)
+        codebooks = torch.nn.functional.normalize(codebooks.float(), dim=-1)
+    q, cb = q.contiguous(), codebooks.contiguous()
+    Q = q.shape[0]
+    wide = torch.float64 in (q.dtype, cb.dtype)
+    out = torch.empty((Q, M, K), dtype=dtype or (torch.float64 if wide else torch.float32), device=q.device)
+    if Q:
+        BQ = min(_pow2(Q), 128) if INTERPRET else 32
+        BK = min(_pow2(K), 256) if INTERPRET else min(_pow2(K), 64)
+        METRIC = {"l2": 0, "ip": 1, "cos": 1, "l2_sqrt": 2}[metric]
+        ieee = q.dtype == cb.dtype == torch.float32
+        _lut[(triton.cdiv(Q, BQ), M, triton.cdiv(K, BK))](q, cb, out, Q, K, M, d, q.stride(0), cb.stride(0),
+                                                        cb.stride(1), METRIC=METRIC, IEEE=ieee, BLOCK_Q=BQ,
+                                                        BLOCK_K=BK, BLOCK_D=_pow2(d))
+    return out
+
+
+@triton.jit
+def _decode(codes_ptr, c_ptr, out_ptr, N, K, M, d, scn, PACKED: tl.constexpr, BLOCK_N: tl.constexpr,
+            BLOCK_D: tl.constexpr):
+    pid, m = tl.program_id(0), tl.program_id(1)
+    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    rd = tl.arange(0, BLOCK_D)
+    mn, md = rn < N, rd < d
+    if PACKED:
+        byte = tl.load(codes_ptr + rn * scn + m // 2, mask=mn, other=0).to(tl.int32)
+        code = (byte >> ((m % 2) * 4)) & 15
+    else:
+        code = tl.load(codes_ptr + rn * scn + m, mask=mn, other=0).to(tl.int32)
+    v = tl.load(c_ptr + m * (K * d) + code[:, None] * d + rd[None, :], mask=mn[:, None] & md[None, :], other=0.0)
+    tl.store(out_ptr + rn[:, None] * (M * d) + m * d + rd[None, :], v, mask=mn[:, None] & md[None, :])
+
+
+def decode(codes: torch.Tensor, codebooks: torch.Tensor, packed: bool) -> torch.Tensor:
+    M, K, d = codebooks.shape
+    cb, c = codebooks.contiguous(), codes.contiguous()
+    out = torch.empty((codes.shape[0], M * d), dtype=codebooks.dtype, device=codebooks.device)
+    if codes.shape[0]:
+        BN = min(_pow2(codes.shape[0]), 1024) if INTERPRET else 128
+        _decode[(triton.cdiv(codes.shape[0], BN), M)](c, cb, out, codes.shape[0], K, M, d, c.stride(0),
+                                                     PACKED=packed, BLOCK_N=BN, BLOCK_D=_pow2(d, 1))
+    return out

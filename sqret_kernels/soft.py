@@ -1,0 +1,352 @@
+"""Fused soft assignment over codewords: soft_quantize forward / backward, assign_probs, encode.
+
+Per sub-space m and block of rows: scores s = -||x - c||^2 (METRIC 0) or x . c (METRIC 1) against blocks of
+codewords, softmax(s / tau) with an online max / sum (flash-attention style), z = p @ C. The probabilities
+[B, M, K] are never written by soft_quantize; its backward recomputes them from the log-sum-exp, in two
+kernels: one over row blocks (grad x) and one over codeword blocks (grad codebooks, looping over the batch:
+deterministic, no atomics). Cosine is the inner product of L2-normalized inputs (the launcher normalizes).
+All accumulation is float32 whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _pow2(n: int, lo: int = 16) -> int:
+    return max(lo, triton.next_power_of_2(int(n)))
+
+
+def _blocks(B: int, K: int) -> tuple[int, int]:
+    """(BLOCK_B, BLOCK_K): large in the interpreter (it charges per program), GPU-friendly otherwise."""
+    if INTERPRET:
+        return min(_pow2(B), 256), min(_pow2(K), 256)
+    return 64, min(_pow2(K), 64)
+
+
+@triton.jit
+def _scores(x, c, xx, cc, inv_tau, METRIC: tl.constexpr, IEEE: tl.constexpr):
+    """[BB, BK] scaled scores of rows x [BB, BD] against codewords c [BK, BD]."""
+    if IEEE:
+        dot = tl.dot(x, tl.trans(c), input_precision="ieee")
+    else:
+        dot = tl.dot(x, tl.trans(c))
+    if METRIC == 0:
+        s = tl.minimum(2.0 * dot - xx[:, None] - cc[None, :], 0.0)
+    else:
+        s = dot
+    return s * inv_tau
+
+
+@triton.jit
+def _soft_fwd(x_ptr, c_ptr, z_ptr, B, K, d, sxb, scm, sck, szb, inv_tau,
+              METRIC: tl.constexpr, IEEE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+              BLOCK_D: tl.constexpr):
+    pid, m = tl.program_id(0), tl.program_id(1)
+    rb = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    rd = tl.arange(0, BLOCK_D)
+    mb, md = rb < B, rd < d
+    x = tl.load(x_ptr + rb[:, None] * sxb + (m * d + rd)[None, :], mask=mb[:, None] & md[None, :], other=0.0)
+    x = x.to(tl.float32)
+    xx = tl.sum(x * x, 1)
+    m_i = tl.full([BLOCK_B], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_B], tl.float32)
+    acc = tl.zeros([BLOCK_B, BLOCK_D], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        mk = rk < K
+        c = tl.load(c_ptr + m * scm + rk[:, None] * sck + rd[None, :], mask=mk[:, None] & md[None, :], other=0.0)
+        c = c.to(tl.float32)
+        s = _scores(x, c, xx, tl.sum(c * c, 1), inv_tau, METRIC, IEEE)
+        s = tl.where(mk[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p, c, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p, c)
+        m_i = m_new
+    z = acc / l_i[:, None]
+    tl.store(z_ptr + rb[:, None] * szb + (m * d + rd)[None, :], z.to(z_ptr.dtype.element_ty),
+             mask=mb[:, None] & md[None, :])
+
+
+@triton.jit
+def _soft_bwd_rows(x_ptr, c_ptr, g_ptr, gx_ptr, lse_ptr, delta_ptr, B, K, M, d, sxb, scm, sck, sgb, inv_tau,
+                   METRIC: tl.constexpr, PROBS: tl.constexpr, IEEE: tl.constexpr, BLOCK_B: tl.constexpr,
+                   BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    """grad x for a block of rows; stores the row statistics (lse, delta) the codeword kernel needs.
+
+    PROBS = 0: g is grad z [B, D] (soft_quantize); PROBS = 1: g is grad p [B, M, K] (assign_probs)."""
+    pid, m = tl.program_id(0), tl.program_id(1)
+    rb = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    rd = tl.arange(0, BLOCK_D)
+    mb, md = rb < B, rd < d
+    mask_x = mb[:, None] & md[None, :]
+    x = tl.load(x_ptr + rb[:, None] * sxb + (m * d + rd)[None, :], mask=mask_x, other=0.0).to(tl.float32)
+    xx = tl.sum(x * x, 1)
+    if PROBS == 0:
+        g = tl.load(g_ptr + rb[:, None] * sgb + (m * d + rd)[None, :], mask=mask_x, other=0.0).to(tl.float32)
+    # pass 1: log-sum-exp and delta = sum_k p_k A_k (A = dL/dp)
+    m_i = tl.full([BLOCK_B], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_B], tl.float32)
+    pa = tl.zeros([BLOCK_B], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        mk = rk < K
+        c = tl.load(c_ptr + m * scm + rk[:, None] * sck + rd[None, :], mask=mk[:, None] & md[None, :], other=0.0)
+        c = c.to(tl.float32)
+        s = _scores(x, c, xx, tl.sum(c * c, 1), inv_tau, METRIC, IEEE)
+        s = tl.where(mk[None, :], s, float("-inf"))
+        if PROBS == 0:
+            if IEEE:
+                a = tl.dot(g, tl.trans(c), input_precision="ieee")
+            else:
+                a = tl.dot(g, tl.trans(c))
+        else:
+            a = tl.load(g_ptr + rb[:, None] * (M * K) + m * K + rk[None, :], mask=mb[:, None] & mk[None, :],
+                        other=0.0).to(tl.float32)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        pa = pa * alpha + tl.sum(p * a, 1)
+        m_i = m_new
+    lse = m_i + tl.log(l_i)
+    delta = pa / l_i
+    tl.store(lse_ptr + rb * M + m, lse, mask=mb)
+    tl.store(delta_ptr + rb * M + m, delta, mask=mb)
+    # pass 2: dS = p (A - delta) / tau, grad x
+    dx = tl.zeros([BLOCK_B, BLOCK_D], tl.float32)
+    rows = tl.zeros([BLOCK_B], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        mk = rk < K
+        c = tl.load(c_ptr + m * scm + rk[:, None] * sck + rd[None, :], mask=mk[:, None] & md[None, :], other=0.0)
+        c = c.to(tl.float32)
+        s = _scores(x, c, xx, tl.sum(c * c, 1), inv_tau, METRIC, IEEE)
+        p = tl.where(mk[None, :], tl.exp(s - lse[:, None]), 0.0)
+        if PROBS == 0:
+            if IEEE:
+                a = tl.dot(g, tl.trans(c), input_precision="ieee")
+            else:
+                a = tl.dot(g, tl.trans(c))
+        else:
+            a = tl.load(g_ptr + rb[:, None] * (M * K) + m * K + rk[None, :], mask=mb[:, None] & mk[None, :],
+                        other=0.0).to(tl.float32)
+        ds = p * (a - delta[:, None]) * inv_tau
+        if IEEE:
+            dx += tl.dot(ds, c, input_precision="ieee")
+        else:
+            dx += tl.dot(ds, c)
+        rows += tl.sum(ds, 1)
+    if METRIC == 0:  # s = -||x - c||^2: ds/dx = -2 (x - c)
+        dx = 2.0 * (dx - x * rows[:, None])
+    tl.store(gx_ptr + rb[:, None] * sxb + (m * d + rd)[None, :], dx.to(gx_ptr.dtype.element_ty), mask=mask_x)
+
+
+@triton.jit
+def _soft_bwd_codewords(x_ptr, c_ptr, g_ptr, gc_ptr, lse_ptr, delta_ptr, B, K, M, d, sxb, scm, sck, sgb, inv_tau,
+                        METRIC: tl.constexpr, PROBS: tl.constexpr, IEEE: tl.constexpr, BLOCK_B: tl.constexpr,
+                        BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    """grad codebooks for a block of codewords, looping over the whole batch (deterministic, no atomics)."""
+    pid, m = tl.program_id(0), tl.program_id(1)
+    rk = pid * BLOCK_K + tl.arange(0, BLOCK_K)
+    rd = tl.arange(0, BLOCK_D)
+    mk, md = rk < K, rd < d
+    c = tl.load(c_ptr + m * scm + rk[:, None] * sck + rd[None, :], mask=mk[:, None] & md[None, :], other=0.0)
+    c = c.to(tl.float32)
+    cc = tl.sum(c * c, 1)
+    dcw = tl.zeros([BLOCK_K, BLOCK_D], tl.float32)
+    dcs = tl.zeros([BLOCK_K, BLOCK_D], tl.float32)
+    cols = tl.zeros([BLOCK_K], tl.float32)
+    for b0 in range(0, B, BLOCK_B):
+        rb = b0 + tl.arange(0, BLOCK_B)
+        mb = rb < B
+        mask_x = mb[:, None] & md[None, :]
+        x = tl.load(x_ptr + rb[:, None] * sxb + (m * d + rd)[None, :], mask=mask_x, other=0.0).to(tl.float32)
+        lse = tl.load(lse_ptr + rb * M + m, mask=mb, other=0.0)
+        delta = tl.load(delta_ptr + rb * M + m, mask=mb, other=0.0)
+        s = _scores(x, c, tl.sum(x * x, 1), cc, inv_tau, METRIC, IEEE)
+        p = tl.where(mb[:, None] & mk[None, :], tl.exp(s - lse[:, None]), 0.0)
+        if PROBS == 0:
+            g = tl.load(g_ptr + rb[:, None] * sgb + (m * d + rd)[None, :], mask=mask_x, other=0.0).to(tl.float32)
+            if IEEE:
+                a = tl.dot(g, tl.trans(c), input_precision="ieee")
+                dcw += tl.dot(tl.trans(p), g, input_precision="ieee")
+            else:
+                a = tl.dot(g, tl.trans(c))
+                dcw += tl.dot(tl.trans(p), g)
+        else:
+            a = tl.load(g_ptr + rb[:, None] * (M * K) + m * K + rk[None, :], mask=mb[:, None] & mk[None, :],
+                        other=0.0).to(tl.float32)
+        ds = p * (a - delta[:, None]) * inv_tau
+        if IEEE:
+            dcs += tl.dot(tl.trans(ds), x, input_precision="ieee")
+        else:
+            dcs += tl.dot(tl.trans(ds), x)
+        cols += tl.sum(ds, 0)
+    if METRIC == 0:  # ds/dc = 2 (x - c)
+        dcs = 2.0 * (dcs - c * cols[:, None])
+    tl.store(gc_ptr + m * (K * d) + rk[:, None] * d + rd[None, :], dcw + dcs, mask=mk[:, None] & md[None, :])
+
+
+@triton.jit
+def _probs_fwd(x_ptr, c_ptr, p_ptr, B, K, M, d, sxb, scm, sck, inv_tau, METRIC: tl.constexpr, IEEE: tl.constexpr,
+               BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid, m = tl.program_id(0), tl.program_id(1)
+    rb = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    rd = tl.arange(0, BLOCK_D)
+    mb, md = rb < B, rd < d
+    x = tl.load(x_ptr + rb[:, None] * sxb + (m * d + rd)[None, :], mask=mb[:, None] & md[None, :], other=0.0)
+    x = x.to(tl.float32)
+    xx = tl.sum(x * x, 1)
+    m_i = tl.full([BLOCK_B], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_B], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        mk = rk < K
+        c = tl.load(c_ptr + m * scm + rk[:, None] * sck + rd[None, :], mask=mk[:, None] & md[None, :], other=0.0)
+        c = c.to(tl.float32)
+        s = tl.where(mk[None, :], _scores(x, c, xx, tl.sum(c * c, 1), inv_tau, METRIC, IEEE), float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(s - m_new[:, None]), 1)
+        m_i = m_new
+    lse = m_i + tl.log(l_i)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        mk = rk < K
+        c = tl.load(c_ptr + m * scm + rk[:, None] * sck + rd[None, :], mask=mk[:, None] & md[None, :], other=0.0)
+        c = c.to(tl.float32)
+        p = tl.exp(_scores(x, c, xx, tl.sum(c * c, 1), inv_tau, METRIC, IEEE) - lse[:, None])
+        tl.store(p_ptr + rb[:, None] * (M * K) + m * K + rk[None, :], p.to(p_ptr.dtype.element_ty),
+                 mask=mb[:, None] & mk[None, :])
+
+
+@triton.jit
+def _encode(x_ptr, c_ptr, out_ptr, B, K, M, d, sxb, scm, sck, METRIC: tl.constexpr, IEEE: tl.constexpr,
+            BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Nearest codeword (smallest index on ties); no [B, M, K] is written."""
+    pid, m = tl.program_id(0), tl.program_id(1)
+    rb = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    rd = tl.arange(0, BLOCK_D)
+    mb, md = rb < B, rd < d
+    x = tl.load(x_ptr + rb[:, None] * sxb + (m * d + rd)[None, :], mask=mb[:, None] & md[None, :], other=0.0)
+    x = x.to(tl.float32)
+    best = tl.full([BLOCK_B], float("-inf"), tl.float32)
+    arg = tl.zeros([BLOCK_B], tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        mk = rk < K
+        c = tl.load(c_ptr + m * scm + rk[:, None] * sck + rd[None, :], mask=mk[:, None] & md[None, :], other=0.0)
+        c = c.to(tl.float32)
+        if IEEE:
+            dot = tl.dot(x, tl.trans(c), input_precision="ieee")
+        else:
+            dot = tl.dot(x, tl.trans(c))
+        if METRIC == 0:
+            s = 2.0 * dot - tl.sum(c * c, 1)[None, :]  # ||x||^2 is common to all k
+        else:
+            s = dot
+        s = tl.where(mk[None, :], s, float("-inf"))
+        bmax = tl.max(s, 1)
+        barg = tl.argmax(s, 1, tie_break_left=True).to(tl.int32) + k0
+        better = bmax > best  # strict: ties keep the earlier block
+        arg = tl.where(better, barg, arg)
+        best = tl.where(better, bmax, best)
+    tl.store(out_ptr + rb * M + m, arg, mask=mb)
+
+
+# ---------------------------------------------------------------- launchers
+
+
+def _prep(x: torch.Tensor, codebooks: torch.Tensor, metric: str):
+    """float32-or-half contiguous inputs; cosine becomes the inner product of normalized inputs."""
+    M, K, d = codebooks.shape
+    if metric == "cos":
+        x = torch.nn.functional.normalize(x.float().reshape(x.shape[0], M, d), dim=-1).reshape(x.shape[0], M * d)
+        codebooks = torch.nn.functional.normalize(codebooks.float(), dim=-1)
+    return x.contiguous(), codebooks.contiguous(), 0 if metric == "l2" else 1
+
+
+def _ieee(*ts: torch.Tensor) -> bool:
+    """float32 inputs keep full precision (no TF32); half inputs use the tensor cores' native precision."""
+    return all(t.dtype == torch.float32 for t in ts)
+
+
+def soft_quantize(x: torch.Tensor, codebooks: torch.Tensor, tau: float, metric: str) -> torch.Tensor:
+    xs, cb, METRIC = _prep(x, codebooks, metric)
+    B, (M, K, d) = xs.shape[0], cb.shape
+    z = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if B == 0:
+        return z
+    BB, BK = _blocks(B, K)
+    _soft_fwd[(triton.cdiv(B, BB), M)](xs, cb, z, B, K, d, xs.stride(0), cb.stride(0), cb.stride(1), z.stride(0),
+                                       1.0 / tau, METRIC=METRIC, IEEE=_ieee(xs, cb), BLOCK_B=BB, BLOCK_K=BK,
+                                       BLOCK_D=_pow2(d))
+    return z
+
+
+def _backward(grad, x, codebooks, tau, metric, probs: bool):
+    xs, cb, METRIC = _prep(x, codebooks, metric)
+    B, (M, K, d) = xs.shape[0], cb.shape
+    g = grad.to(torch.float32).contiguous()
+    gx = torch.zeros(xs.shape, dtype=torch.float32, device=x.device)
+    gc = torch.zeros(cb.shape, dtype=torch.float32, device=x.device)
+    if B:
+        lse = torch.empty((B, M), dtype=torch.float32, device=x.device)  # O(B * M) row statistics
+        delta = torch.empty_like(lse)
+        BB, BK = _blocks(B, K)
+        args = (B, K, M, d, xs.stride(0), cb.stride(0), cb.stride(1), g.stride(0), 1.0 / tau)
+        meta = dict(METRIC=METRIC, PROBS=int(probs), IEEE=_ieee(xs, cb), BLOCK_B=BB, BLOCK_K=BK, BLOCK_D=_pow2(d))
+        _soft_bwd_rows[(triton.cdiv(B, BB), M)](xs, cb, g, gx, lse, delta, *args, **meta)
+        _soft_bwd_codewords[(triton.cdiv(K, BK), M)](xs, cb, g, gc, lse, delta, *args, **meta)
+    if metric == "cos":  # back through the normalizations
+        gx = _normalize_backward(x.float().reshape(B, M, d), gx.reshape(B, M, d)).reshape(B, M * d)
+        gc = _normalize_backward(codebooks.float(), gc)
+    return gx.to(x.dtype), gc.to(codebooks.dtype)
+
+
+def _normalize_backward(v: torch.Tensor, g: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    n = v.norm(dim=-1, keepdim=True)
+    u = v / n.clamp_min(eps)
+    return torch.where(n > eps, (g - u * (u * g).sum(-1, keepdim=True)) / n.clamp_min(eps), g / eps)
+
+
+def soft_quantize_backward(grad, x, codebooks, tau: float, metric: str):
+    return _backward(grad, x, codebooks, tau, metric, probs=False)
+
+
+def assign_probs(x: torch.Tensor, codebooks: torch.Tensor, tau: float, metric: str) -> torch.Tensor:
+    xs, cb, METRIC = _prep(x, codebooks, metric)
+    B, (M, K, d) = xs.shape[0], cb.shape
+    p = torch.empty((B, M, K), dtype=x.dtype, device=x.device)
+    if B:
+        BB, BK = _blocks(B, K)
+        _probs_fwd[(triton.cdiv(B, BB), M)](xs, cb, p, B, K, M, d, xs.stride(0), cb.stride(0), cb.stride(1),
+                                            1.0 / tau, METRIC=METRIC, IEEE=_ieee(xs, cb), BLOCK_B=BB, BLOCK_K=BK,
+                                            BLOCK_D=_pow2(d))
+    return p
+
+
+def assign_probs_backward(grad, x, codebooks, tau: float, metric: str):
+    return _backward(grad, x, codebooks, tau, metric, probs=True)
+
+
+def encode(x: torch.Tensor, codebooks: torch.Tensor, metric: str, out_dtype: torch.dtype) -> torch.Tensor:
+    xs, cb, METRIC = _prep(x, codebooks, metric)
+    B, (M, K, d) = xs.shape[0], cb.shape
+    out = torch.empty((B, M), dtype=torch.int32, device=x.device)
+    if B:
+        BB, BK = _blocks(B, K)
+        _encode[(triton.cdiv(B, BB), M)](xs, cb, out, B, K, M, d, xs.stride(0), cb.stride(0), cb.stride(1),
+                                         METRIC=METRIC, IEEE=_ieee(xs, cb), BLOCK_B=BB, BLOCK_K=BK, BLOCK_D=_pow2(d))
+    return out.to(out_dtype)
