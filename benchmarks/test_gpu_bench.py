@@ -1,0 +1,80 @@
+"""GPU benchmarks of the triton backend against the reference (issue 3's speed targets). Needs CUDA.
+
+Run them all with benchmarks/gpu_check.sh; results: benchmarks/gpu_report.py."""
+
+import pytest
+import torch
+
+import sqret
+from sqret import ops
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+
+
+def _timed(benchmark, fn, rounds=5):
+    def run():
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["peak_extra_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+    benchmark.extra_info["gpu"] = torch.cuda.get_device_name()
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("d", [16, 64])
+def test_soft_quantize_fwd_bwd(benchmark, backend, d):
+    x = torch.randn(65536, 16 * d, device="cuda", requires_grad=True)
+    C = torch.randn(16, 256, d, device="cuda", requires_grad=True)
+
+    def step():
+        with sqret.use_backend(backend):
+            return torch.autograd.grad(ops.soft_quantize(x, C, 0.2).sum(), (x, C))
+
+    benchmark.group = f"soft_quantize fwd+bwd B=65536 M=16 K=256 d={d}"
+    benchmark.extra_info.update(backend=backend)
+    _timed(benchmark, step)
+
+
+@pytest.fixture(scope="module")
+def codes100m():
+    return torch.randint(0, 256, (100_000_000, 16), dtype=torch.uint8, device="cuda")
+
+
+def test_copy_bandwidth(benchmark, codes100m):
+    """The memory-bandwidth floor: a device copy of the 1.6 GB codes (read + write)."""
+    benchmark.group = "bandwidth"
+    benchmark.extra_info.update(bytes_moved=2 * codes100m.numel(), backend="torch copy")
+    _timed(benchmark, lambda: codes100m.clone())
+
+
+@pytest.mark.parametrize("Q", [1, 4, 16])
+def test_adc_topk_100m(benchmark, codes100m, Q):
+    lut = torch.randn(Q, 16, 256, device="cuda")
+    benchmark.group = f"adc_topk N=100M M=16 Q={Q} k=100"
+    benchmark.extra_info.update(backend="triton", bytes_read=codes100m.numel(), Q=Q)
+    with sqret.use_backend("triton"):
+        _timed(benchmark, lambda: ops.adc_topk(lut, codes100m, 100))
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_adc_topk_q1024_n10m(benchmark, codes100m, backend):
+    codes = codes100m[:10_000_000]
+    lut = torch.randn(1024, 16, 256, device="cuda")
+    benchmark.group = "adc_topk N=10M M=16 Q=1024 k=100"
+    benchmark.extra_info.update(backend=backend, query_codes=1024 * 10_000_000)
+    with sqret.use_backend(backend):
+        _timed(benchmark, lambda: ops.adc_topk(lut, codes, 100), rounds=3)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_build_lut_and_encode(benchmark, backend):
+    q, C = torch.randn(65536, 128, device="cuda"), torch.randn(16, 256, 8, device="cuda")
+    benchmark.group = "build_lut + encode 65536 x 128, M=16 K=256"
+    benchmark.extra_info.update(backend=backend)
+    with sqret.use_backend(backend):
+        _timed(benchmark, lambda: (ops.build_lut(q, C), ops.encode(q, C)))
