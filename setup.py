@@ -7,6 +7,8 @@ that the package always installs; sqret.backends() then says why a backend is un
 """
 
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -26,16 +28,69 @@ def native_extensions():
             Pybind11Extension(
                 "sqret._cpu",
                 cpu,
-                extra_compile_args=["-O3", "-fopenmp", "-Wall", "-Wno-psabi"],
+                extra_compile_args=["-O3", "-fopenmp", "-Wall", "-Wno-psabi", "-Wno-maybe-uninitialized"],
                 extra_link_args=["-fopenmp"],
                 cxx_std=17,
             )
         )
+    cuda = cuda_extension()
+    if cuda is not None:
+        exts.append(cuda)
     return exts
+
+
+def _nvcc():
+    """(nvcc, CUDA home): $CUDA_HOME, else /usr/local/cuda, else the folder above the nvcc on PATH."""
+    for home in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if home and (Path(home) / "bin" / "nvcc").exists():
+            return str(Path(home) / "bin" / "nvcc"), Path(home)
+    found = shutil.which("nvcc")
+    return (found, Path(os.path.realpath(found)).parent.parent) if found else (None, None)
+
+
+def cuda_extension():
+    """sqret._cuda: csrc/cuda/*.cu compiled by nvcc (sm_80, sm_90 and PTX), bound by module.cpp, cudart static."""
+    sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.cu"))
+    nvcc, home = _nvcc()
+    if not sources or nvcc is None:
+        return None
+    from pybind11.setup_helpers import Pybind11Extension
+
+    ext = Pybind11Extension(
+        "sqret._cuda",
+        ["csrc/cuda/module.cpp"],
+        include_dirs=[str(home / "include")],
+        library_dirs=[str(home / "lib64"), str(home / "lib")],
+        libraries=["cudart_static", "dl", "rt", "pthread"],
+        cxx_std=17,
+    )
+    ext.cuda_sources = sources
+    ext.nvcc = nvcc
+    return ext
+
+
+CUDA_ARCHS = os.environ.get("SQRET_CUDA_ARCHS", "80;90")
 
 
 class OptionalBuildExt(build_ext):
     """Build each native extension if possible; never fail the install unless asked to."""
+
+    def build_extension(self, ext):
+        if getattr(ext, "cuda_sources", None):
+            archs = [a.strip() for a in CUDA_ARCHS.split(";") if a.strip()]
+            gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+            gencode.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")  # PTX for newer GPUs
+            Path(self.build_temp).mkdir(parents=True, exist_ok=True)
+            objects = []
+            for src in ext.cuda_sources:
+                obj = str(Path(self.build_temp) / (Path(src).stem + ".cu.o"))
+                cmd = [ext.nvcc, "-O3", "-std=c++17", "-Xcompiler", "-fPIC", "-Icsrc/cuda", *gencode, "-c", src,
+                       "-o", obj]
+                print(" ".join(cmd), file=sys.stderr)
+                subprocess.check_call(cmd, cwd=ROOT)
+                objects.append(obj)
+            ext.extra_objects = objects
+        super().build_extension(ext)
 
     def build_extensions(self):
         for ext in list(self.extensions):

@@ -10,7 +10,14 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 unset TRITON_INTERPRET
 PY="${PYTHON:-python3}"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || true
-"$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/gpu_tests.log"
+# build the native extensions in place (csrc/cuda with nvcc for this GPU; csrc/cpu if a compiler works)
+SQRET_CUDA_ARCHS="${SQRET_CUDA_ARCHS:-90}" "$PY" setup.py -q build_ext --inplace 2>&1 | tail -5
+"$PY" -c "import sqret; [print(b) for b in sqret.backends()]"
+"$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_cuda.py 2>&1 | tee "$out/gpu_tests.log"
+if command -v compute-sanitizer >/dev/null; then  # memory errors in the CUDA kernels, on a short run
+    compute-sanitizer --tool memcheck "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+        -k "encode or float_lut" 2>&1 | tail -20 | tee "$out/gpu_sanitizer.log" || true
+fi
 "$PY" -m pytest -q -p no:cacheprovider benchmarks/test_gpu_bench.py --benchmark-only \
     --benchmark-json="$out/gpu_bench.json"
 "$PY" benchmarks/gpu_report.py "$out/gpu_bench.json" | tee "$out/gpu_bench.md"

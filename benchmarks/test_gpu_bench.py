@@ -52,16 +52,20 @@ def test_copy_bandwidth(benchmark, codes100m):
     _timed(benchmark, lambda: codes100m.clone())
 
 
+GPU_BACKENDS = [b.name for b in sqret.backends() if b.available and "cuda" in b.devices and b.name != "reference"]
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("Q", [1, 4, 16])
-def test_adc_topk_100m(benchmark, codes100m, Q):
+def test_adc_topk_100m(benchmark, codes100m, Q, backend):
     lut = torch.randn(Q, 16, 256, device="cuda")
     benchmark.group = f"adc_topk N=100M M=16 Q={Q} k=100"
-    benchmark.extra_info.update(backend="triton", bytes_read=codes100m.numel(), Q=Q)
-    with sqret.use_backend("triton"):
+    benchmark.extra_info.update(backend=backend, bytes_read=codes100m.numel(), Q=Q)
+    with sqret.use_backend(backend):
         _timed(benchmark, lambda: ops.adc_topk(lut, codes100m, 100))
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("backend", ["reference"] + GPU_BACKENDS)
 def test_adc_topk_q1024_n10m(benchmark, codes100m, backend):
     codes = codes100m[:10_000_000]
     lut = torch.randn(1024, 16, 256, device="cuda")
@@ -71,7 +75,7 @@ def test_adc_topk_q1024_n10m(benchmark, codes100m, backend):
         _timed(benchmark, lambda: ops.adc_topk(lut, codes, 100), rounds=3)
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("backend", ["reference"] + GPU_BACKENDS)
 def test_build_lut_and_encode(benchmark, backend):
     q, C = torch.randn(65536, 128, device="cuda"), torch.randn(16, 256, 8, device="cuda")
     benchmark.group = "build_lut + encode 65536 x 128, M=16 K=256"

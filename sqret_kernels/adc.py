@@ -71,15 +71,9 @@ def _adc_dist(lut_ptr, codes_ptr, out_ptr, Q, N, M, K, scn, PACKED: tl.constexpr
     tl.store(out_ptr + rq[:, None] * N + rn[None, :], dist, mask=mq[:, None] & mn[None, :])
 
 
-def _decode_keys(keys: torch.Tensor, sign: float) -> tuple[torch.Tensor, torch.Tensor]:
-    pos = keys & 0xFFFFFFFF
-    ordered = (keys >> 32).to(torch.int32)
-    bits = torch.where(ordered < 0, ordered ^ 0x7FFFFFFF, ordered)
-    return bits.view(torch.float32) * sign, pos
-
-
-def adc_topk_fused(lut: torch.Tensor, codes: torch.Tensor, k: int, largest: bool, packed: bool):
-    """Fused path, k <= FUSED_MAX_K: (values [Q, kk], positions [Q, kk]) with kk = min(k, N), sorted."""
+def adc_topk_fused(lut: torch.Tensor, codes: torch.Tensor, k: int, largest: bool, packed: bool) -> torch.Tensor:
+    """Fused path, k <= FUSED_MAX_K: sorted keys [Q, kk], kk = min(k, N): (ordered bits of sign * distance)
+    << 32 | position, sign = -1 when largest; the caller decodes them."""
     Q, M, K = lut.shape
     N = codes.shape[0]
     lut, codes = lut.to(torch.float32).contiguous(), codes.contiguous()
@@ -95,8 +89,7 @@ def adc_topk_fused(lut: torch.Tensor, codes: torch.Tensor, k: int, largest: bool
     sign = -1.0 if largest else 1.0
     _adc_partial[grid](lut, codes, keys, Q, N, M, K, codes.stride(0), sign, KEEP=kk, PACKED=packed, SELECT=select,
                        BLOCK_Q=BQ, BLOCK_N=BN)
-    keys = keys.sort(dim=1).values[:, :kk] if grid[1] > 1 else keys
-    return _decode_keys(keys, sign)
+    return keys.sort(dim=1).values[:, :kk] if grid[1] > 1 else keys
 
 
 def adc_distances(lut: torch.Tensor, codes: torch.Tensor, packed: bool) -> torch.Tensor:

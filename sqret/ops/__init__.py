@@ -43,8 +43,8 @@ register(
     },
     priority=0,
 )
-# the optional backends register themselves (cpu_native when sqret._cpu is built, triton when it can run)
-from . import cpu_native, triton_backend  # noqa: E402,F401
+# the optional backends register themselves (cpu_native / cuda when built, triton when it can run)
+from . import cpu_native, cuda_backend, triton_backend  # noqa: E402,F401
 
 __all__ = [
     "BackendInfo",

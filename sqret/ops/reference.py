@@ -247,6 +247,29 @@ def pad_topk(v: torch.Tensor, i: torch.Tensor, k: int, largest: bool) -> tuple[t
     return v, i
 
 
+def keys_to_topk(keys: torch.Tensor, sign: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode sorted 64-bit top-k keys of the GPU kernels: (ordered float bits << 32) | position, where the
+    float bits are mapped so that signed key order is float order (negatives: magnitude bits flipped)."""
+    pos = keys & 0xFFFFFFFF
+    ordered = (keys >> 32).to(torch.int32)
+    bits = torch.where(ordered < 0, ordered ^ 0x7FFFFFFF, ordered)
+    return bits.view(torch.float32) * sign, pos
+
+
+def chunked_topk(lut: torch.Tensor, codes: torch.Tensor, k: int, largest: bool, chunk: int, scan):
+    """Top-k over codes in chunks of ``chunk`` rows: ``scan(codes_chunk, kk)`` gives a chunk's sorted
+    (values, positions); the chunks are merged with a running top-k and padded as FAISS does."""
+    Q, N = lut.shape[0], codes.shape[0]
+    kk = min(k, N)
+    best_v = torch.empty((Q, 0), dtype=torch.float32, device=lut.device)
+    best_i = torch.empty((Q, 0), dtype=torch.int64, device=lut.device)
+    if Q and kk:
+        for n0 in range(0, N, chunk):
+            v, i = scan(codes[n0 : n0 + chunk], kk)
+            best_v, best_i = merge_topk(best_v, best_i, v, i + n0, kk, largest)
+    return pad_topk(best_v, best_i, k, largest)
+
+
 def topk_dtype(lut: torch.Tensor) -> torch.dtype:
     return torch.float64 if lut.dtype == torch.float64 else torch.float32
 

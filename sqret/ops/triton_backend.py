@@ -30,19 +30,13 @@ def adc_topk(table: torch.Tensor, codes: torch.Tensor, k: int, largest: bool, pa
     (float64 LUTs go to the reference), ties by smaller position, FAISS padding."""
     if table.dtype == torch.float64:
         return reference.adc_topk(table, codes, k, largest, packed)
-    Q, N = table.shape[0], codes.shape[0]
-    kk = min(k, N)
-    best_v = torch.empty((Q, 0), dtype=torch.float32, device=table.device)
-    best_i = torch.empty((Q, 0), dtype=torch.int64, device=table.device)
-    if Q and kk:
-        for n0 in range(0, N, _CHUNK):
-            c = codes[n0 : n0 + _CHUNK]
-            if kk <= adc.FUSED_MAX_K:
-                v, i = adc.adc_topk_fused(table, c, kk, largest, packed)
-            else:
-                v, i = reference._topk_first(adc.adc_distances(table, c, packed), min(kk, c.shape[0]), largest)
-            best_v, best_i = reference.merge_topk(best_v, best_i, v, i + n0, kk, largest)
-    return reference.pad_topk(best_v, best_i, k, largest)
+
+    def scan(c: torch.Tensor, kk: int):
+        if kk <= adc.FUSED_MAX_K:
+            return reference.keys_to_topk(adc.adc_topk_fused(table, c, kk, largest, packed), -1.0 if largest else 1.0)
+        return reference._topk_first(adc.adc_distances(table, c, packed), min(kk, c.shape[0]), largest)
+
+    return reference.chunked_topk(table, codes, k, largest, _CHUNK, scan)
 
 
 def _devices() -> tuple[str, ...]:

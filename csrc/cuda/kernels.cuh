@@ -1,0 +1,25 @@
+// sqret CUDA kernels (raw device pointers and a stream; no torch headers).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace sqret_cuda {
+
+void check(cudaError_t err, const char* what);
+int device_count();
+
+// Codes per block (a power of two) for a given keep: each block emits its `keep` best of that many.
+int adc_chunk(int keep);
+
+// Per (query, chunk of codes) block: the `keep` (<= 2048) smallest keys (ordered distance bits << 32 | global
+// position), written to out_keys [Q, ceil(N / adc_chunk(keep)), keep]; padding keys are INT64_MAX.
+void adc_topk_partial(const float* lut, int Q, int M, int K, const uint8_t* codes, long long N, int row_bytes,
+                      bool packed, bool largest, int keep, long long* out_keys, cudaStream_t stream);
+
+// Nearest codeword per sub-space: x [B, M*d], codebooks [M, K, d] float32 -> out int32 [B, M]; metric 0 l2, 1 ip.
+void encode(const float* x, long long B, const float* codebooks, int M, int K, int d, int metric, int32_t* out,
+            cudaStream_t stream);
+
+}  // namespace sqret_cuda

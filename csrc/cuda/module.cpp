@@ -1,0 +1,34 @@
+// pybind11 bindings of the CUDA kernels: device addresses and a stream handle (torch.cuda.current_stream()
+// .cuda_stream) in; errors surface as Python exceptions.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+
+#include "kernels.cuh"
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_cuda, m) {
+  m.doc() = "sqret CUDA kernels: ADC scan + top-k, encode";
+  m.def("device_count", &sqret_cuda::device_count);
+  m.def("adc_chunk", &sqret_cuda::adc_chunk);
+  m.def(
+      "adc_topk_partial",
+      [](uintptr_t lut, int Q, int M, int K, uintptr_t codes, long long N, int row_bytes, bool packed, bool largest,
+         int keep, uintptr_t out_keys, uintptr_t stream) {
+        py::gil_scoped_release release;
+        sqret_cuda::adc_topk_partial(reinterpret_cast<const float*>(lut), Q, M, K,
+                                     reinterpret_cast<const uint8_t*>(codes), N, row_bytes, packed, largest, keep,
+                                     reinterpret_cast<long long*>(out_keys), reinterpret_cast<cudaStream_t>(stream));
+      },
+      "per-block top-k keys of an ADC scan: lut [Q, M, K] float32, codes [N, row_bytes] uint8");
+  m.def(
+      "encode",
+      [](uintptr_t x, long long B, uintptr_t codebooks, int M, int K, int d, int metric, uintptr_t out,
+         uintptr_t stream) {
+        py::gil_scoped_release release;
+        sqret_cuda::encode(reinterpret_cast<const float*>(x), B, reinterpret_cast<const float*>(codebooks), M, K, d,
+                           metric, reinterpret_cast<int32_t*>(out), reinterpret_cast<cudaStream_t>(stream));
+      },
+      "nearest codeword per sub-space: x [B, M*d], codebooks [M, K, d] float32 -> int32 [B, M]");
+}
