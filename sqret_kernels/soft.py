@@ -31,6 +31,20 @@ def _blocks(B: int, K: int) -> tuple[int, int]:
 
 
 @triton.jit
+def _rows(ptr, rb, rd, mb, md, stride, m, d):
+    """Sub-vectors m of the rows rb: [BB, BD] float32 (zeros outside the masks)."""
+    return tl.load(ptr + rb[:, None] * stride + (m * d + rd)[None, :], mask=mb[:, None] & md[None, :],
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _codewords(c_ptr, rk, rd, mk, md, scm, sck, m):
+    """Codewords rk of sub-space m: [BK, BD] float32 (zeros outside the masks)."""
+    return tl.load(c_ptr + m * scm + rk[:, None] * sck + rd[None, :], mask=mk[:, None] & md[None, :],
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _scores(x, c, xx, cc, inv_tau, METRIC: tl.constexpr, IEEE: tl.constexpr):
     """[BB, BK] scaled scores of rows x [BB, BD] against codewords c [BK, BD]."""
     if IEEE:
@@ -52,8 +66,7 @@ def _soft_fwd(x_ptr, c_ptr, z_ptr, B, K, d, sxb, scm, sck, szb, inv_tau,
     rb = pid * BLOCK_B + tl.arange(0, BLOCK_B)
     rd = tl.arange(0, BLOCK_D)
     mb, md = rb < B, rd < d
-    x = tl.load(x_ptr + rb[:, None] * sxb + (m * d + rd)[None, :], mask=mb[:, None] & md[None, :], other=0.0)
-    x = x.to(tl.float32)
+    x = _rows(x_ptr, rb, rd, mb, md, sxb, m, d)
     xx = tl.sum(x * x, 1)
     m_i = tl.full([BLOCK_B], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_B], tl.float32)
@@ -61,8 +74,7 @@ def _soft_fwd(x_ptr, c_ptr, z_ptr, B, K, d, sxb, scm, sck, szb, inv_tau,
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         mk = rk < K
-        c = tl.load(c_ptr + m * scm + rk[:, None] * sck + rd[None, :], mask=mk[:, None] & md[None, :], other=0.0)
-        c = c.to(tl.float32)
+        c = _codewords(c_ptr, rk, rd, mk, md, scm, sck, m)
         s = _scores(x, c, xx, tl.sum(c * c, 1), inv_tau, METRIC, IEEE)
         s = tl.where(mk[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -91,10 +103,10 @@ def _soft_bwd_rows(x_ptr, c_ptr, g_ptr, gx_ptr, lse_ptr, delta_ptr, B, K, M, d, 
     rd = tl.arange(0, BLOCK_D)
     mb, md = rb < B, rd < d
     mask_x = mb[:, None] & md[None, :]
-    x = tl.load(x_ptr + rb[:, None] * sxb + (m * d + rd)[None, :], mask=mask_x, other=0.0).to(tl.float32)
+    x = _rows(x_ptr, rb, rd, mb, md, sxb, m, d)
     xx = tl.sum(x * x, 1)
     if PROBS == 0:
-        g = tl.load(g_ptr + rb[:, None] * sgb + (m * d + rd)[None, :], mask=mask_x, other=0.0).to(tl.float32)
+        g = _rows(g_ptr, rb, rd, mb, md, sgb, m, d)
     # pass 1: log-sum-exp and delta = sum_k p_k A_k (A = dL/dp)
     m_i = tl.full([BLOCK_B], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_B], tl.float32)
@@ -102,8 +114,7 @@ def _soft_bwd_rows(x_ptr, c_ptr, g_ptr, gx_ptr, lse_ptr, delta_ptr, B, K, M, d, 
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         mk = rk < K
-        c = tl.load(c_ptr + m * scm + rk[:, None] * sck + rd[None, :], mask=mk[:, None] & md[None, :], other=0.0)
-        c = c.to(tl.float32)
+        c = _codewords(c_ptr, rk, rd, mk, md, scm, sck, m)
         s = _scores(x, c, xx, tl.sum(c * c, 1), inv_tau, METRIC, IEEE)
         s = tl.where(mk[None, :], s, float("-inf"))
         if PROBS == 0:
@@ -130,8 +141,7 @@ def _soft_bwd_rows(x_ptr, c_ptr, g_ptr, gx_ptr, lse_ptr, delta_ptr, B, K, M, d, 
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         mk = rk < K
-        c = tl.load(c_ptr + m * scm + rk[:, None] * sck + rd[None, :], mask=mk[:, None] & md[None, :], other=0.0)
-        c = c.to(tl.float32)
+        c = _codewords(c_ptr, rk, rd, mk, md, scm, sck, m)
         s = _scores(x, c, xx, tl.sum(c * c, 1), inv_tau, METRIC, IEEE)
         p = tl.where(mk[None, :], tl.exp(s - lse[:, None]), 0.0)
         if PROBS == 0:
@@ -162,8 +172,7 @@ def _soft_bwd_codewords(x_ptr, c_ptr, g_ptr, gc_ptr, lse_ptr, delta_ptr, B, K, M
     rk = pid * BLOCK_K + tl.arange(0, BLOCK_K)
     rd = tl.arange(0, BLOCK_D)
     mk, md = rk < K, rd < d
-    c = tl.load(c_ptr + m * scm + rk[:, None] * sck + rd[None, :], mask=mk[:, None] & md[None, :], other=0.0)
-    c = c.to(tl.float32)
+    c = _codewords(c_ptr, rk, rd, mk, md, scm, sck, m)
     cc = tl.sum(c * c, 1)
     dcw = tl.zeros([BLOCK_K, BLOCK_D], tl.float32)
     dcs = tl.zeros([BLOCK_K, BLOCK_D], tl.float32)
@@ -171,14 +180,13 @@ def _soft_bwd_codewords(x_ptr, c_ptr, g_ptr, gc_ptr, lse_ptr, delta_ptr, B, K, M
     for b0 in range(0, B, BLOCK_B):
         rb = b0 + tl.arange(0, BLOCK_B)
         mb = rb < B
-        mask_x = mb[:, None] & md[None, :]
-        x = tl.load(x_ptr + rb[:, None] * sxb + (m * d + rd)[None, :], mask=mask_x, other=0.0).to(tl.float32)
+        x = _rows(x_ptr, rb, rd, mb, md, sxb, m, d)
         lse = tl.load(lse_ptr + rb * M + m, mask=mb, other=0.0)
         delta = tl.load(delta_ptr + rb * M + m, mask=mb, other=0.0)
         s = _scores(x, c, tl.sum(x * x, 1), cc, inv_tau, METRIC, IEEE)
         p = tl.where(mb[:, None] & mk[None, :], tl.exp(s - lse[:, None]), 0.0)
         if PROBS == 0:
-            g = tl.load(g_ptr + rb[:, None] * sgb + (m * d + rd)[None, :], mask=mask_x, other=0.0).to(tl.float32)
+            g = _rows(g_ptr, rb, rd, mb, md, sgb, m, d)
             if IEEE:
                 a = tl.dot(g, tl.trans(c), input_precision="ieee")
                 dcw += tl.dot(tl.trans(p), g, input_precision="ieee")
@@ -206,16 +214,14 @@ def _probs_fwd(x_ptr, c_ptr, p_ptr, B, K, M, d, sxb, scm, sck, inv_tau, METRIC: 
     rb = pid * BLOCK_B + tl.arange(0, BLOCK_B)
     rd = tl.arange(0, BLOCK_D)
     mb, md = rb < B, rd < d
-    x = tl.load(x_ptr + rb[:, None] * sxb + (m * d + rd)[None, :], mask=mb[:, None] & md[None, :], other=0.0)
-    x = x.to(tl.float32)
+    x = _rows(x_ptr, rb, rd, mb, md, sxb, m, d)
     xx = tl.sum(x * x, 1)
     m_i = tl.full([BLOCK_B], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_B], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         mk = rk < K
-        c = tl.load(c_ptr + m * scm + rk[:, None] * sck + rd[None, :], mask=mk[:, None] & md[None, :], other=0.0)
-        c = c.to(tl.float32)
+        c = _codewords(c_ptr, rk, rd, mk, md, scm, sck, m)
         s = tl.where(mk[None, :], _scores(x, c, xx, tl.sum(c * c, 1), inv_tau, METRIC, IEEE), float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(s - m_new[:, None]), 1)
@@ -224,8 +230,7 @@ def _probs_fwd(x_ptr, c_ptr, p_ptr, B, K, M, d, sxb, scm, sck, inv_tau, METRIC: 
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         mk = rk < K
-        c = tl.load(c_ptr + m * scm + rk[:, None] * sck + rd[None, :], mask=mk[:, None] & md[None, :], other=0.0)
-        c = c.to(tl.float32)
+        c = _codewords(c_ptr, rk, rd, mk, md, scm, sck, m)
         p = tl.exp(_scores(x, c, xx, tl.sum(c * c, 1), inv_tau, METRIC, IEEE) - lse[:, None])
         tl.store(p_ptr + rb[:, None] * (M * K) + m * K + rk[None, :], p.to(p_ptr.dtype.element_ty),
                  mask=mb[:, None] & mk[None, :])
@@ -239,15 +244,13 @@ def _encode(x_ptr, c_ptr, out_ptr, B, K, M, d, sxb, scm, sck, METRIC: tl.constex
     rb = pid * BLOCK_B + tl.arange(0, BLOCK_B)
     rd = tl.arange(0, BLOCK_D)
     mb, md = rb < B, rd < d
-    x = tl.load(x_ptr + rb[:, None] * sxb + (m * d + rd)[None, :], mask=mb[:, None] & md[None, :], other=0.0)
-    x = x.to(tl.float32)
+    x = _rows(x_ptr, rb, rd, mb, md, sxb, m, d)
     best = tl.full([BLOCK_B], float("-inf"), tl.float32)
     arg = tl.zeros([BLOCK_B], tl.int32)
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         mk = rk < K
-        c = tl.load(c_ptr + m * scm + rk[:, None] * sck + rd[None, :], mask=mk[:, None] & md[None, :], other=0.0)
-        c = c.to(tl.float32)
+        c = _codewords(c_ptr, rk, rd, mk, md, scm, sck, m)
         if IEEE:
             dot = tl.dot(x, tl.trans(c), input_precision="ieee")
         else:
