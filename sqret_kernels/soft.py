@@ -23,11 +23,26 @@ def _pow2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(int(n)))
 
 
-def _blocks(B: int, K: int) -> tuple[int, int]:
-    """(BLOCK_B, BLOCK_K): large in the interpreter (it charges per program), GPU-friendly otherwise."""
+def _tuned(kernel):
+    """On a GPU, autotune (BLOCK_B, BLOCK_K, warps) per problem shape (B, K, d); in the interpreter, which
+    charges per program, the launch passes large fixed blocks instead (see _launch)."""
     if INTERPRET:
-        return min(_pow2(B), 256), min(_pow2(K), 256)
-    return 64, min(_pow2(K), 64)
+        return kernel
+    configs = [triton.Config({"BLOCK_B": bb, "BLOCK_K": bk}, num_warps=w, num_stages=st)
+               for bb, bk, w, st in ((32, 32, 4, 2), (64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2),
+                                     (128, 32, 4, 3), (64, 128, 8, 2))]
+    return triton.autotune(configs=configs, key=["B", "K", "d"])(kernel)
+
+
+def _launch(kernel, over_rows: bool, B: int, K: int, M: int, args: tuple, meta: dict) -> None:
+    """Grid over row blocks (or codeword blocks) x sub-spaces."""
+    if INTERPRET:
+        BB, BK = min(_pow2(B), 256), min(_pow2(K), 256)
+        grid = (triton.cdiv(B, BB) if over_rows else triton.cdiv(K, BK), M)
+        kernel[grid](*args, BLOCK_B=BB, BLOCK_K=BK, **meta)
+    else:
+        kernel[lambda META: (triton.cdiv(B, META["BLOCK_B"]) if over_rows else triton.cdiv(K, META["BLOCK_K"]), M)](
+            *args, **meta)
 
 
 @triton.jit
@@ -58,6 +73,7 @@ def _scores(x, c, xx, cc, inv_tau, METRIC: tl.constexpr, IEEE: tl.constexpr):
     return s * inv_tau
 
 
+@_tuned
 @triton.jit
 def _soft_fwd(x_ptr, c_ptr, z_ptr, B, K, d, sxb, scm, sck, szb, inv_tau,
               METRIC: tl.constexpr, IEEE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -91,6 +107,7 @@ def _soft_fwd(x_ptr, c_ptr, z_ptr, B, K, d, sxb, scm, sck, szb, inv_tau,
              mask=mb[:, None] & md[None, :])
 
 
+@_tuned
 @triton.jit
 def _soft_bwd_rows(x_ptr, c_ptr, g_ptr, gx_ptr, lse_ptr, delta_ptr, B, K, M, d, sxb, scm, sck, sgb, inv_tau,
                    METRIC: tl.constexpr, PROBS: tl.constexpr, IEEE: tl.constexpr, BLOCK_B: tl.constexpr,
@@ -163,6 +180,7 @@ def _soft_bwd_rows(x_ptr, c_ptr, g_ptr, gx_ptr, lse_ptr, delta_ptr, B, K, M, d, 
     tl.store(gx_ptr + rb[:, None] * sxb + (m * d + rd)[None, :], dx.to(gx_ptr.dtype.element_ty), mask=mask_x)
 
 
+@_tuned
 @triton.jit
 def _soft_bwd_codewords(x_ptr, c_ptr, g_ptr, gc_ptr, lse_ptr, delta_ptr, B, K, M, d, sxb, scm, sck, sgb, inv_tau,
                         METRIC: tl.constexpr, PROBS: tl.constexpr, IEEE: tl.constexpr, BLOCK_B: tl.constexpr,
@@ -207,6 +225,7 @@ def _soft_bwd_codewords(x_ptr, c_ptr, g_ptr, gc_ptr, lse_ptr, delta_ptr, B, K, M
     tl.store(gc_ptr + m * (K * d) + rk[:, None] * d + rd[None, :], dcw + dcs, mask=mk[:, None] & md[None, :])
 
 
+@_tuned
 @triton.jit
 def _probs_fwd(x_ptr, c_ptr, p_ptr, B, K, M, d, sxb, scm, sck, inv_tau, METRIC: tl.constexpr, IEEE: tl.constexpr,
                BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -236,6 +255,7 @@ def _probs_fwd(x_ptr, c_ptr, p_ptr, B, K, M, d, sxb, scm, sck, inv_tau, METRIC: 
                  mask=mb[:, None] & mk[None, :])
 
 
+@_tuned
 @triton.jit
 def _encode(x_ptr, c_ptr, out_ptr, B, K, M, d, sxb, scm, sck, METRIC: tl.constexpr, IEEE: tl.constexpr,
             BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -291,10 +311,8 @@ def soft_quantize(x: torch.Tensor, codebooks: torch.Tensor, tau: float, metric: 
     z = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if B == 0:
         return z
-    BB, BK = _blocks(B, K)
-    _soft_fwd[(triton.cdiv(B, BB), M)](xs, cb, z, B, K, d, xs.stride(0), cb.stride(0), cb.stride(1), z.stride(0),
-                                       1.0 / tau, METRIC=METRIC, IEEE=_ieee(xs, cb), BLOCK_B=BB, BLOCK_K=BK,
-                                       BLOCK_D=_pow2(d))
+    _launch(_soft_fwd, True, B, K, M, (xs, cb, z, B, K, d, xs.stride(0), cb.stride(0), cb.stride(1), z.stride(0),
+                                       1.0 / tau), dict(METRIC=METRIC, IEEE=_ieee(xs, cb), BLOCK_D=_pow2(d)))
     return z
 
 
@@ -307,11 +325,10 @@ def _backward(grad, x, codebooks, tau, metric, probs: bool):
     if B:
         lse = torch.empty((B, M), dtype=torch.float32, device=x.device)  # O(B * M) row statistics
         delta = torch.empty_like(lse)
-        BB, BK = _blocks(B, K)
         args = (B, K, M, d, xs.stride(0), cb.stride(0), cb.stride(1), g.stride(0), 1.0 / tau)
-        meta = dict(METRIC=METRIC, PROBS=int(probs), IEEE=_ieee(xs, cb), BLOCK_B=BB, BLOCK_K=BK, BLOCK_D=_pow2(d))
-        _soft_bwd_rows[(triton.cdiv(B, BB), M)](xs, cb, g, gx, lse, delta, *args, **meta)
-        _soft_bwd_codewords[(triton.cdiv(K, BK), M)](xs, cb, g, gc, lse, delta, *args, **meta)
+        meta = dict(METRIC=METRIC, PROBS=int(probs), IEEE=_ieee(xs, cb), BLOCK_D=_pow2(d))
+        _launch(_soft_bwd_rows, True, B, K, M, (xs, cb, g, gx, lse, delta, *args), meta)
+        _launch(_soft_bwd_codewords, False, B, K, M, (xs, cb, g, gc, lse, delta, *args), meta)
     if metric == "cos":  # back through the normalizations
         gx = _normalize_backward(x.float().reshape(B, M, d), gx.reshape(B, M, d)).reshape(B, M * d)
         gc = _normalize_backward(codebooks.float(), gc)
@@ -333,10 +350,8 @@ def assign_probs(x: torch.Tensor, codebooks: torch.Tensor, tau: float, metric: s
     B, (M, K, d) = xs.shape[0], cb.shape
     p = torch.empty((B, M, K), dtype=x.dtype, device=x.device)
     if B:
-        BB, BK = _blocks(B, K)
-        _probs_fwd[(triton.cdiv(B, BB), M)](xs, cb, p, B, K, M, d, xs.stride(0), cb.stride(0), cb.stride(1),
-                                            1.0 / tau, METRIC=METRIC, IEEE=_ieee(xs, cb), BLOCK_B=BB, BLOCK_K=BK,
-                                            BLOCK_D=_pow2(d))
+        _launch(_probs_fwd, True, B, K, M, (xs, cb, p, B, K, M, d, xs.stride(0), cb.stride(0), cb.stride(1),
+                                            1.0 / tau), dict(METRIC=METRIC, IEEE=_ieee(xs, cb), BLOCK_D=_pow2(d)))
     return p
 
 
@@ -349,7 +364,6 @@ def encode(x: torch.Tensor, codebooks: torch.Tensor, metric: str, out_dtype: tor
     B, (M, K, d) = xs.shape[0], cb.shape
     out = torch.empty((B, M), dtype=torch.int32, device=x.device)
     if B:
-        BB, BK = _blocks(B, K)
-        _encode[(triton.cdiv(B, BB), M)](xs, cb, out, B, K, M, d, xs.stride(0), cb.stride(0), cb.stride(1),
-                                         METRIC=METRIC, IEEE=_ieee(xs, cb), BLOCK_B=BB, BLOCK_K=BK, BLOCK_D=_pow2(d))
+        _launch(_encode, True, B, K, M, (xs, cb, out, B, K, M, d, xs.stride(0), cb.stride(0), cb.stride(1)),
+                dict(METRIC=METRIC, IEEE=_ieee(xs, cb), BLOCK_D=_pow2(d)))
     return out.to(out_dtype)
