@@ -10,7 +10,7 @@ import torch  # noqa: E402
 DATA = Path(os.environ.get("SQRET_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def data_dir():
     """../shared/data beside the checkout (or $SQRET_DATA); tests that need it skip where it is absent."""
     if not DATA.is_dir():

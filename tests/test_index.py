@@ -41,14 +41,10 @@ CASES = [("pq", "l2", 8), ("pq", "l2", 4), ("pq", "ip", 8), ("ivf", "l2", 8), ("
 
 
 @pytest.fixture(scope="module")
-def sift():
-    from conftest import DATA
-
+def sift(data_dir):
     from sqret.data import read_fvecs, read_ivecs
 
-    if not DATA.is_dir():
-        pytest.skip(f"real data not found at {DATA}")
-    d = DATA / "siftsmall"
+    d = data_dir / "siftsmall"
     return (read_fvecs(d / "siftsmall_base.fvecs"), read_fvecs(d / "siftsmall_query.fvecs"),
             torch.from_numpy(read_ivecs(d / "siftsmall_groundtruth.ivecs").astype(np.int64)))
 
@@ -247,10 +243,8 @@ def test_bad_inputs_are_clear_errors():
         IVFPQIndex(32, 64, 8).train(x[:10])
 
 
-def test_cli_build_and_search(tmp_path, sift):
-    from conftest import DATA
-
-    d = DATA / "siftsmall"
+def test_cli_build_and_search(tmp_path, data_dir):
+    d = data_dir / "siftsmall"
     run = [sys.executable, "-m", "sqret"]
     b = subprocess.run(run + ["index", "build", "--data", str(d / "siftsmall_base.fvecs"), "--index",
                               str(tmp_path / "s.sqret"), "--m", "16", "--ivf", "32", "--iters", "5"],

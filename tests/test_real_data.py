@@ -12,12 +12,8 @@ from sqret.eval import nn_recall_at_k
 
 
 @pytest.fixture(scope="module")
-def sift():
-    from conftest import DATA
-
-    if not DATA.is_dir():
-        pytest.skip(f"real data not found at {DATA}")
-    d = DATA / "siftsmall"
+def sift(data_dir):
+    d = data_dir / "siftsmall"
     base = torch.from_numpy(read_fvecs(d / "siftsmall_base.fvecs"))
     q = torch.from_numpy(read_fvecs(d / "siftsmall_query.fvecs"))
     gt = torch.from_numpy(read_ivecs(d / "siftsmall_groundtruth.ivecs").astype(np.int64))
