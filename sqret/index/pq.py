@@ -54,6 +54,15 @@ class PQIndex:
         index.codebooks = codebooks.detach().to(torch.float32).contiguous()
         return index
 
+    @classmethod
+    def from_quantizer(cls, quantizer, metric: str | None = None) -> PQIndex:
+        """An index over a trained quantizer's codewords (e.g. sqret.nn.ProductQuantizer): its codes are
+        searchable here. ``metric`` defaults to the quantizer's ("cos" searches as "ip" on its
+        normalised codewords)."""
+        codewords = quantizer.codewords() if hasattr(quantizer, "codewords") else quantizer.codebooks
+        m = metric or getattr(quantizer, "metric", "l2")
+        return cls.from_codebooks(codewords, "ip" if m == "cos" else m)
+
     def _writable(self) -> None:
         if not self.is_trained:
             raise RuntimeError("the index is not trained: call train() or from_codebooks() first")

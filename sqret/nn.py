@@ -1,0 +1,76 @@
+"""Quantizer modules built on sqret.ops."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import ops
+from .cluster import train_pq
+
+MODES = ("soft", "hard", "st")
+
+
+class ProductQuantizer(nn.Module):
+    """Product quantizer of dim-d features into M sub-spaces of K codewords.
+
+    ``mode``: ``"soft"`` (z = softmax(s / tau) @ C per sub-space, differentiable in x and C), ``"hard"``
+    (nearest codeword; gradient to the codebooks only), ``"st"`` (straight-through: forward hard, backward
+    soft). With ``kmeans_init`` the codebooks are initialised by k-means on the first training batch.
+
+    >>> pq = ProductQuantizer(128, M=8, K=16, tau=0.2); z = pq(x)  # x [B, 128] -> z [B, 128]
+    """
+
+    def __init__(self, dim: int, M: int, K: int = 256, tau: float = 1.0, metric: str = "l2", mode: str = "soft",
+                 kmeans_init: bool = True):
+        super().__init__()
+        if not isinstance(dim, int) or not isinstance(M, int) or dim < 1 or M < 1 or dim % M:
+            raise ValueError(f"dim = {dim} is not divisible into M = {M} sub-spaces")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.dim, self.M, self.K, self.tau, self.mode = dim, M, K, ops.checks.temperature(tau), mode
+        self.metric = ops.checks.metric(metric)
+        self.codebooks = nn.Parameter(torch.randn(M, K, dim // M) / (dim // M) ** 0.5)
+        self.register_buffer("initialized", torch.tensor(not kmeans_init))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, M={self.M}, K={self.K}, tau={self.tau}, metric={self.metric!r}, mode={self.mode!r}"
+
+    @torch.no_grad()
+    def init_kmeans(self, x: torch.Tensor, iters: int = 10) -> None:
+        """k-means codebooks from x [N, dim] (N >= K)."""
+        C = train_pq(x.detach().float().cpu(), self.M, self.K, iters=iters, metric=self.metric, progress=False)
+        self.codebooks.copy_(C.to(self.codebooks))
+        self.initialized.fill_(True)
+
+    def codewords(self) -> torch.Tensor:
+        """The codewords used for reconstruction [M, K, d] (L2-normalised for the cosine metric)."""
+        return F.normalize(self.codebooks, dim=-1) if self.metric == "cos" else self.codebooks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """z [B, dim]: the quantized features (see ``mode``)."""
+        if self.training and not bool(self.initialized):
+            if x.shape[0] < self.K:
+                raise ValueError(f"k-means init needs a first batch of at least K = {self.K} vectors, got "
+                                 f"{x.shape[0]} (or pass kmeans_init=False)")
+            self.init_kmeans(x)
+        if self.mode == "soft":
+            return ops.soft_quantize(x, self.codebooks, self.tau, self.metric)
+        hard = ops.decode(self.encode(x), self.codewords())
+        if self.mode == "hard":
+            return hard
+        soft = ops.soft_quantize(x, self.codebooks, self.tau, self.metric)
+        return soft + (hard - soft).detach()  # forward hard, backward soft
+
+    def probs(self, x: torch.Tensor) -> torch.Tensor:
+        """Soft assignments [B, M, K]."""
+        return ops.assign_probs(x, self.codebooks, self.tau, self.metric)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Codes [B, M] (uint8 for K <= 256)."""
+        return ops.encode(x.detach(), self.codebooks.detach(), self.metric)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Reconstructions [B, dim] of codes [B, M]."""
+        return ops.decode(codes, self.codewords())
