@@ -79,6 +79,22 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    import json
+
+    from .methods import METHODS
+    from .models import SmallCNN
+    from .train import TrainConfig, digits_images, train
+
+    if args.dataset != "digits":
+        raise SystemExit(f"dataset {args.dataset!r} is not supported yet (digits only)")
+    method = METHODS[args.method](SmallCNN(1, dim=args.bits // 4 * 16), bits=args.bits)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, log=args.log,
+                      checkpoint=args.checkpoint, resume=args.resume)
+    print(json.dumps(train(method, digits_images(args.seed), cfg)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sqret", description="Deep product quantization and retrieval.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -100,6 +116,19 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--chunk", type=int, default=100_000, help="vectors encoded per step")
     build.add_argument("--seed", type=int, default=0)
     build.set_defaults(func=_index_build)
+
+    tr = sub.add_parser("train", help="train a deep quantization method; prints its retrieval mAP")
+    tr.add_argument("--method", default="spq", choices=("spq",))
+    tr.add_argument("--dataset", default="digits", choices=("digits",))
+    tr.add_argument("--bits", type=int, default=32)
+    tr.add_argument("--epochs", type=int, default=10)
+    tr.add_argument("--batch-size", type=int, default=128)
+    tr.add_argument("--lr", type=float, default=None, help="default: the method's")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--log", help="JSON-lines log file")
+    tr.add_argument("--checkpoint", help="checkpoint file (written every epoch, atomically)")
+    tr.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    tr.set_defaults(func=_train)
 
     search = sub.add_parser("search", help="search an index; recall against ground truth, QPS")
     search.add_argument("--index", required=True)
