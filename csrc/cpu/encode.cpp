@@ -49,6 +49,11 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void lut_row(const 
     for (int64_t k = 0; k < K; ++k) out[k] = std::sqrt(out[k]);
 }
 
+__attribute__((target_clones("avx512f", "avx2", "default"))) void axpy_table(const float* pre, const float* qr,
+                                                                              float alpha, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = pre[i] + alpha * qr[i];
+}
+
 namespace {
 
 // argmin_k of base[k] + coef * x . c_k, the first index on ties.

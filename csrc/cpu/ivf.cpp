@@ -95,7 +95,7 @@ void ivf_search(const float* queries, int64_t Q, int64_t d, const float* centroi
         if (metric == 0 && precomputed) {
           // ||q - c - r||^2 = ||q - c||^2 + (||r||^2 + 2 <c, r>) - 2 <q, r>: the middle term is per list
           const float* pre = precomputed + l * M * K;
-          for (int64_t mk = 0; mk < M * K; ++mk) lut[mk] = pre[mk] - 2.f * qr[mk];
+          axpy_table(pre, qr.data(), -2.f, M * K, lut.data());
           for (int64_t j = 0; j < d; ++j) base += (x[j] - c[j]) * (x[j] - c[j]);
         } else if (metric == 0) {
           for (int64_t j = 0; j < d; ++j) resid[j] = x[j] - c[j];

@@ -51,6 +51,9 @@ struct Transposed {
 // One sub-space's table: out[k] = ||xs - c_k||^2 (metric 0), xs . c_k (1), ||xs - c_k|| (2); Ct = [d][K].
 void lut_row(const float* xs, const float* Ct, int64_t d, int64_t K, int metric, float* out);
 
+// out[i] = pre[i] + alpha * qr[i], vectorized per SIMD level.
+void axpy_table(const float* pre, const float* qr, float alpha, int64_t n, float* out);
+
 // IVF-PQ search: per query, the LUT of each probed list (residual q - c_l for l2; for ip the LUT of q plus
 // <q, c_l>) and a scan of that list's codes [n_l, M] (uint8) straight from memory; ids from the list's ids.
 // list_codes / list_ids: addresses of each list's arrays; probes [Q, nprobe] list numbers (-1: none).

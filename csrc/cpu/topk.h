@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -16,6 +17,58 @@ struct Cand {
 
 // a is better (closer) than b
 inline bool better(const Cand& a, const Cand& b) { return a.d < b.d || (a.d == b.d && a.id < b.id); }
+
+// Order-preserving unsigned bits of a (non-NaN) float: a < b  <=>  ordered_bits(a) < ordered_bits(b).
+inline uint32_t ordered_bits(float d) {
+  d += 0.0f;  // -0.0 -> +0.0
+  uint32_t b;
+  std::memcpy(&b, &d, sizeof b);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+// The k best of cands by (d, id), exactly; sorted best first when `sorted`. Selection and sorting run on
+// 64-bit integer keys (distance bits << 32 | index), then runs of equal distance are ordered by id.
+inline void select_k(std::vector<Cand>& cands, int64_t k, bool sorted) {
+  const size_t n = cands.size(), kk = std::min<size_t>(static_cast<size_t>(k), n);
+  if (kk == 0) {
+    cands.clear();
+    return;
+  }
+  std::vector<uint64_t> keys(n);
+  for (size_t i = 0; i < n; ++i) keys[i] = (static_cast<uint64_t>(ordered_bits(cands[i].d)) << 32) | i;
+  uint32_t T;  // the k-th best distance
+  if (kk < n) {
+    std::nth_element(keys.begin(), keys.begin() + (kk - 1), keys.end());
+    T = static_cast<uint32_t>(keys[kk - 1] >> 32);
+  } else {  // everything is kept: T is the largest distance
+    T = static_cast<uint32_t>(*std::max_element(keys.begin(), keys.end()) >> 32);
+  }
+  std::vector<uint64_t> in;
+  std::vector<Cand> tied;  // distance == T: the smallest ids fill what is left
+  in.reserve(kk);
+  for (uint64_t key : keys) {
+    const uint32_t dist = static_cast<uint32_t>(key >> 32);
+    if (dist < T) in.push_back(key);
+    else if (dist == T) tied.push_back(cands[key & 0xFFFFFFFFu]);
+  }
+  if (sorted) std::sort(in.begin(), in.end());
+  std::vector<Cand> out;
+  out.reserve(kk);
+  for (uint64_t key : in) out.push_back(cands[key & 0xFFFFFFFFu]);
+  const size_t need = kk - out.size();
+  std::partial_sort(tied.begin(), tied.begin() + need, tied.end(),
+                    [](const Cand& a, const Cand& b) { return a.id < b.id; });
+  out.insert(out.end(), tied.begin(), tied.begin() + need);
+  if (sorted) {  // equal distances below T: by id
+    for (size_t a = 0; a < out.size();) {
+      size_t b = a + 1;
+      while (b < out.size() && out[b].d == out[a].d) ++b;
+      if (b - a > 1) std::sort(out.begin() + a, out.begin() + b, better);
+      a = b;
+    }
+  }
+  cands.swap(out);
+}
 
 // A reservoir of candidates: offers below the threshold are appended (O(1)); when 2k are held they are cut
 // to the k best (nth_element) and the threshold becomes the k-th best distance. Offers within one scan
@@ -48,10 +101,10 @@ class TopK {
 
  private:
   void shrink() {
-    std::nth_element(buf_.begin(), buf_.begin() + (k_ - 1), buf_.end(), better);
-    buf_.resize(static_cast<size_t>(k_));
-    thr_ = buf_[k_ - 1].d;  // the k-th best: every kept candidate is better or equal
+    select_k(buf_, k_, false);
+    thr_ = buf_.back().d;  // the k-th best (a tie at T comes last): every kept candidate is better or equal
     full_ = true;
+    buf_.reserve(static_cast<size_t>(std::min<int64_t>(cap_, 1 << 16)));
   }
 
   int64_t k_, cap_;
@@ -61,13 +114,6 @@ class TopK {
 };
 
 // The k best of cands, sorted best first (cands is reordered).
-inline void best_k(std::vector<Cand>& cands, int64_t k) {
-  if (static_cast<int64_t>(cands.size()) > k) {
-    std::partial_sort(cands.begin(), cands.begin() + k, cands.end(), better);
-    cands.resize(static_cast<size_t>(k));
-  } else {
-    std::sort(cands.begin(), cands.end(), better);
-  }
-}
+inline void best_k(std::vector<Cand>& cands, int64_t k) { select_k(cands, k, true); }
 
 }  // namespace sqret
