@@ -36,10 +36,8 @@ def _lut(q_ptr, c_ptr, out_ptr, Q, K, M, d, sqb, scm, sck, METRIC: tl.constexpr,
 
 
 def build_lut(q: torch.Tensor, codebooks: torch.Tensor, metric: str, dtype: torch.dtype | None) -> torch.Tensor:
+    """metric l2, ip or l2_sqrt (the caller rewrites cosine as the inner product of normalized inputs)."""
     M, K, d = codebooks.shape
-    if metric == "cos":
-        q = torch.nn.functional.normalize(q.float().reshape(q.shape[0], M, d), dim=-1).reshape(q.shape[0], M * d)
-        codebooks = torch.nn.functional.normalize(codebooks.float(), dim=-1)
     q, cb = q.contiguous(), codebooks.contiguous()
     Q = q.shape[0]
     wide = torch.float64 in (q.dtype, cb.dtype)
@@ -47,7 +45,7 @@ def build_lut(q: torch.Tensor, codebooks: torch.Tensor, metric: str, dtype: torc
     if Q:
         BQ = min(_pow2(Q), 128) if INTERPRET else 32
         BK = min(_pow2(K), 256) if INTERPRET else min(_pow2(K), 64)
-        METRIC = {"l2": 0, "ip": 1, "cos": 1, "l2_sqrt": 2}[metric]
+        METRIC = {"l2": 0, "ip": 1, "l2_sqrt": 2}[metric]
         ieee = q.dtype == cb.dtype == torch.float32
         _lut[(triton.cdiv(Q, BQ), M, triton.cdiv(K, BK))](q, cb, out, Q, K, M, d, q.stride(0), cb.stride(0),
                                                         cb.stride(1), METRIC=METRIC, IEEE=ieee, BLOCK_Q=BQ,

@@ -5,7 +5,8 @@ codewords, softmax(s / tau) with an online max / sum (flash-attention style), z 
 [B, M, K] are never written by soft_quantize; its backward recomputes them from the log-sum-exp, in two
 kernels: one over row blocks (grad x) and one over codeword blocks (grad codebooks, looping over the batch:
 deterministic, no atomics). Cosine is the inner product of L2-normalized inputs (the launcher normalizes).
-All accumulation is float32 whatever the input dtype.
+All accumulation is float32 whatever the input dtype. Metrics: l2 and ip (the caller rewrites cosine as
+the inner product of normalized inputs).
 """
 
 from __future__ import annotations
@@ -292,11 +293,9 @@ def _encode(x_ptr, c_ptr, out_ptr, B, K, M, d, sxb, scm, sck, METRIC: tl.constex
 
 
 def _prep(x: torch.Tensor, codebooks: torch.Tensor, metric: str):
-    """float32-or-half contiguous inputs; cosine becomes the inner product of normalized inputs."""
-    M, K, d = codebooks.shape
-    if metric == "cos":
-        x = torch.nn.functional.normalize(x.float().reshape(x.shape[0], M, d), dim=-1).reshape(x.shape[0], M * d)
-        codebooks = torch.nn.functional.normalize(codebooks.float(), dim=-1)
+    """Contiguous inputs and the kernels' METRIC (0: l2, 1: ip)."""
+    if metric not in ("l2", "ip"):
+        raise ValueError(f"the soft kernels take metric l2 or ip, got {metric!r}")
     return x.contiguous(), codebooks.contiguous(), 0 if metric == "l2" else 1
 
 
@@ -329,16 +328,7 @@ def _backward(grad, x, codebooks, tau, metric, probs: bool):
         meta = dict(METRIC=METRIC, PROBS=int(probs), IEEE=_ieee(xs, cb), BLOCK_D=_pow2(d))
         _launch(_soft_bwd_rows, True, B, K, M, (xs, cb, g, gx, lse, delta, *args), meta)
         _launch(_soft_bwd_codewords, False, B, K, M, (xs, cb, g, gc, lse, delta, *args), meta)
-    if metric == "cos":  # back through the normalizations
-        gx = _normalize_backward(x.float().reshape(B, M, d), gx.reshape(B, M, d)).reshape(B, M * d)
-        gc = _normalize_backward(codebooks.float(), gc)
     return gx.to(x.dtype), gc.to(codebooks.dtype)
-
-
-def _normalize_backward(v: torch.Tensor, g: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    n = v.norm(dim=-1, keepdim=True)
-    u = v / n.clamp_min(eps)
-    return torch.where(n > eps, (g - u * (u * g).sum(-1, keepdim=True)) / n.clamp_min(eps), g / eps)
 
 
 def soft_quantize_backward(grad, x, codebooks, tau: float, metric: str):

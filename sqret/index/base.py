@@ -23,10 +23,6 @@ def as_matrix(x, d: int, name: str) -> torch.Tensor:
     return x
 
 
-def check_k(k) -> int:
-    return ops.checks.topk_k(k)
-
-
 def new_ids(ids, n: int, start: int) -> torch.Tensor:
     """int64 [n] ids: the given ones, or start, start + 1, ... ."""
     if ids is None:

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from .. import ops
 from ..cluster import train_pq
-from .base import as_matrix, check_k, check_metric, check_pq, new_ids, remove_mask
+from .base import as_matrix, check_metric, check_pq, new_ids, remove_mask
 from .storage import IndexFile, IndexWriter
 
 
@@ -135,7 +135,7 @@ class IVFPQIndex:
         if not self.is_trained:
             raise RuntimeError("the index is not trained: call train() first")
         q = as_matrix(queries, self.d, "queries")
-        k = check_k(k)
+        k = ops.checks.topk_k(k)
         if not isinstance(nprobe, int) or nprobe < 1:
             raise ValueError(f"nprobe must be an int >= 1, got {nprobe!r}")
         nprobe = min(nprobe, self.nlist)

@@ -9,7 +9,7 @@ import torch
 
 from .. import ops
 from ..cluster import train_pq
-from .base import as_matrix, check_k, check_metric, check_pq, new_ids, remove_mask
+from .base import as_matrix, check_metric, check_pq, new_ids, remove_mask
 from .storage import IndexFile, write_index
 
 _CHUNK = 1 << 20  # codes per streamed chunk when memory-mapped
@@ -131,7 +131,7 @@ class PQIndex:
         if not self.is_trained:
             raise RuntimeError("the index is not trained: call train() or from_codebooks() first")
         q = as_matrix(queries, self.d, "queries")
-        k = check_k(k)
+        k = ops.checks.topk_k(k)
         lut = ops.build_lut(q, self.codebooks, self.metric)
         if isinstance(self._codes, np.ndarray):  # memory-mapped: stream chunks through the scan
             codes = [self._codes[a : a + _CHUNK] for a in range(0, len(self), _CHUNK)] or [self._codes]

@@ -78,9 +78,8 @@ def build_lut(q: torch.Tensor, codebooks: torch.Tensor, metric: str, dtype: torc
         return reference.build_lut(q, codebooks, metric, dtype)
     M, K, d = codebooks.shape
     xs, C = q.to(torch.float32), codebooks.to(torch.float32)
-    if metric == "cos":  # cosine = dot of normalized sub-vectors and codewords
-        xs = F.normalize(xs.reshape(q.shape[0], M, d), dim=-1).reshape(q.shape[0], M * d)
-        C = F.normalize(C, dim=-1)
+    if metric == "cos":
+        xs, C = reference.cosine_inputs(xs, C)
     xs, C = xs.contiguous(), C.contiguous()
     out = torch.empty((q.shape[0], M, K), dtype=torch.float32)
     if q.shape[0]:

@@ -40,6 +40,13 @@ def _codewords(codebooks: torch.Tensor, metric: str) -> torch.Tensor:
     return F.normalize(codebooks, dim=-1) if metric == "cos" else codebooks
 
 
+def cosine_inputs(x: torch.Tensor, codebooks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine as an inner product: x [B, M*d] with every sub-vector L2-normalized, and normalized codebooks."""
+    M, _, d = codebooks.shape
+    xn = F.normalize(x.reshape(x.shape[0], M, d), dim=-1).reshape(x.shape[0], M * d)
+    return xn, F.normalize(codebooks, dim=-1)
+
+
 def _scores(xs: torch.Tensor, C: torch.Tensor, metric: str) -> torch.Tensor:
     """Similarity, larger is closer: xs [M, n, d], C [M, K, d] (normalized for cos) -> [M, n, K]."""
     if metric == "cos":

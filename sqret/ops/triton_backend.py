@@ -21,8 +21,50 @@ except Exception as err:  # triton missing or broken
 _CHUNK = 1 << 24  # codes per launch on the multi-pass path (and below 2**31 positions per launch)
 
 
+def _cos(x, codebooks):
+    """Cosine runs as the inner product of normalized inputs (normalized in float32)."""
+    return reference.cosine_inputs(x.float(), codebooks.float())
+
+
+def soft_quantize(x, codebooks, tau: float, metric: str):
+    if metric == "cos":
+        return soft.soft_quantize(*_cos(x, codebooks), tau, "ip").to(x.dtype)
+    return soft.soft_quantize(x, codebooks, tau, metric)
+
+
+def assign_probs(x, codebooks, tau: float, metric: str):
+    if metric == "cos":
+        return soft.assign_probs(*_cos(x, codebooks), tau, "ip").to(x.dtype)
+    return soft.assign_probs(x, codebooks, tau, metric)
+
+
+def _backward(kernel_backward, grad, x, codebooks, tau: float, metric: str):
+    if metric != "cos":
+        return kernel_backward(grad, x, codebooks, tau, metric)
+    gx, gc = kernel_backward(grad, *_cos(x, codebooks), tau, "ip")  # w.r.t. the normalized inputs
+    B, (M, _, d) = x.shape[0], codebooks.shape
+    gx = reference._normalize_backward(x.float().reshape(B, M, d), gx.reshape(B, M, d)).reshape(B, M * d)
+    return gx.to(x.dtype), reference._normalize_backward(codebooks.float(), gc).to(codebooks.dtype)
+
+
+def soft_quantize_backward(grad, x, codebooks, tau: float, metric: str):
+    return _backward(soft.soft_quantize_backward, grad, x, codebooks, tau, metric)
+
+
+def assign_probs_backward(grad, x, codebooks, tau: float, metric: str):
+    return _backward(soft.assign_probs_backward, grad, x, codebooks, tau, metric)
+
+
 def encode(x, codebooks, metric):
-    return soft.encode(x, codebooks, metric, code_dtype(codebooks.shape[1]))
+    if metric == "cos":
+        x, codebooks = _cos(x, codebooks)
+    return soft.encode(x, codebooks, "ip" if metric == "cos" else metric, code_dtype(codebooks.shape[1]))
+
+
+def build_lut(q, codebooks, metric: str, dtype):
+    if metric == "cos":
+        return lut.build_lut(*_cos(q, codebooks), "ip", dtype)
+    return lut.build_lut(q, codebooks, metric, dtype)
 
 
 def adc_topk(table: torch.Tensor, codes: torch.Tensor, k: int, largest: bool, packed: bool):
@@ -52,13 +94,13 @@ if soft is not None:
             "triton",
             _devices(),
             {
-                "soft_quantize": soft.soft_quantize,
-                "soft_quantize_backward": soft.soft_quantize_backward,
-                "assign_probs": soft.assign_probs,
-                "assign_probs_backward": soft.assign_probs_backward,
+                "soft_quantize": soft_quantize,
+                "soft_quantize_backward": soft_quantize_backward,
+                "assign_probs": assign_probs,
+                "assign_probs_backward": assign_probs_backward,
                 "encode": encode,
                 "decode": lut.decode,
-                "build_lut": lut.build_lut,
+                "build_lut": build_lut,
                 "adc_topk": adc_topk,
             },
             priority={"cuda": 20, "cpu": -1},
