@@ -1,4 +1,5 @@
-"""Retrieval evaluation: recall@k against ground-truth neighbours, mAP@k against labels."""
+"""Retrieval evaluation: recall@k against ground-truth neighbours; mAP@k, precision@k and precision-recall
+against labels (rankings [Q, R] of database ids, -1 for none)."""
 
 from __future__ import annotations
 
@@ -43,3 +44,27 @@ def mean_average_precision(query_labels, db_labels, ranked: torch.Tensor, k: int
     n_rel = rel.sum(1)
     ap = (prec * rel).sum(1) / n_rel.clamp_min(1)
     return ap.mean().item() if ap.numel() else 0.0
+
+
+def precision_at_k(query_labels, db_labels, ranked: torch.Tensor, k: int) -> float:
+    """Mean fraction of relevant items among the first k retrieved (missing results count as irrelevant)."""
+    if ranked.shape[1] < k:
+        raise ValueError(f"rankings hold {ranked.shape[1]} results per query, fewer than k = {k}")
+    rel = relevance(query_labels, db_labels, ranked[:, :k]).float()
+    return rel.sum(1).div(k).mean().item() if rel.numel() else 0.0
+
+
+def precision_recall_curve(query_labels, db_labels, ranked: torch.Tensor,
+                           points: int = 20) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean precision and recall over the queries at ``points`` cut-offs evenly spaced up to the ranking's
+    length: (cutoffs [P], precision [P], recall [P]). Recall is against every relevant database item, so
+    pass a full ranking (k = database size) for a curve that reaches recall 1."""
+    R = ranked.shape[1]
+    rel = relevance(query_labels, db_labels, ranked).float()
+    if query_labels.dim() == 1:
+        total = (db_labels.unsqueeze(0) == query_labels.unsqueeze(1)).sum(1).float()
+    else:
+        total = ((query_labels.float() @ db_labels.float().T) > 0).sum(1).float()
+    cut = torch.linspace(R / points, R, points).round().long().clamp(1, R).unique()
+    hits = rel.cumsum(1)[:, cut - 1]
+    return cut, (hits / cut).mean(0), (hits / total.clamp_min(1).unsqueeze(1)).mean(0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -27,3 +29,90 @@ def codeword_diversity(probs: torch.Tensor) -> torch.Tensor:
     spreads the batch over all codewords. probs [B, M, K]."""
     pbar = probs.mean(0)
     return (pbar * torch.log(pbar.clamp_min(1e-12))).sum(-1).mean()
+
+
+def debiased_contrastive(a: torch.Tensor, b: torch.Tensor, tau: float = 0.4, pos_prior: float = 0.1,
+                         memory: torch.Tensor | None = None) -> torch.Tensor:
+    """Debiased contrastive loss (Chuang et al. 2020, as used by MeCoQ) of two views a, b [B, D], with
+    optional extra negatives ``memory`` [S, D]. Cosine similarities / tau; for each of the 2B anchors with
+    positive score P = exp(s+) and negative scores n_j = exp(s_j) (N of them):
+    Ng = max((sum_j n_j - N * pos_prior * P) / (1 - pos_prior), N * exp(-1 / tau)),
+    loss = mean(-log(P / (P + Ng))). ``pos_prior`` = 0 gives NT-Xent with the memory as negatives."""
+    B = a.shape[0]
+    z = F.normalize(torch.cat([a, b]), dim=1)
+    sim = z @ z.T / tau  # [2B, 2B]
+    idx = torch.arange(2 * B, device=z.device)
+    pos = sim[idx, (idx + B) % (2 * B)]
+    neg_mask = ~(torch.eye(2 * B, dtype=torch.bool, device=z.device) | (idx[:, None] == (idx[None, :] + B) % (2 * B)))
+    neg = sim.masked_fill(~neg_mask, float("-inf"))
+    if memory is not None and memory.shape[0]:
+        neg = torch.cat([neg, z @ F.normalize(memory, dim=1).T / tau], 1)
+    N = 2 * B - 2 + (0 if memory is None else memory.shape[0])
+    if N == 0:
+        return sim.sum() * 0
+    # all in log space (log P = pos, log sum_j n_j = lse), so a small tau neither overflows nor underflows
+    lse = torch.logsumexp(neg, 1)
+    if pos_prior > 0:
+        r = (math.log(N * pos_prior) + pos - lse).clamp(max=-1e-6)  # log(N pi P / sum n); >= 0 means A <= 0
+        log_a = lse + torch.log1p(-torch.exp(r)) - math.log(1 - pos_prior)
+        log_a = torch.where(math.log(N * pos_prior) + pos - lse < 0, log_a, torch.full_like(log_a, float("-inf")))
+    else:
+        log_a = lse
+    log_ng = torch.clamp(log_a, min=math.log(N) - 1 / tau)
+    return (torch.logaddexp(pos, log_ng) - pos).mean()
+
+
+def consistent_contrastive(ua: torch.Tensor, ub: torch.Tensor, tau: float = 0.2) -> torch.Tensor:
+    """Consistency of the two views' similarity distributions over shared negatives (HQC / SSCQ): for each
+    sample i, p_i = softmax_j(cos(ua_i, ua_j) / tau) and q_i = softmax_j(cos(ub_i, ub_j) / tau) over the
+    other samples j != i of the batch; loss = mean_i (KL(p_i || q_i) + KL(q_i || p_i)) / 2. ua, ub [B, D]."""
+    B = ua.shape[0]
+    eye = torch.eye(B, dtype=torch.bool, device=ua.device)
+    logp = lambda u: F.log_softmax(  # noqa: E731
+        (F.normalize(u, dim=1) @ F.normalize(u, dim=1).T / tau).masked_fill(eye, -1e9), 1)  # finite: no 0 * inf
+    la, lb = logp(ua), logp(ub)
+    pa, pb = la.exp(), lb.exp()
+    kl = lambda p, lp, lq: (p * (lp - lq)).masked_fill(eye, 0).sum(1)  # noqa: E731
+    return ((kl(pa, la, lb) + kl(pb, lb, la)) / 2).mean()
+
+
+def part_neighbour_consistency(sa: torch.Tensor, sb: torch.Tensor, tau: float = 0.5, k: int = 20) -> torch.Tensor:
+    """Part-neighbour consistency (HQC / SSCQ) of sub-vectors of two views sa, sb [B, M, d]: for each
+    codebook m and anchor i of one view, the positives are its twin in the other view and the other view's
+    ``k`` nearest neighbours of that twin (cosine, in sub-space m, found without gradient: pseudo-positives);
+    loss = -mean over positives of log softmax_j(cos(anchor, other_j) / tau); averaged over both
+    directions, anchors and codebooks."""
+    B, M, _ = sa.shape
+    k = max(0, min(k, B - 1))
+    a, b = F.normalize(sa, dim=-1).transpose(0, 1), F.normalize(sb, dim=-1).transpose(0, 1)  # [M, B, d]
+    eye = torch.eye(B, dtype=torch.bool, device=sa.device)
+
+    def one_way(x, y):
+        with torch.no_grad():
+            yy = (y @ y.transpose(1, 2)).masked_fill(eye, float("-inf"))
+            pos = torch.zeros(M, B, B, dtype=x.dtype, device=x.device)
+            if k:
+                pos.scatter_(2, yy.topk(k, dim=2).indices, 1.0)
+            pos = pos + eye
+        logp = F.log_softmax(x @ y.transpose(1, 2) / tau, dim=2)
+        return (-(logp * pos).sum(2) / pos.sum(2)).mean()
+
+    return (one_way(a, b) + one_way(b, a)) / 2
+
+
+def assignment_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Mean per-sample entropy of soft assignments probs [B, M, K] (MeCoQ's entropy regularizer: minimising
+    it makes each assignment confident, so soft and hard codes agree)."""
+    return -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean()
+
+
+def codeword_similarity(codewords: torch.Tensor) -> torch.Tensor:
+    """Mean cosine similarity between all pairs of codewords of each codebook [M, K, d] (MeCoQ's codeword
+    regularizer: minimising it spreads the codewords)."""
+    c = F.normalize(codewords, dim=-1)
+    return (c @ c.transpose(1, 2)).mean()
+
+
+def center_loss(x: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance of features x [B, D] to their class centers [C, D] (DPQ's central loss)."""
+    return ((x - centers[labels]) ** 2).sum(1).mean()

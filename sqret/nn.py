@@ -49,7 +49,9 @@ class ProductQuantizer(nn.Module):
         return F.normalize(self.codebooks, dim=-1) if self.metric == "cos" else self.codebooks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """z [B, dim]: the quantized features (see ``mode``)."""
+        """z [B, dim]: the quantized features (see ``mode``); computed in the codebooks' dtype (float32 under
+        autocast too: the kernels accumulate in fp32 but take one dtype)."""
+        x = x.to(self.codebooks.dtype)
         if self.training and not bool(self.initialized):
             if x.shape[0] < self.K:
                 raise ValueError(f"k-means init needs a first batch of at least K = {self.K} vectors, got "
@@ -74,3 +76,64 @@ class ProductQuantizer(nn.Module):
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Reconstructions [B, dim] of codes [B, M]."""
         return ops.decode(codes, self.codewords())
+
+
+class ResidualQuantizer(nn.Module):
+    """Residual (progressive) quantization of dim-d features in ``levels`` stages of K full-dimension
+    codewords: stage l quantizes what stages < l left over. A prefix of l codes is a valid code of
+    l * log2(K) bits, so one model serves every code length (DPQ).
+
+    ``forward`` returns the soft and hard reconstructions of every prefix, each [levels, B, dim]:
+    soft stage l is softmax(-||r_l - c||^2 / tau) @ C_l on the soft residual r_l; hard stage l is the
+    nearest codeword of the hard residual (gradient to x and the codebooks through the residual).
+    """
+
+    def __init__(self, dim: int, levels: int, K: int = 256, tau: float = 1.0):
+        super().__init__()
+        if not isinstance(levels, int) or levels < 1 or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"need dim >= 1 and levels >= 1, got dim={dim}, levels={levels}")
+        self.dim, self.levels, self.K, self.tau = dim, levels, K, ops.checks.temperature(tau)
+        self.codebooks = nn.Parameter(torch.randn(levels, K, dim) / dim**0.5)
+        self.metric = "l2"
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, levels={self.levels}, K={self.K}, tau={self.tau}"
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(soft, hard) prefix reconstructions, each [levels, B, dim]."""
+        x = x.to(self.codebooks.dtype)
+        soft_r, hard_r, soft, hard = x, x, [], []
+        for l in range(self.levels):
+            C = self.codebooks[l : l + 1]  # [1, K, dim]
+            qs = ops.soft_quantize(soft_r, C, self.tau)
+            qh = ops.decode(ops.encode(hard_r.detach(), C.detach()), C)
+            soft_r, hard_r = soft_r - qs, hard_r - qh
+            soft.append(x - soft_r)
+            hard.append(x - hard_r)
+        return torch.stack(soft), torch.stack(hard)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, levels: int | None = None) -> torch.Tensor:
+        """Codes [B, levels] (uint8 for K <= 256) of the first ``levels`` stages (default all)."""
+        levels = self._levels(levels)
+        r, codes = x.detach().to(self.codebooks.dtype), []
+        for l in range(levels):
+            C = self.codebooks[l : l + 1].detach()
+            c = ops.encode(r, C)
+            r = r - ops.decode(c, C)
+            codes.append(c)
+        return torch.cat(codes, 1) if codes else torch.empty(x.shape[0], 0, dtype=torch.uint8)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Reconstructions [B, dim] of prefix codes [B, l] (l <= levels)."""
+        l = self._levels(codes.shape[1])
+        out = torch.zeros(codes.shape[0], self.dim, dtype=self.codebooks.dtype, device=codes.device)
+        for i in range(l):
+            out = out + ops.decode(codes[:, i : i + 1], self.codebooks[i : i + 1])
+        return out
+
+    def _levels(self, levels: int | None) -> int:
+        levels = self.levels if levels is None else levels
+        if not 0 <= levels <= self.levels:
+            raise ValueError(f"levels must be in [0, {self.levels}], got {levels}")
+        return levels

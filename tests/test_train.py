@@ -1,18 +1,22 @@
-"""Losses against direct formulas, batched augmentations, SPQ training on digits, checkpoint + resume."""
+"""Losses against direct formulas, batched augmentations, schedules, every method's training on digits,
+checkpoint + resume, data-parallel training over real torchrun processes, the train / eval CLI."""
 
 import json
 import math
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from sqret import losses
 from sqret.augment import random_flip, random_resized_crop, two_views
-from sqret.methods import SPQ
+from sqret.data import load_digits_images
+from sqret.methods import METHODS, SPQ, build_method
 from sqret.models import SmallCNN
-from sqret.train import TrainConfig, digits_images, train
+from sqret.train import TrainConfig, lr_factor, train
 
 
 def _nt_xent_loop(a, b, tau):
@@ -58,39 +62,247 @@ def test_augmentations_are_per_sample_and_keep_shapes():
     assert a.shape == b.shape == x.shape and not torch.equal(a, b)
 
 
-def _tiny():
+
+def _debiased_loop(a, b, tau, prior, memory=None):
+    z = torch.cat([a, b])
+    z = z / z.norm(dim=1, keepdim=True)
+    mem = [] if memory is None else list(memory / memory.norm(dim=1, keepdim=True))
+    n, B = z.shape[0], a.shape[0]
+    total = 0.0
+    for i in range(n):
+        j = (i + B) % n
+        P = math.exp(float(z[i] @ z[j]) / tau)
+        negs = [math.exp(float(z[i] @ z[k]) / tau) for k in range(n) if k not in (i, j)]
+        negs += [math.exp(float(z[i] @ m) / tau) for m in mem]
+        N = len(negs)
+        Ng = max((sum(negs) - N * prior * P) / (1 - prior), N * math.exp(-1 / tau))
+        total += -math.log(P / (P + Ng))
+    return total / n
+
+
+def test_debiased_contrastive_against_the_direct_formula():
+    g = torch.Generator().manual_seed(1)
+    a, b, m = (torch.randn(s, 6, generator=g, dtype=torch.float64) for s in (5, 5, 7))
+    for prior in (0.0, 0.1, 0.3):
+        for mem in (None, m):
+            got = losses.debiased_contrastive(a, b, 0.4, prior, mem).item()
+            assert got == pytest.approx(_debiased_loop(a, b, 0.4, prior, mem), rel=1e-9)
+    assert losses.debiased_contrastive(a, b, 0.5, 0.0).item() == pytest.approx(_nt_xent_loop(a, b, 0.5), rel=1e-9)
+    # a tiny temperature must not overflow
+    assert torch.isfinite(losses.debiased_contrastive(a.float(), b.float(), 0.01, 0.1, m.float()))
+
+
+def test_consistent_contrastive_against_the_direct_formula():
+    g = torch.Generator().manual_seed(2)
+    ua, ub = torch.randn(5, 4, generator=g, dtype=torch.float64), torch.randn(5, 4, generator=g, dtype=torch.float64)
+
+    def dist(u, i):
+        u = u / u.norm(dim=1, keepdim=True)
+        s = [math.exp(float(u[i] @ u[j]) / 0.2) for j in range(len(u)) if j != i]
+        return [v / sum(s) for v in s]
+
+    want = 0.0
+    for i in range(5):
+        p, q = dist(ua, i), dist(ub, i)
+        want += 0.5 * sum(pi * math.log(pi / qi) + qi * math.log(qi / pi) for pi, qi in zip(p, q, strict=False))
+    assert losses.consistent_contrastive(ua, ub, 0.2).item() == pytest.approx(want / 5, rel=1e-9)
+    assert losses.consistent_contrastive(ua, ua, 0.2).item() == pytest.approx(0, abs=1e-12)
+    ua.requires_grad_(True)
+    losses.consistent_contrastive(ua, ub).backward()
+    assert torch.isfinite(ua.grad).all()
+
+
+def test_part_neighbour_consistency_against_the_direct_formula():
+    g = torch.Generator().manual_seed(3)
+    B, M, d, k, tau = 6, 2, 3, 2, 0.5
+    sa, sb = (torch.randn(B, M, d, generator=g, dtype=torch.float64) for _ in range(2))
+    n = lambda v: v / v.norm()  # noqa: E731
+
+    def one_way(x, y):
+        total = 0.0
+        for m in range(M):
+            for i in range(B):
+                sims = [float(n(y[i, m]) @ n(y[j, m])) for j in range(B)]
+                neigh = sorted((j for j in range(B) if j != i), key=lambda j: -sims[j])[:k]
+                pos = [i] + neigh
+                logits = [float(n(x[i, m]) @ n(y[j, m])) / tau for j in range(B)]
+                lse = math.log(sum(math.exp(v) for v in logits))
+                total += -sum(logits[p] - lse for p in pos) / len(pos)
+        return total / (M * B)
+
+    want = (one_way(sa, sb) + one_way(sb, sa)) / 2
+    assert losses.part_neighbour_consistency(sa, sb, tau, k).item() == pytest.approx(want, rel=1e-9)
+    many = losses.part_neighbour_consistency(sa, sb, tau, 100)  # k is clamped to the B - 1 other samples
+    assert many.item() == pytest.approx(losses.part_neighbour_consistency(sa, sb, tau, B - 1).item(), rel=1e-12)
+
+
+def test_regularizers_against_direct_formulas():
+    g = torch.Generator().manual_seed(4)
+    p = torch.softmax(torch.randn(4, 3, 5, generator=g, dtype=torch.float64), -1)
+    want = -sum(float((p[b, m] * p[b, m].log()).sum()) for b in range(4) for m in range(3)) / 12
+    assert losses.assignment_entropy(p).item() == pytest.approx(want, rel=1e-12)
+    C = torch.randn(2, 4, 3, generator=g, dtype=torch.float64)
+    cs = [float(C[m, i] @ C[m, j] / C[m, i].norm() / C[m, j].norm())
+          for m in range(2) for i in range(4) for j in range(4)]
+    assert losses.codeword_similarity(C).item() == pytest.approx(sum(cs) / len(cs), rel=1e-12)
+    x, y, c = torch.randn(5, 3, generator=g), torch.tensor([0, 2, 1, 2, 0]), torch.randn(3, 3, generator=g)
+    want = sum(float(((x[i] - c[y[i]]) ** 2).sum()) for i in range(5)) / 5
+    assert losses.center_loss(x, y, c).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_augmentation_recipe_is_seeded_per_sample_and_in_range():
+    from sqret.augment import Augment, random_blur, random_grayscale
+
+    x = torch.rand(12, 3, 16, 16)
+    a1 = Augment()(x, torch.Generator().manual_seed(5))
+    a2 = Augment()(x, torch.Generator().manual_seed(5))
+    assert torch.equal(a1, a2) and a1.shape == x.shape and not torch.equal(a1, x)
+    assert a1.min() >= 0 and a1.max() <= 1
+    gray = random_grayscale(x, p=1.0)
+    assert torch.allclose(gray[:, 0], gray[:, 1]) and torch.allclose(gray[:, 1], gray[:, 2])
+    assert torch.equal(random_grayscale(x, p=0.0), x)
+    flat = torch.full((2, 3, 16, 16), 0.3)
+    assert torch.allclose(random_blur(flat, p=1.0), flat)  # blur keeps constants (normalised kernel)
+    blurred = random_blur(x, p=1.0, sigma=(1.5, 1.5))
+    assert blurred.var() < x.var()
+
+
+def test_lr_schedule_warmup_and_cosine():
+    assert lr_factor(0, 100, None, 0.0) == 1.0
+    assert lr_factor(0, 100, "cosine", 0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 100, "cosine", 0.1) == pytest.approx(1.0)
+    assert lr_factor(10, 100, "cosine", 0.1) == pytest.approx(1.0)
+    assert lr_factor(55, 100, "cosine", 0.1) == pytest.approx(0.5)
+    assert lr_factor(99, 100, "cosine", 0.0) < 0.001
+    with pytest.raises(ValueError, match="schedule"):
+        lr_factor(0, 10, "step", 0.0)
+
+
+def _tiny(name="spq", bits=16):
     torch.manual_seed(0)
-    return SPQ(SmallCNN(1, dim=64, width=8), bits=16)  # M = 4 codebooks of 16 codewords
+    return build_method(name, bits, "small", 1, 8, 10, width=8)
 
 
-def test_spq_trains_on_digits_and_beats_chance():
-    data = digits_images()
-    result = train(_tiny(), data, TrainConfig(epochs=2, batch_size=128, lr=1e-3, progress=False))
-    assert result["mAP@100"] > 0.3  # chance is about 0.1 for 10 balanced classes
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits_images()
 
 
-def test_checkpoint_and_resume_reproduce_uninterrupted_training(tmp_path):
-    data = digits_images()
-    straight = _tiny()
-    train(straight, data, TrainConfig(epochs=2, lr=1e-3, progress=False))
-    resumed = _tiny()
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_trains_two_epochs_on_digits_and_beats_chance(name, digits):
+    method = _tiny(name)
+    result = train(method, digits, TrainConfig(epochs=2, batch_size=64, lr=3e-3, progress=False, val_every=1))
+    assert result["bits"] == 16
+    assert result["mAP@100"] > 0.4, result  # chance is about 0.1 for 10 balanced classes
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", ["spq", "mecoq", "sscq"])
+def test_checkpoint_and_resume_reproduce_uninterrupted_training(tmp_path, digits, name):
+    def fresh():
+        m = _tiny(name)
+        if name == "mecoq":
+            m.memory_from_epoch = 1  # the code memory (buffers) must survive the checkpoint too
+        return m
+
+    cfg = dict(epochs=3, lr=1e-3, progress=False, batch_size=256, log=str(tmp_path / "l"))
+    straight = fresh()
+    train(straight, digits, TrainConfig(**{**cfg, "log": None}))
     ckpt = str(tmp_path / "c.pt")
-    train(resumed, data, TrainConfig(epochs=1, lr=1e-3, checkpoint=ckpt, progress=False, log=str(tmp_path / "l")))
-    again = _tiny()  # a fresh process would start from a new model
-    train(again, data, TrainConfig(epochs=2, lr=1e-3, checkpoint=ckpt, resume=True, progress=False,
-                                   log=str(tmp_path / "l")))
-    for (name, a), (_, b) in zip(straight.state_dict().items(), again.state_dict().items(), strict=True):
-        assert torch.equal(a, b), name
+    interrupted = fresh()
+    stop = interrupted.start_epoch
+
+    def crash_at_epoch_2(epoch):
+        if epoch == 2:
+            raise _Interrupt  # as if the machine went down in the third epoch
+        stop(epoch)
+
+    interrupted.start_epoch = crash_at_epoch_2
+    with pytest.raises(_Interrupt):
+        train(interrupted, digits, TrainConfig(checkpoint=ckpt, every=2, **cfg))
+    again = fresh()  # a new process starts from a new model and the epoch-2 checkpoint
+    train(again, digits, TrainConfig(checkpoint=ckpt, resume=True, **cfg))
+    for (key, a), (_, b) in zip(straight.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), key
     lines = [json.loads(s) for s in open(tmp_path / "l")]
-    assert [r.get("epoch") for r in lines if "epoch" in r] == [1, 2]
+    assert [r.get("epoch") for r in lines if "epoch" in r] == [1, 2, 3]
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        train(_tiny(), data, TrainConfig(epochs=1, checkpoint=str(tmp_path / "none.pt"), resume=True))
+        train(_tiny(), digits, TrainConfig(epochs=1, checkpoint=str(tmp_path / "none.pt"), resume=True))
 
 
-def test_bad_recipe_and_cli():
+def test_mecoq_code_memory_is_a_ring_of_soft_codes(digits):
+    m = _tiny("mecoq")
+    m.memory = torch.zeros(5, m.M, m.pq.K)
+    m.train()
+    m.start_epoch(10)
+    x = torch.rand(4, 1, 8, 8)
+    m.loss(x, x.flip(-1))
+    assert int(m.memory_size) == 4 and int(m.memory_next) == 4
+    m.loss(x, x.flip(-1))
+    assert int(m.memory_size) == 5 and int(m.memory_next) == 3
+    assert torch.allclose(m.memory.sum(-1), torch.ones(5, m.M), atol=1e-5)  # rows are distributions
+
+
+def test_dpq_prefix_codes_serve_every_length(digits):
+    m = _tiny("dpq", bits=32)
+    train(m, digits, TrainConfig(epochs=3, lr=3e-3, progress=False))
+    from sqret.train import embed
+
+    db = embed(m, digits.database)
+    codes = m.encode(db)
+    assert codes.shape == (len(db), 4)
+    err = [((m.rq.decode(codes[:, :lv]) - db) ** 2).sum(1).mean().item() for lv in range(1, 5)]
+    assert all(a > b for a, b in zip(err, err[1:], strict=False)), err  # each level refines the previous ones
+    index = m.index(2)
+    index.add_codes(codes)
+    _, ids = index.search(embed(m, digits.queries[:3]), 5)
+    brute = torch.cdist(embed(m, digits.queries[:3]), m.rq.decode(codes[:, :2])).topk(5, largest=False).indices
+    assert torch.equal(ids, brute)
+
+
+def test_bad_recipe_and_inputs(digits):
     with pytest.raises(ValueError, match="multiple of log2"):
         SPQ(SmallCNN(), bits=30)
-    out = subprocess.run([sys.executable, "-m", "sqret", "train", "--epochs", "1", "--bits", "16"],
-                         capture_output=True, text=True)
+    with pytest.raises(ValueError, match="unknown method"):
+        build_method("nope")
+    with pytest.raises(ValueError, match="larger than"):
+        train(_tiny(), digits, TrainConfig(epochs=1, batch_size=10_000, progress=False))
+
+
+HERE = Path(__file__).parent
+
+
+def test_two_rank_torchrun_training_keeps_the_ranks_identical(tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    out = subprocess.run(torchrun + [str(HERE / "dist_train.py"), str(tmp_path)], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    s0, s1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    init = torch.load(tmp_path / "init.pt")
+    assert s0["world"] == s1["world"] == 2
+    for key in s0["model"]:
+        assert torch.equal(s0["model"][key], s1["model"][key]), key
+    moved = [k for k in init if init[k].is_floating_point() and not torch.equal(init[k], s0["model"][k])]
+    assert moved, "training changed nothing"
+    assert s0["result"] == s1["result"] and s0["result"]["mAP@100"] > 0.2
+
+
+def test_cli_train_and_eval(tmp_path):
+    ckpt = tmp_path / "dpq.pt"
+    out = subprocess.run([sys.executable, "-m", "sqret", "train", "--method", "dpq", "--epochs", "2", "--bits", "16",
+                          "--lr", "3e-3", "--checkpoint", str(ckpt), "--map-at", "100"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "mAP@100" in json.loads(out.stdout.strip().splitlines()[-1])
+    trained = json.loads(out.stdout.strip().splitlines()[-1])
+    out = subprocess.run([sys.executable, "-m", "sqret", "eval", str(ckpt), "--map-at", "100", "--all-lengths",
+                          "--pr", "4"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    ev = json.loads(out.stdout)
+    assert ev["16 bits"]["mAP@100"] == pytest.approx(trained["mAP@100"], abs=1e-6)  # the same model, reloaded
+    assert set(ev) >= {"8 bits", "16 bits"} and len(ev["16 bits"]["pr_curve"]["recall"]) == 4
+    assert ev["16 bits"]["pr_curve"]["recall"][-1] == pytest.approx(1.0)
+    out = subprocess.run([sys.executable, "-m", "sqret", "eval", str(tmp_path / "missing.pt")], capture_output=True,
+                         text=True)
+    assert out.returncode != 0 and "missing.pt" in out.stderr

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .ivf import IVFPQIndex
 from .pq import PQIndex
+from .residual import ResidualIndex
 from .storage import FORMAT_VERSION, IndexFile, IndexFileError
 
 _KINDS = {"pq": PQIndex, "ivfpq": IVFPQIndex}
@@ -36,4 +37,4 @@ def _typed_load(cls):
 PQIndex.load = _typed_load(PQIndex)
 IVFPQIndex.load = _typed_load(IVFPQIndex)
 
-__all__ = ["FORMAT_VERSION", "IVFPQIndex", "IndexFile", "IndexFileError", "PQIndex", "load"]
+__all__ = ["FORMAT_VERSION", "IVFPQIndex", "IndexFile", "IndexFileError", "PQIndex", "ResidualIndex", "load"]

@@ -126,13 +126,21 @@ class PQIndex:
             raise KeyError(f"ids not in the index: {want[~found][:10].tolist()}")
         return ops.decode(self.codes()[order[pos]], self.codebooks)
 
-    def search(self, queries, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(distances [Q, k] float32, ids [Q, k] int64), best first; -1 / +inf (-inf for ip) past ntotal."""
+    def search(self, queries, k: int, *, symmetric: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(distances [Q, k] float32, ids [Q, k] int64), best first; -1 / +inf (-inf for ip) past ntotal.
+
+        Asymmetric distance (ADC: exact query to decoded code) by default; ``symmetric=True`` encodes the
+        queries too and compares codewords with codewords (SDC, as in the hashing literature)."""
         if not self.is_trained:
             raise RuntimeError("the index is not trained: call train() or from_codebooks() first")
         q = as_matrix(queries, self.d, "queries")
         k = ops.checks.topk_k(k)
-        lut = ops.build_lut(q, self.codebooks, self.metric)
+        if symmetric:
+            lut = ops.codeword_tables(self.codebooks, self.metric)  # [M, K, K]
+            qc = ops.encode(q, self.codebooks, self.metric).long()  # [Q, M]
+            lut = lut[torch.arange(self.M)[None, :], qc]  # [Q, M, K]: row q_m of each table
+        else:
+            lut = ops.build_lut(q, self.codebooks, self.metric)
         if isinstance(self._codes, np.ndarray):  # memory-mapped: stream chunks through the scan
             codes = [self._codes[a : a + _CHUNK] for a in range(0, len(self), _CHUNK)] or [self._codes]
         elif self.nbits == 4 and lut.device.type == "cpu":

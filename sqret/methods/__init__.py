@@ -1,7 +1,34 @@
-"""Training recipes (model + losses + the defaults of each paper's code). Only SPQ so far."""
+"""Training recipes: model + losses + the defaults of each paper's code.
 
+``build_method(name, ...)`` makes one from its name, the code length and the backbone, and records the
+arguments (``method.spec``) so that a checkpoint can rebuild it (``sqret eval``)."""
+
+from __future__ import annotations
+
+from ..models import build_backbone
+from .base import Method
+from .dpq import DPQ
+from .mecoq import MeCoQ
 from .spq import SPQ
+from .sscq import SSCQ
 
-METHODS = {"spq": SPQ}
+METHODS = {"spq": SPQ, "sscq": SSCQ, "dpq": DPQ, "mecoq": MeCoQ}
 
-__all__ = ["METHODS", "SPQ"]
+
+def build_method(name: str, bits: int = 32, backbone: str = "small", in_channels: int = 3, image_size: int = 32,
+                 num_classes: int = 10, weights=None, width: int = 32, **kwargs) -> Method:
+    """A recipe by name (``METHODS``) at ``bits`` bits on a named backbone (``sqret.models.BACKBONES``)."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; expected one of {sorted(METHODS)}")
+    cls = METHODS[name]
+    dim = cls.feature_dim(bits, **{k: v for k, v in kwargs.items() if k in ("K", "sub_dim", "dim")})
+    net = build_backbone(backbone, dim, in_channels, image_size, weights, width)
+    if cls is DPQ:
+        kwargs["num_classes"] = num_classes
+    method = cls(net, bits=bits, **kwargs)
+    method.spec = {"name": name, "bits": bits, "backbone": backbone, "in_channels": in_channels,
+                   "image_size": image_size, "num_classes": num_classes, "width": width, **kwargs}
+    return method
+
+
+__all__ = ["DPQ", "METHODS", "MeCoQ", "Method", "SPQ", "SSCQ", "build_method"]

@@ -12,27 +12,29 @@ from torch import nn
 
 from ..losses import cross_quantized_contrastive
 from ..nn import ProductQuantizer
+from .base import Method, pq_shape
 
 
-class SPQ(nn.Module):
-    defaults = {"lr": 3e-4, "weight_decay": 1e-5}
+class SPQ(Method):
+    defaults = {"optimizer": "adam", "lr": 3e-4, "weight_decay": 1e-5, "schedule": None, "warmup": 0.0}
 
     def __init__(self, backbone: nn.Module, bits: int = 32, K: int = 16, sub_dim: int = 16, tau_q: float = 0.2,
                  tau_c: float = 0.5):
         super().__init__()
-        nbits = K.bit_length() - 1
-        if K != 1 << nbits or bits % nbits:
-            raise ValueError(f"bits = {bits} must be a multiple of log2(K) = {nbits} (K a power of two)")
-        self.M = bits // nbits
+        self.M = pq_shape(bits, K)
         self.backbone = backbone
         self.pq = ProductQuantizer(self.M * sub_dim, self.M, K, tau=tau_q, mode="soft", kmeans_init=False)
         self.tau_c = tau_c
+
+    @staticmethod
+    def feature_dim(bits: int, K: int = 16, sub_dim: int = 16) -> int:
+        return pq_shape(bits, K) * sub_dim
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Continuous features [B, M * sub_dim] (the backbone must output that many)."""
         return self.backbone(x)
 
-    def loss(self, xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+    def loss(self, xa: torch.Tensor, xb: torch.Tensor, labels=None) -> torch.Tensor:
         """Cross-quantized contrastive loss of two augmented views [B, C, H, W]."""
         fa, fb = self.features(xa), self.features(xb)
         return cross_quantized_contrastive(fa, self.pq(fa), fb, self.pq(fb), self.tau_c)

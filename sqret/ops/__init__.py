@@ -58,6 +58,7 @@ __all__ = [
     "backends",
     "build_lut",
     "code_dtype",
+    "codeword_tables",
     "decode",
     "encode",
     "get_backend",
@@ -129,6 +130,21 @@ def build_lut(
     if check_finite:
         checks.finite(queries, "queries"), checks.finite(codebooks, "codebooks")
     return library.direct("build_lut")(queries, codebooks, metric, dtype)
+
+
+def codeword_tables(codebooks: Tensor, metric: str = "l2") -> Tensor:
+    """Codeword-to-codeword tables [M, K, K] (squared l2 or inner product per sub-space) for symmetric
+    distance computation: row ``c`` of table ``m`` is the LUT of a query whose code in sub-space m is c."""
+    M, K, _ = checks.codebooks(codebooks)
+    metric = checks.metric(metric)
+    C = codebooks.float()
+    if metric == "cos":
+        C = torch.nn.functional.normalize(C, dim=-1)
+    ip = C @ C.transpose(1, 2)
+    if metric != "l2":
+        return ip
+    n = (C * C).sum(-1)
+    return (n[:, :, None] + n[:, None, :] - 2 * ip).clamp_min_(0)
 
 
 @dataclass(frozen=True)
