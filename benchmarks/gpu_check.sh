@@ -21,3 +21,6 @@ fi
 "$PY" -m pytest -q -p no:cacheprovider benchmarks/test_gpu_bench.py --benchmark-only \
     --benchmark-json="$out/gpu_bench.json"
 "$PY" benchmarks/gpu_report.py "$out/gpu_bench.json" | tee "$out/gpu_bench.md"
+# the per-shape default of soft_quantize (CUDA or Triton kernel), from the measurements above
+"$PY" benchmarks/soft_policy.py "$out/gpu_bench.json" sqret/ops/soft_policy.json | tee "$out/soft_policy.md"
+cp sqret/ops/soft_policy.json "$out/soft_policy.json"

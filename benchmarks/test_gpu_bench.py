@@ -25,19 +25,42 @@ def _timed(benchmark, fn, rounds=5):
     benchmark.extra_info["gpu"] = torch.cuda.get_device_name()
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
-@pytest.mark.parametrize("d", [16, 64])
-def test_soft_quantize_fwd_bwd(benchmark, backend, d):
-    x = torch.randn(65536, 16 * d, device="cuda", requires_grad=True)
-    C = torch.randn(16, 256, d, device="cuda", requires_grad=True)
+def _soft_step(backend, x, C, monkeypatch):
+    if backend in ("cuda", "triton_only"):  # the cuda backend's own kernel, or Triton through it
+        monkeypatch.setenv("SQRET_CUDA_SOFT", "cuda" if backend == "cuda" else "triton")
+    name = "cuda" if backend in ("cuda", "triton_only") else backend
 
     def step():
-        with sqret.use_backend(backend):
+        with sqret.use_backend(name):
             return torch.autograd.grad(ops.soft_quantize(x, C, 0.2).sum(), (x, C))
 
+    return step
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton", "cuda"])
+@pytest.mark.parametrize("d", [16, 64])
+def test_soft_quantize_fwd_bwd(benchmark, backend, d, monkeypatch):
+    x = torch.randn(65536, 16 * d, device="cuda", requires_grad=True)
+    C = torch.randn(16, 256, d, device="cuda", requires_grad=True)
     benchmark.group = f"soft_quantize fwd+bwd B=65536 M=16 K=256 d={d}"
     benchmark.extra_info.update(backend=backend)
-    _timed(benchmark, step)
+    _timed(benchmark, _soft_step(backend, x, C, monkeypatch))
+
+
+# The shapes that decide the CUDA / Triton default per shape (benchmarks/soft_policy.py reads the results).
+POLICY_SHAPES = [(B, M, K, d) for B in (256, 8192, 65536) for (M, K, d) in
+                 ((4, 16, 16), (8, 16, 16), (4, 256, 16), (16, 256, 16), (8, 256, 64), (1, 256, 64))]
+
+
+@pytest.mark.parametrize("impl", ["cuda", "triton"])
+@pytest.mark.parametrize("shape", POLICY_SHAPES, ids=lambda s: "B{}-M{}-K{}-d{}".format(*s))
+def test_soft_policy(benchmark, shape, impl, monkeypatch):
+    B, M, K, d = shape
+    x = torch.randn(B, M * d, device="cuda", requires_grad=True)
+    C = torch.randn(M, K, d, device="cuda", requires_grad=True)
+    benchmark.group = f"soft policy B={B} M={M} K={K} d={d}"
+    benchmark.extra_info.update(backend=impl, policy_shape=[B, M, K, d])
+    _timed(benchmark, _soft_step("cuda" if impl == "cuda" else "triton_only", x, C, monkeypatch))
 
 
 @pytest.fixture(scope="module")

@@ -66,3 +66,75 @@ def test_encode_picks_a_nearest_codeword(metric):
     x, C = torch.randn(5001, 60, device="cuda"), torch.randn(12, 256, 5, device="cuda")
     got, want = both(lambda: ops.encode(x, C, metric))
     assert got.dtype == torch.uint8 and (got == want).float().mean() > 0.999
+
+
+@GPU
+@pytest.mark.parametrize("metric", ["l2", "ip", "cos"])
+@pytest.mark.parametrize("shape", [(0, 2, 16, 4), (1, 1, 3, 1), (37, 3, 16, 5), (300, 4, 256, 16), (129, 2, 100, 64),
+                                   (64, 1, 256, 130), (33, 2, 7, 256)])
+def test_soft_quantize_forward_and_backward_against_float64(shape, metric, monkeypatch):
+    monkeypatch.setenv("SQRET_CUDA_SOFT", "cuda")  # the CUDA kernel, not the measured default
+    B, M, K, d = shape
+    g = torch.Generator(device="cuda").manual_seed(B * 7 + d)
+    x = torch.randn(B, M * d, device="cuda", generator=g)
+    C = torch.randn(M, K, d, device="cuda", generator=g)
+    grad = torch.randn(B, M * d, device="cuda", generator=g)
+
+    def run(backend, dtype):
+        xx = x.to(dtype).requires_grad_(True)
+        CC = C.to(dtype).requires_grad_(True)
+        with sqret.use_backend(backend):
+            z = ops.soft_quantize(xx, CC, 0.5, metric)
+            gx, gc = torch.autograd.grad(z, (xx, CC), grad.to(dtype)) if B else (torch.zeros_like(xx), None)
+        return z, gx, gc
+
+    z, gx, gc = run("cuda", torch.float32)
+    zr, gxr, gcr = run("reference", torch.float64)
+    rel = lambda a, b: ((a.double() - b).norm() / b.norm().clamp_min(1e-12)).item()  # noqa: E731
+    assert z.shape == (B, M * d) and rel(z, zr) < 1e-5
+    if B:
+        assert rel(gx, gxr) < 1e-4 and rel(gc, gcr) < 1e-4
+
+
+@GPU
+def test_soft_quantize_half_noncontiguous_and_policy(monkeypatch):
+    from sqret.ops import cuda_backend
+
+    monkeypatch.setenv("SQRET_CUDA_SOFT", "cuda")
+    base = torch.randn(64, 2 * 32, device="cuda")
+    x = base[:, ::2]  # non-contiguous [64, 32]
+    C = torch.randn(2, 16, 16, device="cuda")
+    with sqret.use_backend("cuda"):
+        z = ops.soft_quantize(x, C, 0.3)
+        zh = ops.soft_quantize(x.half(), C.half(), 0.3)
+    with sqret.use_backend("reference"):
+        want = ops.soft_quantize(x.double(), C.double(), 0.3)
+    assert torch.allclose(z.double(), want, atol=1e-5) and zh.dtype == torch.float16
+    assert torch.allclose(zh.double(), want, atol=2e-2)
+    monkeypatch.setenv("SQRET_CUDA_SOFT", "auto")
+    monkeypatch.setattr(cuda_backend, "_POLICY", [{"B": 100, "M": 8, "K": 16, "d": 16, "winner": "cuda"},
+                                                  {"B": 100000, "M": 8, "K": 256, "d": 16, "winner": "triton"}])
+    assert cuda_backend.soft_impl(128, 8, 16, 16) == "cuda"
+    assert cuda_backend.soft_impl(50000, 8, 256, 16) == "triton"
+
+
+def test_soft_policy_nearest_shape_without_a_gpu(monkeypatch):
+    """The per-shape choice between the CUDA and Triton soft kernels (pure Python: runs in CI)."""
+    from sqret.ops import cuda_backend
+
+    monkeypatch.delenv("SQRET_CUDA_SOFT", raising=False)
+    monkeypatch.setattr(cuda_backend, "_POLICY", [])
+    assert cuda_backend.soft_impl(4096, 8, 256, 16) == "triton"  # unmeasured: Triton stays the default
+    monkeypatch.setattr(cuda_backend, "_POLICY", [{"B": 256, "M": 4, "K": 16, "d": 16, "winner": "cuda"},
+                                                  {"B": 65536, "M": 16, "K": 256, "d": 64, "winner": "triton"}])
+    assert cuda_backend.soft_impl(300, 4, 16, 16) == "cuda"
+    assert cuda_backend.soft_impl(40000, 16, 256, 64) == "triton"
+    monkeypatch.setenv("SQRET_CUDA_SOFT", "cuda")
+    assert cuda_backend.soft_impl(40000, 16, 256, 64) == "cuda"
+    import json
+
+    from benchmarks.soft_policy import policy
+
+    doc = {"benchmarks": [{"extra_info": {"policy_shape": [8, 1, 16, 4], "backend": b}, "stats": {"median": t}}
+                          for b, t in (("cuda", 1e-4), ("triton", 2e-4))]}
+    assert json.loads(json.dumps(policy(doc)))["shapes"][0]["winner"] == "cuda"

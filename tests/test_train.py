@@ -306,3 +306,19 @@ def test_cli_train_and_eval(tmp_path):
     out = subprocess.run([sys.executable, "-m", "sqret", "eval", str(tmp_path / "missing.pt")], capture_output=True,
                          text=True)
     assert out.returncode != 0 and "missing.pt" in out.stderr
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_losses_run_under_bfloat16_autocast(name):
+    """The AMP path (autocast to bfloat16 on GPUs) exercised on the CPU: the quantizers compute in their
+    codebooks' float32, the loss is finite and every parameter gets a finite gradient."""
+    method = _tiny(name)
+    method.train()
+    x = torch.rand(32, 1, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = method.loss(x, x.flip(-1), torch.arange(32) % 10)
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = [p.grad for p in method.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads if g is not None)
+    assert method.pq.codebooks.grad is not None if hasattr(method, "pq") else method.rq.codebooks.grad is not None

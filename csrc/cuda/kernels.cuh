@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <string>
 
 namespace sqret_cuda {
 
@@ -21,5 +22,16 @@ void adc_topk_partial(const float* lut, int Q, int M, int K, const uint8_t* code
 // Nearest codeword per sub-space: x [B, M*d], codebooks [M, K, d] float32 -> out int32 [B, M]; metric 0 l2, 1 ip.
 void encode(const float* x, long long B, const float* codebooks, int M, int K, int d, int metric, int32_t* out,
             cudaStream_t stream);
+
+// Soft quantization in float32, d <= kSoftMaxDim; metric 0 = l2 (s = -||x - c||^2), 1 = ip.
+constexpr int kSoftMaxDim = 256;
+// z [B, M*d] = per sub-space softmax(s(x_m, c) / tau) @ C_m.
+void soft_quantize(const float* x, long long B, const float* codebooks, int M, int K, int d, float tau, int metric,
+                   float* z, cudaStream_t stream);
+// Gradients of soft_quantize for grad [B, M*d]: grad_x [B, M*d], grad_codebooks [M, K, d];
+// scratch holds 2 * B * M floats (row log-sum-exp and g.z).
+void soft_quantize_backward(const float* grad, const float* x, long long B, const float* codebooks, int M, int K,
+                            int d, float tau, int metric, float* grad_x, float* grad_codebooks, float* scratch,
+                            cudaStream_t stream);
 
 }  // namespace sqret_cuda

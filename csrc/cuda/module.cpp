@@ -9,7 +9,7 @@
 namespace py = pybind11;
 
 PYBIND11_MODULE(_cuda, m) {
-  m.doc() = "sqret CUDA kernels: ADC scan + top-k, encode";
+  m.doc() = "sqret CUDA kernels: ADC scan + top-k, encode, soft quantization";
   m.def("device_count", &sqret_cuda::device_count);
   m.def("adc_chunk", &sqret_cuda::adc_chunk);
   m.def(
@@ -31,4 +31,26 @@ PYBIND11_MODULE(_cuda, m) {
                            metric, reinterpret_cast<int32_t*>(out), reinterpret_cast<cudaStream_t>(stream));
       },
       "nearest codeword per sub-space: x [B, M*d], codebooks [M, K, d] float32 -> int32 [B, M]");
+  m.attr("soft_max_dim") = sqret_cuda::kSoftMaxDim;
+  m.def(
+      "soft_quantize",
+      [](uintptr_t x, long long B, uintptr_t codebooks, int M, int K, int d, float tau, int metric, uintptr_t z,
+         uintptr_t stream) {
+        py::gil_scoped_release release;
+        sqret_cuda::soft_quantize(reinterpret_cast<const float*>(x), B, reinterpret_cast<const float*>(codebooks), M,
+                                  K, d, tau, metric, reinterpret_cast<float*>(z), reinterpret_cast<cudaStream_t>(stream));
+      },
+      "soft quantization: x [B, M*d], codebooks [M, K, d] float32 -> z [B, M*d]; metric 0 l2, 1 ip");
+  m.def(
+      "soft_quantize_backward",
+      [](uintptr_t grad, uintptr_t x, long long B, uintptr_t codebooks, int M, int K, int d, float tau, int metric,
+         uintptr_t grad_x, uintptr_t grad_codebooks, uintptr_t scratch, uintptr_t stream) {
+        py::gil_scoped_release release;
+        sqret_cuda::soft_quantize_backward(
+            reinterpret_cast<const float*>(grad), reinterpret_cast<const float*>(x), B,
+            reinterpret_cast<const float*>(codebooks), M, K, d, tau, metric, reinterpret_cast<float*>(grad_x),
+            reinterpret_cast<float*>(grad_codebooks), reinterpret_cast<float*>(scratch),
+            reinterpret_cast<cudaStream_t>(stream));
+      },
+      "gradients of soft_quantize (float32): scratch holds 2 * B * M floats");
 }

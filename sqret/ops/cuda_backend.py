@@ -1,7 +1,19 @@
-"""The ``cuda`` backend: ADC scan + top-k and encode from ``sqret._cuda`` (csrc/cuda, nvcc + pybind11), for
-CUDA tensors. Unavailable, with the reason, when the module was not built or there is no GPU."""
+"""The ``cuda`` backend: ADC scan + top-k, encode and soft quantization (forward and backward) from
+``sqret._cuda`` (csrc/cuda, nvcc + pybind11), for CUDA tensors. Unavailable, with the reason, when the module
+was not built or there is no GPU.
+
+Soft quantization has two GPU implementations (this one and the Triton kernel). Which one serves a shape is
+decided by measurement: ``benchmarks/gpu_check.sh`` times both and writes ``soft_policy.json`` beside this
+file (shape -> winner); a shape takes the winner of the nearest measured shape. Without measurements the
+Triton kernel stays the default. ``SQRET_CUDA_SOFT=cuda|triton`` forces one.
+"""
 
 from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
 
 import torch
 
@@ -52,8 +64,95 @@ def encode(x: torch.Tensor, codebooks: torch.Tensor, metric: str) -> torch.Tenso
     return out.to(code_dtype(K))
 
 
+POLICY_FILE = Path(__file__).with_name("soft_policy.json")
+
+
+def _load_policy() -> list[dict]:
+    try:
+        return json.loads(POLICY_FILE.read_text())["shapes"]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+_POLICY = _load_policy()
+
+
+def soft_impl(B: int, M: int, K: int, d: int) -> str:
+    """"cuda" or "triton": the measured winner of the nearest shape (log-distance), Triton when unmeasured."""
+    forced = os.environ.get("SQRET_CUDA_SOFT", "auto")
+    if forced in ("cuda", "triton"):
+        return forced
+    if not _POLICY:
+        return "triton"
+    key = [math.log2(max(v, 1)) for v in (B, M, K, d)]
+    best = min(_POLICY, key=lambda r: sum((a - math.log2(max(r[n], 1))) ** 2 for a, n in zip(key, "BMKd", strict=True)))
+    return best["winner"]
+
+
+def _triton():
+    from . import triton_backend
+
+    return triton_backend if triton_backend.soft is not None else None
+
+
+def _fits(codebooks: torch.Tensor, x: torch.Tensor) -> bool:
+    return codebooks.shape[2] <= _cuda.soft_max_dim and x.dtype != torch.float64
+
+
+def _cos(x, codebooks):
+    return reference.cosine_inputs(x.float(), codebooks.float())
+
+
+def _soft_forward(x, codebooks, tau: float, metric: str):
+    xs, C = (x.float().contiguous(), codebooks.float().contiguous()) if metric != "cos" else _cos(x, codebooks)
+    xs, C = xs.contiguous(), C.contiguous()
+    M, K, d = C.shape
+    z = torch.empty_like(xs)
+    _cuda.soft_quantize(xs.data_ptr(), xs.shape[0], C.data_ptr(), M, K, d, float(tau), 0 if metric == "l2" else 1,
+                        z.data_ptr(), _stream())
+    return z.to(x.dtype)
+
+
+def _soft_backward(grad, x, codebooks, tau: float, metric: str):
+    xs, C = (x.float(), codebooks.float()) if metric != "cos" else _cos(x, codebooks)
+    xs, C, g = xs.contiguous(), C.contiguous(), grad.float().contiguous()
+    (B, _), (M, K, d) = xs.shape, C.shape
+    gx, gc = torch.empty_like(xs), torch.empty_like(C)
+    scratch = torch.empty(2 * B * M, dtype=torch.float32, device=x.device)
+    _cuda.soft_quantize_backward(g.data_ptr(), xs.data_ptr(), B, C.data_ptr(), M, K, d, float(tau),
+                                 0 if metric == "l2" else 1, gx.data_ptr(), gc.data_ptr(), scratch.data_ptr(),
+                                 _stream())
+    if metric == "cos":  # gradients w.r.t. the normalized inputs -> w.r.t. the raw ones
+        gx = reference._normalize_backward(x.float().reshape(B, M, d), gx.reshape(B, M, d)).reshape(B, M * d)
+        gc = reference._normalize_backward(codebooks.float(), gc)
+    return gx.to(x.dtype), gc.to(codebooks.dtype)
+
+
+def _other(x, codebooks):
+    """The implementation to delegate to for this shape, or None to run the CUDA kernel."""
+    M, K, d = codebooks.shape
+    if not _fits(codebooks, x):
+        return reference
+    if soft_impl(x.shape[0], M, K, d) == "triton":
+        return _triton()
+    return None
+
+
+def soft_quantize(x, codebooks, tau: float, metric: str):
+    other = _other(x, codebooks)
+    return other.soft_quantize(x, codebooks, tau, metric) if other else _soft_forward(x, codebooks, tau, metric)
+
+
+def soft_quantize_backward(grad, x, codebooks, tau: float, metric: str):
+    other = _other(x, codebooks)
+    if other:
+        return other.soft_quantize_backward(grad, x, codebooks, tau, metric)
+    return _soft_backward(grad, x, codebooks, tau, metric)
+
+
 if _cuda is not None:
     if _cuda.device_count() > 0 and torch.cuda.is_available():
-        register("cuda", ("cuda",), {"adc_topk": adc_topk, "encode": encode}, priority={"cuda": 30})
+        register("cuda", ("cuda",), {"adc_topk": adc_topk, "encode": encode, "soft_quantize": soft_quantize,
+                                     "soft_quantize_backward": soft_quantize_backward}, priority={"cuda": 30})
     else:
         mark_unavailable("cuda", "sqret._cuda is built, but there is no CUDA GPU on this machine")
