@@ -4,8 +4,8 @@ PQ on raw pixels (FAISS IndexPQ, 8 bits per sub-quantizer) at the same bits.
     python benchmarks/train_table.py [--datasets digits cifar10] [--bits 16 32 64] [--methods spq sscq mecoq dpq]
 
 digits: the bundled 8x8 digits, 20 queries per class, mAP@100, 30 epochs on all 1,597 database images.
-cifar10: protocol I (10,000 test queries, 50,000 train images as database), mAP@1000, trained on the first
-``--cifar-train`` training images for ``--cifar-epochs`` epochs (a CPU budget, far from the papers' 50-200
+cifar10: protocol I (10,000 test queries, 50,000 train images as database), mAP@1000, trained on a random
+subset of ``--cifar-train`` training images for ``--cifar-epochs`` epochs (a CPU budget, far from the papers' 50-200
 GPU epochs on a pretrained VGG-16 / ResNet: a budget comparison, not a reproduction). Small CNN backbone.
 Writes benchmarks/results/train_table.{json,md} after every run (partial results survive an interruption).
 """
@@ -58,8 +58,12 @@ def main() -> None:
     args = p.parse_args()
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "train_table.json"
-    record = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+               platform.machine()) if Path("/proc/cpuinfo").exists() else platform.machine()
+    record = {"machine": f"{cpu}, {torch.get_num_threads()} threads",
               "torch": torch.__version__, "rows": []}
+    if out.exists():  # keep the recorded rows of the datasets not run now
+        record["rows"] = [r for r in json.loads(out.read_text())["rows"] if r["dataset"] not in args.datasets]
     for name in args.datasets:
         data = load_dataset(name, seed=args.seed, **({"val_per_class": 0} if name == "digits" else {}))
         k = 100 if name == "digits" else 1000

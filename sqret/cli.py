@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--epochs", type=int, default=10)
     tr.add_argument("--batch-size", type=int, default=128, help="global batch (split over torchrun ranks)")
     tr.add_argument("--lr", type=float, default=None, help="default: the method's")
-    tr.add_argument("--train-size", type=int, help="train on the first N training images only")
+    tr.add_argument("--train-size", type=int, help="train on a random subset of N training images")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     tr.add_argument("--no-amp", action="store_true", help="no bfloat16 autocast on the GPU")

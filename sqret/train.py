@@ -37,7 +37,7 @@ class TrainConfig:
     resume: bool = False
     val_every: int = 0  # validation mAP every N epochs (0: never)
     map_at: int = 100
-    train_size: int | None = None  # train on the first N training images only (a CPU budget)
+    train_size: int | None = None  # train on a random subset of N training images (a CPU budget)
     meta: dict | None = None  # saved in the checkpoint (e.g. how to reload the dataset for sqret eval)
     progress: bool | None = None
 
@@ -146,8 +146,9 @@ def train(method, data: ImageSplit, cfg: TrainConfig) -> dict:
         start = state["epoch"]
     _sync(method)
     x, y = data.train, data.train_labels
-    if cfg.train_size is not None:
-        x, y = x[: cfg.train_size], y[: cfg.train_size]
+    if cfg.train_size is not None and cfg.train_size < len(x):  # a random subset (datasets are often class-sorted)
+        keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.train_size].sort().values
+        x, y = x[keep], y[keep]
     n = x.shape[0]
     if n < cfg.batch_size:
         raise ValueError(f"batch_size = {cfg.batch_size} is larger than the {n} training images")

@@ -322,3 +322,19 @@ def test_losses_run_under_bfloat16_autocast(name):
     grads = [p.grad for p in method.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads if g is not None)
     assert method.pq.codebooks.grad is not None if hasattr(method, "pq") else method.rq.codebooks.grad is not None
+
+
+def test_train_size_is_a_random_subset_of_class_sorted_data(digits):
+    """Datasets such as CIFAR-10 come sorted by class: a budget subset must still hold every class."""
+    from sqret.data import ImageSplit
+
+    order = digits.train_labels.argsort(stable=True)
+    sorted_split = ImageSplit(digits.train[order], digits.train_labels[order], digits.database, digits.database_labels,
+                              digits.queries, digits.query_labels, digits.val, digits.val_labels, "sorted digits")
+    seen = []
+    method = _tiny("dpq")
+    loss = method.loss
+    method.loss = lambda xa, xb, labels: (seen.append(labels.clone()), loss(xa, xb, labels))[1]
+    train(method, sorted_split, TrainConfig(epochs=1, batch_size=64, train_size=320, progress=False))
+    labels = torch.cat(seen)
+    assert len(labels) == 320 and labels.unique().numel() == 10
