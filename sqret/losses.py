@@ -63,16 +63,18 @@ def debiased_contrastive(a: torch.Tensor, b: torch.Tensor, tau: float = 0.4, pos
 
 
 def consistent_contrastive(ua: torch.Tensor, ub: torch.Tensor, tau: float = 0.2) -> torch.Tensor:
-    """Consistency of the two views' similarity distributions over shared negatives (HQC / SSCQ): for each
-    sample i, p_i = softmax_j(cos(ua_i, ua_j) / tau) and q_i = softmax_j(cos(ub_i, ub_j) / tau) over the
-    other samples j != i of the batch; loss = mean_i (KL(p_i || q_i) + KL(q_i || p_i)) / 2. ua, ub [B, D]."""
+    """Consistency of the two views' similarity distributions over shared negatives (HQC / SSCQ): for sample
+    i, the negatives are the 2B - 2 embeddings of the other samples in both views, the same set for both
+    anchors; p_i = softmax(cos(ua_i, n) / tau) and q_i = softmax(cos(ub_i, n) / tau) over them;
+    loss = mean_i (KL(p_i || q_i) + KL(q_i || p_i)) / 2. ua, ub [B, D]."""
     B = ua.shape[0]
-    eye = torch.eye(B, dtype=torch.bool, device=ua.device)
-    logp = lambda u: F.log_softmax(  # noqa: E731
-        (F.normalize(u, dim=1) @ F.normalize(u, dim=1).T / tau).masked_fill(eye, -1e9), 1)  # finite: no 0 * inf
-    la, lb = logp(ua), logp(ub)
+    a, b = F.normalize(ua, dim=1), F.normalize(ub, dim=1)
+    both = torch.cat([a, b])  # [2B, D]
+    own = torch.eye(B, dtype=torch.bool, device=ua.device).repeat(1, 2)  # [B, 2B]: sample i in either view
+    logp = lambda x: F.log_softmax((x @ both.T / tau).masked_fill(own, -1e9), 1)  # noqa: E731  (finite: no 0*inf)
+    la, lb = logp(a), logp(b)
     pa, pb = la.exp(), lb.exp()
-    kl = lambda p, lp, lq: (p * (lp - lq)).masked_fill(eye, 0).sum(1)  # noqa: E731
+    kl = lambda p, lp, lq: (p * (lp - lq)).masked_fill(own, 0).sum(1)  # noqa: E731
     return ((kl(pa, la, lb) + kl(pb, lb, la)) / 2).mean()
 
 

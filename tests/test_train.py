@@ -96,17 +96,19 @@ def test_consistent_contrastive_against_the_direct_formula():
     g = torch.Generator().manual_seed(2)
     ua, ub = torch.randn(5, 4, generator=g, dtype=torch.float64), torch.randn(5, 4, generator=g, dtype=torch.float64)
 
-    def dist(u, i):
-        u = u / u.norm(dim=1, keepdim=True)
-        s = [math.exp(float(u[i] @ u[j]) / 0.2) for j in range(len(u)) if j != i]
+    n = lambda v: v / v.norm()  # noqa: E731
+
+    def dist(anchor, i):
+        negs = [n(ua[j]) for j in range(5) if j != i] + [n(ub[j]) for j in range(5) if j != i]
+        s = [math.exp(float(n(anchor) @ v) / 0.2) for v in negs]
         return [v / sum(s) for v in s]
 
     want = 0.0
     for i in range(5):
-        p, q = dist(ua, i), dist(ub, i)
+        p, q = dist(ua[i], i), dist(ub[i], i)
         want += 0.5 * sum(pi * math.log(pi / qi) + qi * math.log(qi / pi) for pi, qi in zip(p, q, strict=False))
     assert losses.consistent_contrastive(ua, ub, 0.2).item() == pytest.approx(want / 5, rel=1e-9)
-    assert losses.consistent_contrastive(ua, ua, 0.2).item() == pytest.approx(0, abs=1e-12)
+    assert losses.consistent_contrastive(ua, ua, 0.2).item() == pytest.approx(0, abs=1e-12)  # identical views
     ua.requires_grad_(True)
     losses.consistent_contrastive(ua, ub).backward()
     assert torch.isfinite(ua.grad).all()

@@ -77,7 +77,7 @@ namespace {
 // Per-task heaps -> final sorted [Q, k] rows. partial[t][j] is query (qb*qblock + j) of task t = qb*parts + part.
 void merge_write(const TaskPlan& p, int64_t Q, int64_t k, std::vector<std::vector<TopK>>& partial, float* out_d,
                  int64_t* out_i, int nthreads) {
-#pragma omp parallel for schedule(dynamic) num_threads(nthreads)
+#pragma omp parallel for schedule(dynamic) num_threads(team(nthreads, Q))
   for (int64_t q = 0; q < Q; ++q) {
     int64_t qb = q / p.qblock, j = q % p.qblock;
     std::vector<Cand> best;
@@ -174,7 +174,7 @@ void adc_topk_codes(const float* lut, int64_t Q, int64_t M, int64_t K, const Cod
   std::vector<std::vector<TopK>> partial(p.qblocks * p.parts);
   // a block of codes is read once per block of queries while it is hot in cache
   const int64_t NB = std::max<int64_t>(256, (32 * 1024) / (M * static_cast<int64_t>(sizeof(CodeT))));
-#pragma omp parallel for schedule(dynamic) num_threads(nthreads)
+#pragma omp parallel for schedule(dynamic) num_threads(team(nthreads, p.qblocks * p.parts))
   for (int64_t t = 0; t < p.qblocks * p.parts; ++t) {
     int64_t qb = t / p.parts, part = t % p.parts;
     int64_t q0 = qb * p.qblock, q1 = std::min(Q, q0 + p.qblock);

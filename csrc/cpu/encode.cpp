@@ -96,7 +96,7 @@ void encode(const float* x, int64_t N, const float* codebooks, int64_t M, int64_
   std::vector<float> zeros(static_cast<size_t>(M * K), 0.f);
   const float* base = metric == 0 ? t.norms.data() : zeros.data();
   const float coef = metric == 0 ? -2.f : -1.f;
-#pragma omp parallel num_threads(std::max(1, nthreads))
+#pragma omp parallel num_threads(team(nthreads, N / 64 + 1))
   {
     std::vector<float> dist(static_cast<size_t>(K));
 #pragma omp for schedule(static)

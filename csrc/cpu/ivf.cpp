@@ -77,7 +77,7 @@ void ivf_search(const float* queries, int64_t Q, int64_t d, const float* centroi
   const int64_t dsub = d / M;
   Transposed t(codebooks, M, K, dsub);
   const float sign = metric == 0 ? 1.f : -1.f;  // the reservoir keeps the smallest: negate ip scores
-#pragma omp parallel num_threads(std::max(1, nthreads))
+#pragma omp parallel num_threads(team(nthreads, Q))
   {
     std::vector<float> lut(static_cast<size_t>(M * K)), qr(static_cast<size_t>(M * K)), resid(static_cast<size_t>(d));
 #pragma omp for schedule(dynamic)

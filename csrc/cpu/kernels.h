@@ -2,6 +2,7 @@
 // Distances are "smaller is closer" everywhere: callers negate the LUT for largest-first metrics.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -19,6 +20,11 @@ const char* simd_name(Simd s);
 
 // Split Q queries x N items into tasks for nthreads; run scan(q0, q1, n0, n1, heaps) per task and merge
 // per-query partial results into out_d / out_i [Q, k] (best first, -1 / +inf padding where N < k).
+// Threads of an OpenMP team for `tasks` units of work: no idle threads woken for one small task.
+inline int team(int nthreads, int64_t tasks) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, tasks)));
+}
+
 struct TaskPlan {
   int64_t qblock, qblocks, parts, part_len;
 };

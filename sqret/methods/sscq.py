@@ -4,7 +4,7 @@ quantization of the embedding, and five terms:
 - instance contrastive (NT-Xent) between the views' embeddings f, tau 0.5, weight 1;
 - the same between the views' quantized embeddings z, tau 0.5, weight 1;
 - consistent contrastive on the fused u = f + z: symmetric KL of the two views' similarity distributions
-  over the shared in-batch negatives, tau 0.2, weight 0.4;
+  over shared negatives (the other samples' embeddings in both views), tau 0.2, weight 0.4;
 - part-neighbour consistency per codebook: the 20 nearest sub-vectors of the twin are pseudo-positives,
   tau 0.5, weight 0.1;
 - codeword diversity: negative entropy of the batch-mean cosine assignments, weight 0.2.
