@@ -92,6 +92,13 @@ def main() -> None:
                 write_markdown(record)
 
 
+ORDER = ["pq-pixels (faiss)", "spq", "sscq", "mecoq", "dpq"]
+
+
+def _rank(method: str) -> int:
+    return ORDER.index(method) if method in ORDER else len(ORDER)
+
+
 def write_markdown(record: dict) -> None:
     lines = [f"Machine: {record['machine']}, torch {record['torch']}. Command: `python benchmarks/train_table.py`.", ""]
     for name in dict.fromkeys(r["dataset"] for r in record["rows"]):
@@ -100,9 +107,7 @@ def write_markdown(record: dict) -> None:
         bits = sorted({r["bits"] for r in rows})
         lines += [f"**{name}** ({key}; training seconds in brackets)", "",
                   "| method | " + " | ".join(f"{b} bits" for b in bits) + " |", "|---" * (len(bits) + 1) + "|"]
-        order = ["pq-pixels (faiss)", "spq", "sscq", "mecoq", "dpq"]
-        rank = lambda m: order.index(m) if m in order else len(order)  # noqa: E731
-        for method in sorted(dict.fromkeys(r["method"] for r in rows), key=rank):
+        for method in sorted(dict.fromkeys(r["method"] for r in rows), key=_rank):
             cells = {r["bits"]: f"{r[key]:.3f} ({r['seconds']:.0f} s)" for r in rows if r["method"] == method}
             lines.append(f"| {method} | " + " | ".join(cells.get(b, "-") for b in bits) + " |")
         lines.append("")
