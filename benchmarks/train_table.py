@@ -105,7 +105,7 @@ def write_markdown(record: dict) -> None:
         rows = [r for r in record["rows"] if r["dataset"] == name]
         key = next(k for k in rows[0] if k.startswith("mAP@"))
         bits = sorted({r["bits"] for r in rows})
-        lines += [f"**{name}** ({key}; training seconds in brackets)", "",
+        lines += [f"**{name}** ({key}; seconds of training + evaluation in brackets)", "",
                   "| method | " + " | ".join(f"{b} bits" for b in bits) + " |", "|---" * (len(bits) + 1) + "|"]
         for method in sorted(dict.fromkeys(r["method"] for r in rows), key=_rank):
             cells = {r["bits"]: f"{r[key]:.3f} ({r['seconds']:.0f} s)" for r in rows if r["method"] == method}
