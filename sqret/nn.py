@@ -116,21 +116,11 @@ class ResidualQuantizer(nn.Module):
     def encode(self, x: torch.Tensor, levels: int | None = None) -> torch.Tensor:
         """Codes [B, levels] (uint8 for K <= 256) of the first ``levels`` stages (default all)."""
         levels = self._levels(levels)
-        r, codes = x.detach().to(self.codebooks.dtype), []
-        for l in range(levels):
-            C = self.codebooks[l : l + 1].detach()
-            c = ops.encode(r, C)
-            r = r - ops.decode(c, C)
-            codes.append(c)
-        return torch.cat(codes, 1) if codes else torch.empty(x.shape[0], 0, dtype=torch.uint8)
+        return ops.residual_encode(x.detach().to(self.codebooks.dtype), self.codebooks[:levels].detach())
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Reconstructions [B, dim] of prefix codes [B, l] (l <= levels)."""
-        l = self._levels(codes.shape[1])
-        out = torch.zeros(codes.shape[0], self.dim, dtype=self.codebooks.dtype, device=codes.device)
-        for i in range(l):
-            out = out + ops.decode(codes[:, i : i + 1], self.codebooks[i : i + 1])
-        return out
+        return ops.residual_decode(codes, self.codebooks[: self._levels(codes.shape[1])])
 
     def _levels(self, levels: int | None) -> int:
         levels = self.levels if levels is None else levels

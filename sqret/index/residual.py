@@ -38,18 +38,10 @@ class ResidualIndex:
         return int(self._ids.shape[0])
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        r, codes = as_matrix(x, self.d, "x"), []
-        for l in range(self.levels):
-            c = ops.encode(r, self.codebooks[l : l + 1])
-            r = r - ops.decode(c, self.codebooks[l : l + 1])
-            codes.append(c)
-        return torch.cat(codes, 1)
+        return ops.residual_encode(as_matrix(x, self.d, "x"), self.codebooks)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(codes.shape[0], self.d)
-        for l in range(self.levels):
-            out += ops.decode(codes[:, l : l + 1], self.codebooks[l : l + 1])
-        return out
+        return ops.residual_decode(codes, self.codebooks)
 
     def add(self, x, ids=None) -> None:
         self.add_codes(self.encode(x), ids)

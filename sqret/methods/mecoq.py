@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import losses, ops
+from .. import losses
 from ..nn import ProductQuantizer
 from .base import Method, pq_shape
 
@@ -73,6 +73,3 @@ class MeCoQ(Method):
         if self.training and self.memory.shape[0]:
             self._remember(pa.detach())
         return loss
-
-    def encode(self, feats: torch.Tensor) -> torch.Tensor:
-        return ops.encode(feats, self.pq.codebooks.detach(), "cos")

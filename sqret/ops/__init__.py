@@ -66,6 +66,8 @@ __all__ = [
     "ivf_search",
     "largest_for",
     "pack4",
+    "residual_decode",
+    "residual_encode",
     "select",
     "set_backend",
     "soft_quantize",
@@ -130,6 +132,27 @@ def build_lut(
     if check_finite:
         checks.finite(queries, "queries"), checks.finite(codebooks, "codebooks")
     return library.direct("build_lut")(queries, codebooks, metric, dtype)
+
+
+def residual_encode(x: Tensor, codebooks: Tensor) -> Tensor:
+    """Residual (progressive) codes [B, L] of x [B, d] over codebooks [L, K, d]: level l encodes what the
+    levels before it left (nearest codeword, l2)."""
+    r, codes = x, []
+    for level in range(codebooks.shape[0]):
+        C = codebooks[level : level + 1]
+        c = encode(r, C)
+        r = r - decode(c, C)
+        codes.append(c)
+    return torch.cat(codes, 1) if codes else torch.empty(x.shape[0], 0, dtype=code_dtype(codebooks.shape[1]))
+
+
+def residual_decode(codes: Tensor, codebooks: Tensor) -> Tensor:
+    """Reconstructions [B, d] of residual codes [B, l] (the first l levels of codebooks [L, K, d]);
+    differentiable w.r.t. the codebooks."""
+    out = torch.zeros(codes.shape[0], codebooks.shape[2], dtype=codebooks.dtype, device=codebooks.device)
+    for level in range(codes.shape[1]):
+        out = out + decode(codes[:, level : level + 1], codebooks[level : level + 1])
+    return out
 
 
 def codeword_tables(codebooks: Tensor, metric: str = "l2") -> Tensor:

@@ -99,13 +99,14 @@ def _fits(codebooks: torch.Tensor, x: torch.Tensor) -> bool:
     return codebooks.shape[2] <= _cuda.soft_max_dim and x.dtype != torch.float64
 
 
-def _cos(x, codebooks):
-    return reference.cosine_inputs(x.float(), codebooks.float())
+def _inputs(x, codebooks, metric: str):
+    """float32 contiguous kernel inputs (cosine as the inner product of normalized inputs)."""
+    xs, C = reference.cosine_inputs(x.float(), codebooks.float()) if metric == "cos" else (x.float(), codebooks.float())
+    return xs.contiguous(), C.contiguous()
 
 
 def _soft_forward(x, codebooks, tau: float, metric: str):
-    xs, C = (x.float().contiguous(), codebooks.float().contiguous()) if metric != "cos" else _cos(x, codebooks)
-    xs, C = xs.contiguous(), C.contiguous()
+    xs, C = _inputs(x, codebooks, metric)
     M, K, d = C.shape
     z = torch.empty_like(xs)
     _cuda.soft_quantize(xs.data_ptr(), xs.shape[0], C.data_ptr(), M, K, d, float(tau), 0 if metric == "l2" else 1,
@@ -114,8 +115,8 @@ def _soft_forward(x, codebooks, tau: float, metric: str):
 
 
 def _soft_backward(grad, x, codebooks, tau: float, metric: str):
-    xs, C = (x.float(), codebooks.float()) if metric != "cos" else _cos(x, codebooks)
-    xs, C, g = xs.contiguous(), C.contiguous(), grad.float().contiguous()
+    xs, C = _inputs(x, codebooks, metric)
+    g = grad.float().contiguous()
     (B, _), (M, K, d) = xs.shape, C.shape
     gx, gc = torch.empty_like(xs), torch.empty_like(C)
     scratch = torch.empty(2 * B * M, dtype=torch.float32, device=x.device)
@@ -123,8 +124,7 @@ def _soft_backward(grad, x, codebooks, tau: float, metric: str):
                                  0 if metric == "l2" else 1, gx.data_ptr(), gc.data_ptr(), scratch.data_ptr(),
                                  _stream())
     if metric == "cos":  # gradients w.r.t. the normalized inputs -> w.r.t. the raw ones
-        gx = reference._normalize_backward(x.float().reshape(B, M, d), gx.reshape(B, M, d)).reshape(B, M * d)
-        gc = reference._normalize_backward(codebooks.float(), gc)
+        gx, gc = reference.cosine_backward(x, codebooks, gx, gc)
     return gx.to(x.dtype), gc.to(codebooks.dtype)
 
 

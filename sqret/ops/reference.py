@@ -91,6 +91,14 @@ def assign_probs(x: torch.Tensor, codebooks: torch.Tensor, tau: float, metric: s
     return out
 
 
+def cosine_backward(x: torch.Tensor, codebooks: torch.Tensor, gx: torch.Tensor, gc: torch.Tensor):
+    """Gradients w.r.t. the raw x [B, M*d] and codebooks [M, K, d] (float32) from those w.r.t. the
+    normalized inputs of :func:`cosine_inputs` (how the kernels run the cosine metric)."""
+    B, (M, _, d) = x.shape[0], codebooks.shape
+    gx = _normalize_backward(x.float().reshape(B, M, d), gx.reshape(B, M, d)).reshape(B, M * d)
+    return gx, _normalize_backward(codebooks.float(), gc)
+
+
 def _normalize_backward(v: torch.Tensor, g: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Gradient w.r.t. v of F.normalize(v, dim=-1) given the gradient g of its output."""
     n = v.norm(dim=-1, keepdim=True)

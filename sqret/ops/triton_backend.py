@@ -42,9 +42,8 @@ def _backward(kernel_backward, grad, x, codebooks, tau: float, metric: str):
     if metric != "cos":
         return kernel_backward(grad, x, codebooks, tau, metric)
     gx, gc = kernel_backward(grad, *_cos(x, codebooks), tau, "ip")  # w.r.t. the normalized inputs
-    B, (M, _, d) = x.shape[0], codebooks.shape
-    gx = reference._normalize_backward(x.float().reshape(B, M, d), gx.reshape(B, M, d)).reshape(B, M * d)
-    return gx.to(x.dtype), reference._normalize_backward(codebooks.float(), gc).to(codebooks.dtype)
+    gx, gc = reference.cosine_backward(x, codebooks, gx, gc)
+    return gx.to(x.dtype), gc.to(codebooks.dtype)
 
 
 def soft_quantize_backward(grad, x, codebooks, tau: float, metric: str):
