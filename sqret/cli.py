@@ -150,9 +150,10 @@ def _eval(args: argparse.Namespace) -> int:
     k = min(args.map_at, len(data.database))
     result = {"checkpoint": args.checkpoint, "dataset": data.name, "queries": len(q), "database": len(db)}
     levels = range(1, method.levels + 1) if hasattr(method, "levels") and args.all_lengths else [None]
+    codes = method.encode(db)  # full codes once: a shorter index keeps their prefix
     for lv in levels:
         index = method.index(lv) if lv else method.index()
-        index.add_codes(method.encode(db))
+        index.add_codes(codes)
         _, ranked = index.search(q, k, symmetric=args.symmetric)
         bits = method.code_bits if lv is None else lv * method.code_bits // method.levels
         row = {f"mAP@{k}": mean_average_precision(data.query_labels, data.database_labels, ranked)}
