@@ -2,6 +2,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -17,7 +18,8 @@ Simd best_simd() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("bmi2")) return Simd::scalar;
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) return Simd::avx512;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+    return Simd::avx512;
   return Simd::avx2;
 #endif
   return Simd::scalar;
@@ -82,7 +84,7 @@ void merge_write(const TaskPlan& p, int64_t Q, int64_t k, std::vector<std::vecto
     int64_t qb = q / p.qblock, j = q % p.qblock;
     std::vector<Cand> best;
     for (int64_t part = 0; part < p.parts; ++part) {
-      const std::vector<Cand>& items = partial[qb * p.parts + part][j].items();
+      const TopK& items = partial[qb * p.parts + part][j];
       best.insert(best.end(), items.begin(), items.end());
     }
     best_k(best, k);
@@ -174,6 +176,7 @@ void adc_topk_codes(const float* lut, int64_t Q, int64_t M, int64_t K, const Cod
   std::vector<std::vector<TopK>> partial(p.qblocks * p.parts);
   // a block of codes is read once per block of queries while it is hot in cache
   const int64_t NB = std::max<int64_t>(256, (32 * 1024) / (M * static_cast<int64_t>(sizeof(CodeT))));
+  std::atomic<bool> nan{false};
 #pragma omp parallel for schedule(dynamic) num_threads(team(nthreads, p.qblocks * p.parts))
   for (int64_t t = 0; t < p.qblocks * p.parts; ++t) {
     int64_t qb = t / p.parts, part = t % p.parts;
@@ -182,11 +185,16 @@ void adc_topk_codes(const float* lut, int64_t Q, int64_t M, int64_t K, const Cod
     std::vector<TopK>& heaps = partial[t];
     heaps.reserve(q1 - q0);
     for (int64_t q = q0; q < q1; ++q) heaps.emplace_back(kk);
+    if (has_nan(lut + q0 * M * K, (q1 - q0) * M * K)) {
+      nan.store(true, std::memory_order_relaxed);
+      continue;
+    }
     for (int64_t b0 = n0; b0 < n1; b0 += NB) {
       int64_t b1 = std::min(n1, b0 + NB);
       for (int64_t q = q0; q < q1; ++q) scan(lut + q * M * K, M, K, codes, b0, b1, heaps[q - q0]);
     }
   }
+  if (nan.load()) throw std::invalid_argument("lut contains NaN");
   merge_write(p, Q, k, partial, out_d, out_i, nthreads);
 }
 

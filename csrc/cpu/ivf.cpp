@@ -107,7 +107,7 @@ void ivf_search(const float* queries, int64_t Q, int64_t d, const float* centroi
         scan(lut.data(), M, K, reinterpret_cast<const uint8_t*>(list_codes[l]),
              reinterpret_cast<const int64_t*>(list_ids[l]), list_sizes[l], base, sign, tk);
       }
-      std::vector<Cand> best(tk.items());
+      std::vector<Cand> best(tk.begin(), tk.end());
       best_k(best, k);
       const int64_t n = static_cast<int64_t>(best.size());
       for (int64_t r = 0; r < k; ++r) {

@@ -25,6 +25,13 @@ inline int team(int nthreads, int64_t tasks) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, tasks)));
 }
 
+// Whether any of p[0..n) is NaN (vectorizable: no early exit).
+inline bool has_nan(const float* p, int64_t n) {
+  bool nan = false;
+  for (int64_t i = 0; i < n; ++i) nan |= p[i] != p[i];
+  return nan;
+}
+
 struct TaskPlan {
   int64_t qblock, qblocks, parts, part_len;
 };
@@ -39,7 +46,8 @@ void adc_topk_codes(const float* lut, int64_t Q, int64_t M, int64_t K, const Cod
                     int nthreads, float* out_d, int64_t* out_i);
 
 // 4-bit packed codes [N, ceil(M/2)] (sub-space 2j low nibble, 2j+1 high) -> fast-scan blocks
-// [ceil(N/32), M, 16]: byte j of (block b, sub-space m) holds vector 32b+j low, 32b+16+j high.
+// [ceil(N/64), M, 32]: byte j of (block b, sub-space m) holds vector 64b+j low, 64b+32+j high.
+constexpr int kFastScanBlock = 64;
 void pack_fastscan(const uint8_t* packed, int64_t N, int64_t M, uint8_t* blocks, int nthreads);
 void unpack_fastscan(const uint8_t* blocks, int64_t N, int64_t M, uint8_t* packed, int nthreads);
 

@@ -26,6 +26,7 @@ static Simd parse_simd(const std::string& s) {
 
 PYBIND11_MODULE(_cpu, m) {
   m.doc() = "sqret native CPU kernels: ADC scan + top-k (8-bit and 4-bit fast scan), encode";
+  m.attr("FASTSCAN_BLOCK") = kFastScanBlock;
   m.def("best_simd", [] { return std::string(simd_name(best_simd())); });
   m.def("active_simd", [] { return std::string(simd_name(active_simd())); });
   m.def("set_simd", [](const std::string& s) { set_simd(parse_simd(s)); });
@@ -53,7 +54,7 @@ PYBIND11_MODULE(_cpu, m) {
         py::gil_scoped_release release;
         pack_fastscan(ptr<const uint8_t>(packed), N, M, ptr<uint8_t>(blocks), nthreads);
       },
-      "packed 4-bit [N, ceil(M/2)] -> fast-scan blocks [ceil(N/32), M, 16]");
+      "packed 4-bit [N, ceil(M/2)] -> fast-scan blocks [ceil(N/64), M, 32]");
   m.def(
       "unpack_fastscan",
       [](uintptr_t blocks, int64_t N, int64_t M, uintptr_t packed, int nthreads) {
@@ -69,7 +70,7 @@ PYBIND11_MODULE(_cpu, m) {
         adc_topk_fastscan(ptr<const float>(lut), Q, M, ptr<const uint8_t>(blocks), N, k, nthreads, ptr<float>(out_d),
                           ptr<int64_t>(out_i));
       },
-      "4-bit fast scan + exact re-rank: lut [Q, M, 16] float32, blocks [ceil(N/32), M, 16]");
+      "4-bit fast scan + exact re-rank: lut [Q, M, 16] float32, blocks [ceil(N/64), M, 32]");
   m.def(
       "ivf_search",
       [](uintptr_t queries, int64_t Q, int64_t d, uintptr_t centroids, uintptr_t codebooks, int64_t M, int64_t K,

@@ -76,9 +76,8 @@ inline void select_k(std::vector<Cand>& cands, int64_t k, bool sorted) {
 // is the whole admission test once k are known.
 class TopK {
  public:
-  explicit TopK(int64_t k = 0) : k_(k), cap_(std::max<int64_t>(2 * k, k + 16)) {
-    buf_.reserve(static_cast<size_t>(std::min<int64_t>(cap_, 1 << 16)));
-  }
+  explicit TopK(int64_t k = 0)
+      : k_(k), cap_(std::max<int64_t>(2 * k, k + 16)), buf_(static_cast<size_t>(std::min<int64_t>(cap_, 256))) {}
 
   inline bool admits(float d) const { return !full_ || d < thr_; }
   // For offers in any id order: an offer equal to the threshold may still win on its smaller id.
@@ -90,27 +89,34 @@ class TopK {
     if (admits(d)) push(d, id);
   }
 
-  // Append an admitted candidate.
+  // Append an admitted candidate (fields stored one by one: no struct temporary to forward from the stack).
   inline void push(float d, int64_t id) {
-    buf_.push_back({d, id});
-    if (static_cast<int64_t>(buf_.size()) >= cap_) shrink();
+    if (n_ == buf_.size()) buf_.resize(std::min<size_t>(static_cast<size_t>(cap_), 2 * n_));
+    Cand& c = buf_[n_++];
+    c.d = d;
+    c.id = id;
+    if (static_cast<int64_t>(n_) >= cap_) shrink();
   }
 
   // All candidates held (a superset of the k best; unsorted).
-  const std::vector<Cand>& items() const { return buf_; }
+  const Cand* begin() const { return buf_.data(); }
+  const Cand* end() const { return buf_.data() + n_; }
 
  private:
+  // In place, no allocation: the k best by (distance, id) to the front; the k-th of them is the threshold
+  // (every kept candidate is better or equal).
   void shrink() {
-    select_k(buf_, k_, false);
-    thr_ = buf_.back().d;  // the k-th best (a tie at T comes last): every kept candidate is better or equal
+    std::nth_element(buf_.begin(), buf_.begin() + (k_ - 1), buf_.begin() + n_, better);
+    n_ = static_cast<size_t>(k_);
+    thr_ = buf_[n_ - 1].d;
     full_ = true;
-    buf_.reserve(static_cast<size_t>(std::min<int64_t>(cap_, 1 << 16)));
   }
 
   int64_t k_, cap_;
   bool full_ = false;
   float thr_ = std::numeric_limits<float>::infinity();
   std::vector<Cand> buf_;
+  size_t n_ = 0;
 };
 
 // The k best of cands, sorted best first (cands is reordered).

@@ -172,9 +172,9 @@ def codeword_tables(codebooks: Tensor, metric: str = "l2") -> Tensor:
 
 @dataclass(frozen=True)
 class FastScanCodes:
-    """4-bit codes in the fast-scan layout: ``blocks`` [ceil(n/32), M, 16] uint8 hold n codes; byte j of
-    (block b, sub-space m) has vector 32b+j in its low nibble and vector 32b+16+j in its high nibble.
-    Searching this layout needs no per-call conversion (the CPU kernel shuffles 32 codes at a time)."""
+    """4-bit codes in the fast-scan layout: ``blocks`` [ceil(n/64), M, 32] uint8 hold n codes; byte j of
+    (block b, sub-space m) has vector 64b+j in its low nibble and vector 64b+32+j in its high nibble.
+    Searching this layout needs no per-call conversion (the CPU kernel shuffles 64 codes at a time)."""
 
     blocks: Tensor
     n: int

@@ -18,6 +18,10 @@ try:
 except ImportError as err:  # not built: pure-Python install, or no compiler
     _cpu = None
     mark_unavailable("cpu_native", f"native extension sqret._cpu is not built ({err})")
+else:
+    if getattr(_cpu, "FASTSCAN_BLOCK", None) != reference.FASTSCAN_BLOCK:  # a stale build of another layout
+        _cpu = None
+        mark_unavailable("cpu_native", "sqret._cpu is stale (fast-scan layout differs): rebuild it (make install)")
 
 _WIDTH = {torch.uint8: 1, torch.int16: 2, torch.int32: 4}
 
@@ -42,11 +46,14 @@ def _finish(v: torch.Tensor, i: torch.Tensor, largest: bool):
 
 def adc_topk(lut: torch.Tensor, codes: torch.Tensor, k: int, largest: bool, packed: bool):
     if lut.dtype == torch.float64:  # float64 results are the reference's job
+        if bool(torch.isnan(lut).any()):
+            raise ValueError("lut contains NaN")
         return reference.adc_topk(lut, codes, k, largest, packed)
     Q, M, K = lut.shape
     N = codes.shape[0]
     if packed:
-        blocks = torch.empty(((N + 31) // 32, M, 16), dtype=torch.uint8)
+        B = reference.FASTSCAN_BLOCK
+        blocks = torch.empty(((N + B - 1) // B, M, B // 2), dtype=torch.uint8)
         if N:
             _cpu.pack_fastscan(codes.contiguous().data_ptr(), N, M, blocks.data_ptr(), _threads())
         return adc_topk_fastscan(lut, blocks, N, k, largest)
@@ -140,6 +147,7 @@ def ivf_search(queries, centroids, codebooks, codes, ids, probes, k: int, metric
 
 
 if _cpu is not None:
+    adc_topk.checks_nan = adc_topk_fastscan.checks_nan = True  # the kernels raise ValueError on a NaN in the LUT
     register(
         "cpu_native",
         ("cpu",),

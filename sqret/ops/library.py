@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import checks, registry
+from . import checks, reference, registry
 
 
 def _run(op: str, device: torch.device, *args):
@@ -205,6 +205,12 @@ def _(q, codebooks, metric, dtype=None):
 # ---------------------------------------------------------------- adc_topk
 
 
+def _nan_check(impl, lut: Tensor) -> None:
+    """A NaN in the LUT is an error; implementations marked ``checks_nan`` test it in their own pass."""
+    if not getattr(impl, "checks_nan", False) and bool(torch.isnan(lut).any()):
+        raise ValueError("lut contains NaN")
+
+
 def check_adc(lut, codes, k, packed) -> None:
     _, M, K = checks.lut(lut)
     checks.codes(codes, M, K, packed)
@@ -216,10 +222,10 @@ def adc_topk_impl(
     lut: Tensor, codes: Tensor, k: int, largest: bool = False, packed: bool = False
 ) -> tuple[Tensor, Tensor]:
     check_adc(lut, codes, k, packed)
-    if bool(torch.isnan(lut).any()):
-        raise ValueError("lut contains NaN")
     checks.code_range(codes, lut.shape[2], packed)
-    return _run("adc_topk", lut.device, lut, codes, k, largest, packed)
+    impl = registry.select("adc_topk", lut.device.type)[1]
+    _nan_check(impl, lut)
+    return impl(lut, codes, k, largest, packed)
 
 
 adc_topk = torch.library.custom_op("sqret::adc_topk", adc_topk_impl, mutates_args=())
@@ -241,9 +247,10 @@ def check_fastscan(lut, blocks, n, k) -> None:
     if K != 16:
         raise ValueError(f"fast-scan codes need K = 16 codewords, got K = {K}")
     checks.tensor(blocks, "blocks", 3, (torch.uint8,))
-    nb = (n + 31) // 32
-    if tuple(blocks.shape) != (nb, M, 16):
-        want, got = (nb, M, 16), tuple(blocks.shape)
+    B = reference.FASTSCAN_BLOCK
+    nb = (n + B - 1) // B
+    if tuple(blocks.shape) != (nb, M, B // 2):
+        want, got = (nb, M, B // 2), tuple(blocks.shape)
         raise ValueError(f"fast-scan blocks for n = {n} codes, M = {M} must be {list(want)}, got {list(got)}")
     checks.topk_k(k)
     checks.same_device(("lut", lut), ("blocks", blocks))
@@ -253,9 +260,9 @@ def adc_topk_fastscan_impl(
     lut: Tensor, blocks: Tensor, n: int, k: int, largest: bool = False
 ) -> tuple[Tensor, Tensor]:
     check_fastscan(lut, blocks, n, k)
-    if bool(torch.isnan(lut).any()):
-        raise ValueError("lut contains NaN")
-    return _run("adc_topk_fastscan", lut.device, lut, blocks, n, k, largest)
+    impl = registry.select("adc_topk_fastscan", lut.device.type)[1]
+    _nan_check(impl, lut)
+    return impl(lut, blocks, n, k, largest)
 
 
 adc_topk_fastscan = torch.library.custom_op("sqret::adc_topk_fastscan", adc_topk_fastscan_impl, mutates_args=())

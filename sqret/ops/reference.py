@@ -310,22 +310,25 @@ def adc_topk(lut: torch.Tensor, codes: torch.Tensor, k: int, largest: bool, pack
     return pad_topk(best_v, best_i, k, largest)
 
 
+FASTSCAN_BLOCK = 64  # codes per fast-scan block
+
+
 def fastscan_pack(codes: torch.Tensor, M: int) -> torch.Tensor:
-    """Codes [N, M] in [0, 16) -> fast-scan blocks [ceil(N/32), M, 16] uint8: byte j of (block b, sub-space
-    m) holds vector 32b+j in the low nibble and vector 32b+16+j in the high nibble (zero past N)."""
-    N = codes.shape[0]
-    nb = (N + 31) // 32
-    c = torch.zeros((nb * 32, M), dtype=torch.uint8, device=codes.device)
+    """Codes [N, M] in [0, 16) -> fast-scan blocks [ceil(N/64), M, 32] uint8: byte j of (block b, sub-space
+    m) holds vector 64b+j in the low nibble and vector 64b+32+j in the high nibble (zero past N)."""
+    N, B = codes.shape[0], FASTSCAN_BLOCK
+    nb = (N + B - 1) // B
+    c = torch.zeros((nb * B, M), dtype=torch.uint8, device=codes.device)
     c[:N] = codes
-    c = c.view(nb, 2, 16, M)
+    c = c.view(nb, 2, B // 2, M)
     return (c[:, 0] | (c[:, 1] << 4)).transpose(1, 2).contiguous()
 
 
 def fastscan_unpack(blocks: torch.Tensor, n: int) -> torch.Tensor:
-    """Fast-scan blocks [nb, M, 16] -> codes [n, M] uint8."""
+    """Fast-scan blocks [nb, M, 32] -> codes [n, M] uint8."""
     nb, M, _ = blocks.shape
-    both = torch.stack((blocks & 15, blocks >> 4), dim=2)  # [nb, M, 2, 16]
-    return both.permute(0, 2, 3, 1).reshape(nb * 32, M)[:n]
+    both = torch.stack((blocks & 15, blocks >> 4), dim=2)  # [nb, M, 2, 32]
+    return both.permute(0, 2, 3, 1).reshape(nb * FASTSCAN_BLOCK, M)[:n]
 
 
 def adc_topk_fastscan(lut: torch.Tensor, blocks: torch.Tensor, n: int, k: int, largest: bool):
