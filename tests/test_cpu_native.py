@@ -206,3 +206,64 @@ def test_ivf_search_equals_reference(metric, M, K, k):
     got, want = both(lambda: ops.ivf_search(q, cen, cb, codes, ids, probes, k, metric))
     assert_same(got, want)
     assert (got[1] >= 0).sum() > 0
+
+
+@pytest.mark.parametrize("nbits", [4, 8])
+@pytest.mark.parametrize("metric", ["l2", "ip", "cos"])
+@pytest.mark.parametrize("Q,N,k", [(1, 3000, 10), (5, 777, 40), (3, 70, 100), (2, 0, 3), (0, 50, 5)])
+def test_pq_search_equals_lut_then_scan(nbits, metric, Q, N, k):
+    """One native call (tables built inside the scan) gives exactly build_lut + adc_topk; with integer data
+    (exact in any summation order) it also equals the reference, ties by smaller id."""
+    rng = np.random.default_rng(Q * 100 + N + nbits)
+    M, K, dsub = 6, 1 << nbits, 3
+    C = torch.from_numpy(rng.integers(-2, 3, (M, K, dsub)).astype(np.float32))
+    q = torch.from_numpy(rng.integers(-3, 4, (Q, M * dsub)).astype(np.float32))
+    codes = torch.from_numpy(rng.integers(0, K, (N, M)).astype(np.uint8))
+    stored = ops.fastscan_pack(codes) if nbits == 4 else codes
+    ids = torch.from_numpy(rng.permutation(N).astype(np.int64))
+    for n_threads in (1, 2):
+        with threads(n_threads), sqret.use_backend("cpu_native"):
+            got = ops.pq_search(q, C, stored, k, metric, ids=ids)
+            lut = ops.build_lut(q, C, metric)
+            assert_same(got, ops.adc_topk(lut, stored, k, largest=ops.largest_for(metric), ids=ids))
+    if metric != "cos":  # cosine normalizes: not integer-exact
+        with sqret.use_backend("reference"):
+            assert_same(got, ops.pq_search(q, C, stored, k, metric, ids=ids))
+
+
+def test_pq_search_bad_input():
+    C = torch.randn(4, 16, 2)
+    codes = torch.randint(0, 16, (100, 4), dtype=torch.uint8)
+    q = torch.randn(3, 8)
+    with sqret.use_backend("cpu_native"):
+        bad = q.clone()
+        bad[1, 2] = float("nan")
+        for stored in (codes, ops.fastscan_pack(codes)):
+            with pytest.raises(ValueError, match="NaN"):
+                ops.pq_search(bad, C, stored, 5)
+            with pytest.raises(ValueError, match="features"):
+                ops.pq_search(torch.randn(3, 7), C, stored, 5)
+            with pytest.raises(ValueError, match="k must be >= 1"):
+                ops.pq_search(q, C, stored, 0)
+        with pytest.raises(ValueError, match="codes must lie"):
+            ops.pq_search(q, C, torch.full((5, 4), 16, dtype=torch.uint8), 1)
+        with pytest.raises(ValueError, match="fast-scan codes need K = 16"):
+            ops.pq_search(torch.randn(3, 8), torch.randn(4, 32, 2), ops.fastscan_pack(codes), 1)
+        wrong = ops.FastScanCodes(ops.fastscan_pack(codes).blocks, 200)
+        with pytest.raises(ValueError, match="fast-scan blocks for n = 200"):
+            ops.pq_search(q, C, wrong, 1)
+
+
+def test_fast_scan_warm_up_cap_keeps_late_ties():
+    """The scan caps the quantized sums from the first blocks before any exact distance: codes after
+    them that tie with the best exactly (and lose only on id) or beat them must still be found."""
+    lut = torch.zeros(2, 4, 16)
+    lut[:, :, 1:] = torch.arange(1, 16, dtype=torch.float32) * 10
+    codes = torch.full((5000, 4), 3, dtype=torch.uint8)  # the first blocks: distance 120
+    codes[4000:4020] = 0  # distance 0, late
+    codes[300:310] = 1  # distance 40
+    codes[4500:4510] = 1  # ties with them, later ids
+    for level in LEVELS:
+        with simd(level):
+            for k in (5, 10, 25, 40):
+                assert_same(*both(lambda: ops.adc_topk(lut, ops.fastscan_pack(codes), k)))  # noqa: B023

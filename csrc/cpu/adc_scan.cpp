@@ -205,6 +205,29 @@ template void adc_topk_codes<int16_t>(const float*, int64_t, int64_t, int64_t, c
 template void adc_topk_codes<int32_t>(const float*, int64_t, int64_t, int64_t, const int32_t*, int64_t, int64_t, int,
                                       float*, int64_t*);
 
+void pq_search(const float* x, int64_t Q, const float* codebooks, int64_t M, int64_t K, int64_t d, int metric,
+               bool negate, const void* codes, int code_bytes, int64_t N, int64_t k, int nthreads, float* out_d,
+               int64_t* out_i) {
+  if (code_bytes == 0 && K != 16) throw std::invalid_argument("pq_search: fast-scan codes need K = 16");
+  std::vector<float> lut(static_cast<size_t>(std::max<int64_t>(Q, 0) * M * K));
+  build_lut(x, Q, codebooks, M, K, d, metric, lut.data(), nthreads);
+  if (negate)
+    for (float& v : lut) v = -v;
+  const float* L = lut.data();
+  switch (code_bytes) {
+    case 0:
+      return adc_topk_fastscan(L, Q, M, static_cast<const uint8_t*>(codes), N, k, nthreads, out_d, out_i);
+    case 1:
+      return adc_topk_codes(L, Q, M, K, static_cast<const uint8_t*>(codes), N, k, nthreads, out_d, out_i);
+    case 2:
+      return adc_topk_codes(L, Q, M, K, static_cast<const int16_t*>(codes), N, k, nthreads, out_d, out_i);
+    case 4:
+      return adc_topk_codes(L, Q, M, K, static_cast<const int32_t*>(codes), N, k, nthreads, out_d, out_i);
+    default:
+      throw std::invalid_argument("pq_search: codes must be 1, 2 or 4 bytes wide, or fast-scan blocks (0)");
+  }
+}
+
 // exported for fastscan.cpp
 void merge_partial(const TaskPlan& p, int64_t Q, int64_t k, std::vector<std::vector<TopK>>& partial, float* out_d,
                    int64_t* out_i, int nthreads) {

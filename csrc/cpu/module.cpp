@@ -92,6 +92,15 @@ PYBIND11_MODULE(_cpu, m) {
       },
       "distance tables: x [Q, M*d], codebooks [M, K, d] float32 -> out [Q, M, K]; metric 0 l2, 1 ip, 2 l2_sqrt");
   m.def(
+      "pq_search",
+      [](uintptr_t x, int64_t Q, uintptr_t codebooks, int64_t M, int64_t K, int64_t d, int metric, bool negate,
+         uintptr_t codes, int code_bytes, int64_t N, int64_t k, int nthreads, uintptr_t out_d, uintptr_t out_i) {
+        py::gil_scoped_release release;
+        pq_search(ptr<const float>(x), Q, ptr<const float>(codebooks), M, K, d, metric, negate,
+                  ptr<const void>(codes), code_bytes, N, k, nthreads, ptr<float>(out_d), ptr<int64_t>(out_i));
+      },
+      "ADC search from raw queries: tables of x [Q, M*d] built and scanned in one call; code_bytes 0 = fast-scan");
+  m.def(
       "encode",
       [](uintptr_t x, int64_t N, uintptr_t codebooks, int64_t M, int64_t K, int64_t d, int metric, uintptr_t codes,
          int nthreads) {

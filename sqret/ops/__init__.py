@@ -39,6 +39,7 @@ register(
             "adc_topk",
             "adc_topk_fastscan",
             "ivf_search",
+            "pq_search",
         )
     },
     priority=0,
@@ -66,6 +67,7 @@ __all__ = [
     "ivf_search",
     "largest_for",
     "pack4",
+    "pq_search",
     "residual_decode",
     "residual_encode",
     "select",
@@ -284,15 +286,60 @@ def adc_topk(
         total = codes.shape[0]
     else:
         v, pos, total = _stream_topk(lut, codes, k, largest, packed)
+    return v, _map_ids(pos, ids, total)
+
+
+def _map_ids(pos: Tensor, ids: CodesLike | None, total: int) -> Tensor:
+    """Positions [Q, k] (-1: none) -> labels ids[pos] (int64 [total]); positions themselves when ids is None."""
     if ids is None:
-        return v, pos
-    labels = _as_tensor(ids, "ids", lut.device)
+        return pos
+    labels = _as_tensor(ids, "ids", pos.device)
     if labels.dtype != torch.int64 or labels.dim() != 1 or labels.shape[0] != total:
         raise ValueError(
             f"ids must be int64 [N = {total}], got {str(labels.dtype).replace('torch.', '')} {tuple(labels.shape)}"
         )
     mapped = labels[pos.clamp_min(0)] if total else torch.full_like(pos, -1)
-    return v, torch.where(pos >= 0, mapped, torch.full_like(mapped, -1))
+    return torch.where(pos >= 0, mapped, torch.full_like(mapped, -1))
+
+
+def pq_search(
+    queries: Tensor,
+    codebooks: Tensor,
+    codes: CodesLike | FastScanCodes | Sequence[CodesLike] | Iterable[CodesLike],
+    k: int,
+    metric: str = "l2",
+    *,
+    packed: bool = False,
+    ids: CodesLike | None = None,
+    check_finite: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Best k codes per raw query [Q, D] by ADC: the result of
+    ``adc_topk(build_lut(queries, codebooks, metric), codes, k, largest=largest_for(metric), ...)``.
+
+    The native CPU backend builds the tables inside the scan, in one call and without a [Q, M, K] tensor
+    (what single queries and small databases need); elsewhere this is those two ops.
+    """
+    library.check_lut(queries, codebooks, metric)
+    fused = isinstance(codes, FastScanCodes) or (isinstance(codes, Tensor) and not packed)
+    name, impl = registry.select("pq_search", queries.device.type)
+    if fused and name != "reference":  # the reference is the composition below, op by op on the best backend
+        k = checks.topk_k(k)
+        if check_finite:
+            checks.finite(queries, "queries"), checks.finite(codebooks, "codebooks")
+        M, K, _ = codebooks.shape
+        if isinstance(codes, FastScanCodes):
+            data, n, total = codes.blocks, codes.n, codes.n
+            library.check_blocks(data, n, M, K)
+        else:
+            data, n, total = codes, None, codes.shape[0]
+            checks.codes(codes, M, K, False)
+            checks.code_range(codes, K, False)
+        checks.same_device(("queries", queries), ("codes", data))
+        out = impl(queries, codebooks, data, n, k, checks.metric(metric, LUT_METRICS))
+        if out is not NotImplemented:
+            return out[0], _map_ids(out[1], ids, total)
+    lut = build_lut(queries, codebooks, metric, check_finite=check_finite)
+    return adc_topk(lut, codes, k, largest=largest_for(metric), packed=packed, ids=ids, check_finite=check_finite)
 
 
 def _stream_topk(lut, chunks, k, largest, packed):

@@ -30,6 +30,10 @@ def _threads() -> int:
     return max(1, torch.get_num_threads())
 
 
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float32 else t.to(torch.float32)
+
+
 def _outputs(Q: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.empty((Q, k), dtype=torch.float32), torch.empty((Q, k), dtype=torch.int64)
 
@@ -95,6 +99,29 @@ def build_lut(q: torch.Tensor, codebooks: torch.Tensor, metric: str, dtype: torc
     return out if dtype in (None, torch.float32) else out.to(dtype)
 
 
+def pq_search(queries: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor, n: int | None, k: int, metric: str):
+    """Tables and scan in one native call (no LUT tensor); NotImplemented where the composed ops serve better."""
+    if torch.float64 in (queries.dtype, codebooks.dtype) or (n is None and codes.dtype not in _WIDTH):
+        return NotImplemented
+    M, K, d = codebooks.shape
+    xs, C = _f32(queries), _f32(codebooks)
+    if metric == "cos":
+        xs, C = reference.cosine_inputs(xs, C)
+    xs, C, c = xs.contiguous(), C.contiguous(), codes.contiguous()
+    Q, N = xs.shape[0], c.shape[0] if n is None else n
+    v, i = _outputs(Q, k)
+    if Q:
+        try:
+            _cpu.pq_search(xs.data_ptr(), Q, C.data_ptr(), M, K, d, _LUT_METRIC[metric], metric in ("ip", "cos"),
+                           c.data_ptr() if N else 1, _WIDTH[c.dtype] if n is None else 0, N, k, _threads(),
+                           v.data_ptr(), i.data_ptr())
+        except ValueError as err:
+            if "NaN" in str(err):
+                raise ValueError("the distance tables contain NaN: check the queries and codebooks") from None
+            raise
+    return _finish(v, i, metric in ("ip", "cos"))
+
+
 def encode(x: torch.Tensor, codebooks: torch.Tensor, metric: str) -> torch.Tensor:
     M, K, d = codebooks.shape
     if x.dtype == torch.float64 or codebooks.dtype == torch.float64 or d >= 32:
@@ -157,6 +184,7 @@ if _cpu is not None:
             "build_lut": build_lut,
             "encode": encode,
             "ivf_search": ivf_search,
+            "pq_search": pq_search,
         },
         priority=10,
     )

@@ -244,6 +244,13 @@ def _(lut, codes, k, largest=False, packed=False):
 
 def check_fastscan(lut, blocks, n, k) -> None:
     _, M, K = checks.lut(lut)
+    check_blocks(blocks, n, M, K)
+    checks.topk_k(k)
+    checks.same_device(("lut", lut), ("blocks", blocks))
+
+
+def check_blocks(blocks, n: int, M: int, K: int) -> None:
+    """Fast-scan blocks holding n codes of M sub-spaces (K must be 16)."""
     if K != 16:
         raise ValueError(f"fast-scan codes need K = 16 codewords, got K = {K}")
     checks.tensor(blocks, "blocks", 3, (torch.uint8,))
@@ -252,8 +259,6 @@ def check_fastscan(lut, blocks, n, k) -> None:
     if tuple(blocks.shape) != (nb, M, B // 2):
         want, got = (nb, M, B // 2), tuple(blocks.shape)
         raise ValueError(f"fast-scan blocks for n = {n} codes, M = {M} must be {list(want)}, got {list(got)}")
-    checks.topk_k(k)
-    checks.same_device(("lut", lut), ("blocks", blocks))
 
 
 def adc_topk_fastscan_impl(

@@ -336,6 +336,15 @@ def adc_topk_fastscan(lut: torch.Tensor, blocks: torch.Tensor, n: int, k: int, l
     return adc_topk(lut, fastscan_unpack(blocks, n), k, largest, False)
 
 
+def pq_search(queries: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor, n: int | None, k: int, metric: str):
+    """adc_topk of build_lut(queries): codes [N, M], or fast-scan blocks holding n codes when n is not None."""
+    lut = build_lut(queries, codebooks, metric, None)
+    largest = metric in ("ip", "cos")
+    if n is None:
+        return adc_topk(lut, codes, k, largest, False)
+    return adc_topk_fastscan(lut, codes, n, k, largest)
+
+
 def ivf_search(queries, centroids, codebooks, codes, ids, probes, k: int, metric: str, addresses=None,
                precomputed=None):
     """IVF-PQ search: (values [Q, k], ids [Q, k]) over the lists in probes [Q, nprobe] (-1: none).

@@ -41,6 +41,7 @@ class BackendInfo:
 
 
 _registry: dict[str, _Backend] = {name: _Backend(name) for name in KNOWN}
+_choice: dict[tuple[str, str], tuple[str, Callable]] = {}  # select()'s answers until the registry changes
 
 
 def _check_name(name: str, where: str) -> str:
@@ -59,12 +60,14 @@ def register(
     the automatic choice takes the highest ``priority`` (an int, or one per device type)."""
     _check_name(name, "register")
     _registry[name] = _Backend(name, tuple(devices), dict(impls), priority, None)
+    _choice.clear()
 
 
 def mark_unavailable(name: str, reason: str) -> None:
     """Record why backend ``name`` cannot be used on this machine (reported by :func:`backends`)."""
     _check_name(name, "mark_unavailable")
     _registry[name] = _Backend(name, reason=reason)
+    _choice.clear()
 
 
 def backends() -> list[BackendInfo]:
@@ -87,6 +90,7 @@ def set_backend(name: str | None) -> None:
     if name != AUTO and _registry[name].reason is not None:
         raise RuntimeError(f"set_backend: backend {name!r} is unavailable: {_registry[name].reason}")
     _forced = name
+    _choice.clear()
 
 
 @contextlib.contextmanager
@@ -106,6 +110,13 @@ def _serves(b: _Backend, device_type: str) -> bool:
 
 def select(op: str, device_type: str) -> tuple[str, Callable]:
     """The backend name and implementation that run ``op`` on ``device_type`` now."""
+    found = _choice.get((op, device_type))
+    if found is None:
+        found = _choice[(op, device_type)] = _select(op, device_type)
+    return found
+
+
+def _select(op: str, device_type: str) -> tuple[str, Callable]:
     if _forced != AUTO:
         b = _registry[_forced]
         if b.reason is not None:
