@@ -188,6 +188,16 @@ __attribute__((target("avx2"))) inline void fix_even(Sums& s) {
   s.e_hi = _mm256_sub_epi16(s.e_hi, _mm256_slli_epi16(s.o_hi, 8));
 }
 
+// The quantized sums of one block, one row at a time (AVX2).
+__attribute__((target("avx2"))) inline Sums block_sums(const uint8_t* tab, const uint8_t* blk, int64_t M) {
+  Sums s{_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+  for (int64_t m = 0; m < M; ++m)
+    add_row(s, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + m * kRow)),
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tab + m * 32)));
+  fix_even(s);
+  return s;
+}
+
 // 16 lanes <= t (unsigned) -> 16 mask bits, with AVX2 only.
 __attribute__((target("avx2,bmi2"))) inline uint32_t le_mask(__m256i a, __m256i t) {
   __m256i le = _mm256_cmpeq_epi16(_mm256_max_epu16(a, t), t);
@@ -209,11 +219,7 @@ __attribute__((target("avx2,bmi2"))) void scan_avx2(const QuantLut& ql, const fl
   const uint8_t* tab = ql.q.data();
   for (int64_t b = b0; b < b1 && qthr >= 0; ++b) {
     const uint8_t* blk = blocks + b * M * kRow;
-    Sums s{_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
-    for (int64_t m = 0; m < M; ++m)
-      add_row(s, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + m * kRow)),
-              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tab + m * 32)));
-    fix_even(s);
+    Sums s = block_sums(tab, blk, M);
     const __m256i t = _mm256_set1_epi16(static_cast<short>(static_cast<uint16_t>(qthr)));
     uint64_t mask = interleave(le_mask(s.e_lo, t), le_mask(s.o_lo, t), le_mask(s.e_hi, t), le_mask(s.o_hi, t));
     if (mask) rerank(mask, ql, L, M, blk, b * kB, N, tk, qthr, qcap, exact16_avx2);
@@ -238,11 +244,7 @@ __attribute__((target("avx2,bmi2"))) int warm_cap(const QuantLut& ql, int64_t M,
   const uint8_t* tab = ql.q.data();
   for (int64_t i = 0; i < nb; ++i) {
     const uint8_t* blk = blocks + (b0 + i) * M * kRow;
-    Sums s{_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
-    for (int64_t m = 0; m < M; ++m)
-      add_row(s, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + m * kRow)),
-              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tab + m * 32)));
-    fix_even(s);
+    Sums s = block_sums(tab, blk, M);
     __m256i* out = reinterpret_cast<__m256i*>(v + i * kB);
     _mm256_store_si256(out, s.e_lo);
     _mm256_store_si256(out + 1, s.o_lo);

@@ -106,6 +106,12 @@ def finite(t: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} contains NaN or inf")
 
 
+def no_nan(t: torch.Tensor, name: str) -> None:
+    """Data check: no NaN in t (inf is allowed)."""
+    if bool(torch.isnan(t).any()):
+        raise ValueError(f"{name} contains NaN")
+
+
 def lut(t: object) -> tuple[int, int, int]:
     tensor(t, "lut", 3, FLOATS)
     return tuple(t.shape)  # type: ignore[union-attr,return-value]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import reference
+from . import checks, reference
 from .checks import code_dtype
 from .registry import mark_unavailable, register
 
@@ -21,7 +21,8 @@ except ImportError as err:  # not built: pure-Python install, or no compiler
 else:
     if getattr(_cpu, "FASTSCAN_BLOCK", None) != reference.FASTSCAN_BLOCK:  # a stale build of another layout
         _cpu = None
-        mark_unavailable("cpu_native", "sqret._cpu is stale (fast-scan layout differs): rebuild it (make install)")
+        mark_unavailable("cpu_native", "sqret._cpu is stale (fast-scan layout differs): rebuild it "
+                                       "(pip install -e ., as make test does)")
 
 _WIDTH = {torch.uint8: 1, torch.int16: 2, torch.int32: 4}
 
@@ -32,6 +33,14 @@ def _threads() -> int:
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float32 else t.to(torch.float32)
+
+
+def _lut_inputs(q: torch.Tensor, codebooks: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Queries and codebooks as the native table builder takes them: float32, contiguous, cosine-normalized."""
+    xs, C = _f32(q), _f32(codebooks)
+    if metric == "cos":
+        xs, C = reference.cosine_inputs(xs, C)
+    return xs.contiguous(), C.contiguous()
 
 
 def _outputs(Q: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,8 +59,7 @@ def _finish(v: torch.Tensor, i: torch.Tensor, largest: bool):
 
 def adc_topk(lut: torch.Tensor, codes: torch.Tensor, k: int, largest: bool, packed: bool):
     if lut.dtype == torch.float64:  # float64 results are the reference's job
-        if bool(torch.isnan(lut).any()):
-            raise ValueError("lut contains NaN")
+        checks.no_nan(lut, "lut")
         return reference.adc_topk(lut, codes, k, largest, packed)
     Q, M, K = lut.shape
     N = codes.shape[0]
@@ -88,10 +96,7 @@ def build_lut(q: torch.Tensor, codebooks: torch.Tensor, metric: str, dtype: torc
     if torch.float64 in (q.dtype, codebooks.dtype):
         return reference.build_lut(q, codebooks, metric, dtype)
     M, K, d = codebooks.shape
-    xs, C = q.to(torch.float32), codebooks.to(torch.float32)
-    if metric == "cos":
-        xs, C = reference.cosine_inputs(xs, C)
-    xs, C = xs.contiguous(), C.contiguous()
+    xs, C = _lut_inputs(q, codebooks, metric)
     out = torch.empty((q.shape[0], M, K), dtype=torch.float32)
     if q.shape[0]:
         args = (xs.data_ptr(), q.shape[0], C.data_ptr(), M, K, d, _LUT_METRIC[metric], out.data_ptr())
@@ -104,22 +109,20 @@ def pq_search(queries: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tenso
     if torch.float64 in (queries.dtype, codebooks.dtype) or (n is None and codes.dtype not in _WIDTH):
         return NotImplemented
     M, K, d = codebooks.shape
-    xs, C = _f32(queries), _f32(codebooks)
-    if metric == "cos":
-        xs, C = reference.cosine_inputs(xs, C)
-    xs, C, c = xs.contiguous(), C.contiguous(), codes.contiguous()
+    xs, C = _lut_inputs(queries, codebooks, metric)
+    c, largest = codes.contiguous(), metric in ("ip", "cos")
     Q, N = xs.shape[0], c.shape[0] if n is None else n
     v, i = _outputs(Q, k)
     if Q:
         try:
-            _cpu.pq_search(xs.data_ptr(), Q, C.data_ptr(), M, K, d, _LUT_METRIC[metric], metric in ("ip", "cos"),
+            _cpu.pq_search(xs.data_ptr(), Q, C.data_ptr(), M, K, d, _LUT_METRIC[metric], largest,
                            c.data_ptr() if N else 1, _WIDTH[c.dtype] if n is None else 0, N, k, _threads(),
                            v.data_ptr(), i.data_ptr())
         except ValueError as err:
             if "NaN" in str(err):
                 raise ValueError("the distance tables contain NaN: check the queries and codebooks") from None
             raise
-    return _finish(v, i, metric in ("ip", "cos"))
+    return _finish(v, i, largest)
 
 
 def encode(x: torch.Tensor, codebooks: torch.Tensor, metric: str) -> torch.Tensor:

@@ -207,8 +207,8 @@ def _(q, codebooks, metric, dtype=None):
 
 def _nan_check(impl, lut: Tensor) -> None:
     """A NaN in the LUT is an error; implementations marked ``checks_nan`` test it in their own pass."""
-    if not getattr(impl, "checks_nan", False) and bool(torch.isnan(lut).any()):
-        raise ValueError("lut contains NaN")
+    if not getattr(impl, "checks_nan", False):
+        checks.no_nan(lut, "lut")
 
 
 def check_adc(lut, codes, k, packed) -> None:
