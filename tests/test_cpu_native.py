@@ -254,16 +254,35 @@ def test_pq_search_bad_input():
             ops.pq_search(q, C, wrong, 1)
 
 
-def test_fast_scan_warm_up_cap_keeps_late_ties():
-    """The scan caps the quantized sums from the first blocks before any exact distance: codes after
-    them that tie with the best exactly (and lose only on id) or beat them must still be found."""
+def test_fast_scan_group_cap_keeps_late_ties():
+    """Each tile's re-rank is capped by the k-th smallest of the per-group minima of the quantized sums seen
+    so far: codes in later tiles that tie with the best exactly (and lose only on id) or beat them must
+    still be found, for k below, at and above the number of groups (64 per 64 <= k <= 256; none past)."""
     lut = torch.zeros(2, 4, 16)
     lut[:, :, 1:] = torch.arange(1, 16, dtype=torch.float32) * 10
-    codes = torch.full((5000, 4), 3, dtype=torch.uint8)  # the first blocks: distance 120
-    codes[4000:4020] = 0  # distance 0, late
+    codes = torch.full((40000, 4), 3, dtype=torch.uint8)  # the first tiles: distance 120
+    codes[35000:35020] = 0  # distance 0, late
     codes[300:310] = 1  # distance 40
-    codes[4500:4510] = 1  # ties with them, later ids
+    codes[37000:37300] = 1  # ties with them, later ids
+    codes[39990:] = 2  # distance 80 in the last, partial block
     for level in LEVELS:
         with simd(level):
-            for k in (5, 10, 25, 40):
+            for k in (1, 5, 10, 25, 40, 64, 65, 200, 256, 257, 400):
                 assert_same(*both(lambda: ops.adc_topk(lut, ops.fastscan_pack(codes), k)))  # noqa: B023
+
+
+def test_fast_scan_cap_allows_for_rounding():
+    """A code whose quantized sum is above the k-th smallest (its entries rounded up, the other's down) can
+    still be exactly closer: the cap on the quantized sums must leave room for the rounding."""
+    lut = torch.full((1, 2, 16), 255.0)
+    lut[0, 0, [0, 2, 3]] = torch.tensor([0.0, 1.4, 0.6])  # scale a = 1: 1.4 -> 1, 0.6 -> 1
+    lut[0, 1, [0, 2]] = torch.tensor([0.0, 0.6])
+    codes = torch.ones((1000, 2), dtype=torch.uint8)  # distance 510
+    codes[10] = torch.tensor([3, 2])  # exact 1.2, quantized 2
+    codes[500] = torch.tensor([2, 0])  # exact 1.4, quantized 1
+    for level in LEVELS:
+        with simd(level):
+            for k in (1, 2):
+                got, want = both(lambda: ops.adc_topk(lut, ops.fastscan_pack(codes), k))  # noqa: B023
+                assert_same(got, want)
+                assert got[1][0, 0] == 10

@@ -1,4 +1,5 @@
 // ADC scan fused with top-k for byte (or wider) codes, query-blocked, OpenMP over (query block, code range).
+#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -39,6 +40,30 @@ static Simd initial_simd() {
 static Simd g_simd = initial_simd();
 
 Simd active_simd() { return g_simd; }
+
+namespace {
+
+bool has_nan_scalar(const float* p, int64_t n) {
+  bool nan = false;
+  for (int64_t i = 0; i < n; ++i) nan |= p[i] != p[i];
+  return nan;
+}
+
+__attribute__((target("avx2"))) bool has_nan_avx2(const float* p, int64_t n) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(p + i);
+    acc = _mm256_or_ps(acc, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  }
+  return _mm256_movemask_ps(acc) != 0 || has_nan_scalar(p + i, n - i);
+}
+
+}  // namespace
+
+bool has_nan(const float* p, int64_t n) {
+  return g_simd == Simd::scalar ? has_nan_scalar(p, n) : has_nan_avx2(p, n);
+}
 
 void set_simd(Simd s) {
   if (static_cast<int>(s) > static_cast<int>(best_simd()))

@@ -43,36 +43,52 @@ inline float exact_in_block(const float* L, int64_t M, const uint8_t* blk, int j
   return d;
 }
 
+// Horizontal min / max of 8 floats.
+__attribute__((target("avx2"))) inline float hmin(__m256 v) {
+  __m128 x = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = _mm_min_ps(x, _mm_movehl_ps(x, x));
+  return _mm_cvtss_f32(_mm_min_ss(x, _mm_movehdup_ps(x)));
+}
+__attribute__((target("avx2"))) inline float hmax(__m256 v) {
+  __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+  return _mm_cvtss_f32(_mm_max_ss(x, _mm_movehdup_ps(x)));
+}
+
 struct QuantLut {
   std::vector<uint8_t> q;  // [M][32]: each sub-space's 16 entries twice (one per 128-bit lane), + padding
   double a = 1.0, inv_a = 1.0, bias = 0.0, emax = 0.0;
 
-  QuantLut(const float* L, int64_t M) : q(static_cast<size_t>(M * 32 + 64), 0) {
+  // AVX2 (only the SIMD scans use it). Entries are quantized in float: (L - min) * (1 / a) is within
+  // 3 * 2^-24 * 255 < 1e-4 of the exact (L - min) / a, which the bound's 0.5 + 1e-4 per sub-space covers.
+  __attribute__((target("avx2"))) QuantLut(const float* L, int64_t M) : q(static_cast<size_t>(M * 32 + 64), 0) {
     std::vector<float> mins(M);
-    double range = 0.0, absmax_sum = 0.0;
+    float range = 0.f, absmax_sum = 0.f;
+    const __m256 sign = _mm256_set1_ps(-0.f);
     for (int64_t m = 0; m < M; ++m) {
-      float mn = L[m * 16], mx = L[m * 16], am = 0.f;
-      for (int j = 0; j < 16; ++j) {
-        mn = std::min(mn, L[m * 16 + j]);
-        mx = std::max(mx, L[m * 16 + j]);
-        am = std::max(am, std::fabs(L[m * 16 + j]));
-      }
+      const __m256 lo = _mm256_loadu_ps(L + m * 16), hi = _mm256_loadu_ps(L + m * 16 + 8);
+      const float mn = hmin(_mm256_min_ps(lo, hi)), mx = hmax(_mm256_max_ps(lo, hi));
+      absmax_sum += hmax(_mm256_max_ps(_mm256_andnot_ps(sign, lo), _mm256_andnot_ps(sign, hi)));
       mins[m] = mn;
       bias += mn;
-      range = std::max(range, static_cast<double>(mx) - mn);
-      absmax_sum += am;
+      range = std::max(range, mx - mn);
     }
-    a = range > 0 ? range / 255.0 : 1.0;
-    inv_a = 1.0 / a;  // multiplies instead of divides: the error is far below a / 2 and the +1 slack below
+    a = range > 0 ? static_cast<double>(range) / 255.0 : 1.0;
+    inv_a = 1.0 / a;
+    const __m256 s = _mm256_set1_ps(static_cast<float>(inv_a)), top = _mm256_set1_ps(255.f);
     for (int64_t m = 0; m < M; ++m) {
-      const double mn = mins[m];
-      for (int j = 0; j < 16; ++j) {
-        const double v = std::min(255.0, std::max(0.0, (static_cast<double>(L[m * 16 + j]) - mn) * inv_a));
-        q[m * 32 + j] = q[m * 32 + 16 + j] = static_cast<uint8_t>(v + 0.5);  // round to nearest, v >= 0
-      }
+      const __m256 mn = _mm256_set1_ps(mins[m]);
+      __m256i lo = _mm256_cvtps_epi32(_mm256_min_ps(top, _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(L + m * 16), mn), s)));
+      __m256i hi =
+          _mm256_cvtps_epi32(_mm256_min_ps(top, _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(L + m * 16 + 8), mn), s)));
+      __m256i w = _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xd8);  // 16 uint16 in order
+      __m128i b = _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(&q[m * 32]), b);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(&q[m * 32 + 16]), b);
     }
-    // rounding of the quantization (a/2 per sub-space) + float32 rounding of the exact sum and of the bound
-    emax = M * a * 0.5 * (1 + 1e-6) + 4.0 * M * 1.2e-7 * (absmax_sum + std::fabs(bias)) + 1e-30;
+    // rounding of the quantization (a/2 per sub-space, + the float slack above) + float32 rounding of the
+    // exact sum and of the bound
+    emax = M * a * (0.5 + 1e-4) + 4.0 * M * 1.2e-7 * (absmax_sum + std::fabs(bias)) + 1e-30;
   }
 
   // Largest Qsum whose lower bound can still enter a top-k whose k-th best is thr.
@@ -212,68 +228,32 @@ __attribute__((target("bmi2"))) inline uint64_t interleave(uint32_t even_lo, uin
   return lo | (hi << 32);
 }
 
-__attribute__((target("avx2,bmi2"))) void scan_avx2(const QuantLut& ql, const float* L, TopK& tk, int qcap,
-                                                    int64_t M, const uint8_t* blocks, int64_t b0, int64_t b1,
-                                                    int64_t N) {
-  int qthr = std::min(ql.qthreshold(tk), qcap);
-  const uint8_t* tab = ql.q.data();
-  for (int64_t b = b0; b < b1 && qthr >= 0; ++b) {
-    const uint8_t* blk = blocks + b * M * kRow;
-    Sums s = block_sums(tab, blk, M);
-    const __m256i t = _mm256_set1_epi16(static_cast<short>(static_cast<uint16_t>(qthr)));
-    uint64_t mask = interleave(le_mask(s.e_lo, t), le_mask(s.o_lo, t), le_mask(s.e_hi, t), le_mask(s.o_hi, t));
-    if (mask) rerank(mask, ql, L, M, blk, b * kB, N, tk, qthr, qcap, exact16_avx2);
-  }
+__attribute__((target("avx2"))) inline void store_sums(uint16_t* out, const Sums& s) {
+  __m256i* o = reinterpret_cast<__m256i*>(out);
+  _mm256_storeu_si256(o, s.e_lo);
+  _mm256_storeu_si256(o + 1, s.o_lo);
+  _mm256_storeu_si256(o + 2, s.e_hi);
+  _mm256_storeu_si256(o + 3, s.o_hi);
+}
+
+// Pass 1 over a tile: the quantized sums of blocks [c0, c1) into sums (64 per block, in lane order: codes
+// 0, 2, .., 30 | 1, 3, .., 31 | 32, 34, .., 62 | 33, 35, .., 63).
+__attribute__((target("avx2"))) void tile_sums_avx2(const uint8_t* tab, int64_t M, const uint8_t* blocks, int64_t c0,
+                                                    int64_t c1, uint16_t* sums) {
+  for (int64_t b = c0; b < c1; ++b) store_sums(sums + (b - c0) * kB, block_sums(tab, blocks + b * M * kRow, M));
 }
 
 __attribute__((target("avx512f,avx2"))) inline __m256i fold(__m512i v) {
   return _mm256_add_epi16(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
 }
 
-// A cap on the quantized sums worth a look, from the first blocks of a range, before any exact distance:
-// with Qk the k-th smallest quantized sum there, k codes have exact distances <= U = bias + a Qk + emax,
-// so a code whose lower bound bias + a Qsum - emax exceeds U is worse than k others. Returns the largest
-// Qsum within that bound (65535: no cap, when the first full blocks hold fewer than k codes).
-__attribute__((target("avx2,bmi2"))) int warm_cap(const QuantLut& ql, int64_t M, const uint8_t* blocks, int64_t b0,
-                                                  int64_t b1, int64_t N, int64_t k) {
-  constexpr int64_t kWarm = 4;  // blocks sampled
-  int64_t nb = 0;
-  while (nb < kWarm && b0 + nb < b1 && (b0 + nb + 1) * kB <= N) ++nb;  // full blocks only: no padding
-  if (nb * kB < k) return 65535;
-  alignas(32) uint16_t v[kWarm * kB];
-  const uint8_t* tab = ql.q.data();
-  for (int64_t i = 0; i < nb; ++i) {
-    const uint8_t* blk = blocks + (b0 + i) * M * kRow;
-    Sums s = block_sums(tab, blk, M);
-    __m256i* out = reinterpret_cast<__m256i*>(v + i * kB);
-    _mm256_store_si256(out, s.e_lo);
-    _mm256_store_si256(out + 1, s.o_lo);
-    _mm256_store_si256(out + 2, s.e_hi);
-    _mm256_store_si256(out + 3, s.o_hi);
-  }
-  int lo = 0, hi = static_cast<int>(M) * 255;  // the smallest t with #{v <= t} >= k, by bisection
-  const int n = static_cast<int>(nb * kB);
-  while (lo < hi) {
-    const int mid = (lo + hi) / 2;
-    int64_t count = 0;
-    for (int i = 0; i < n; ++i) count += v[i] <= mid;
-    if (count >= k) hi = mid;
-    else lo = mid + 1;
-  }
-  const double cap = lo + std::floor(2.0 * ql.emax * ql.inv_a) + 1.0;
-  return cap < 65535.0 ? static_cast<int>(cap) : 65535;
-}
-
 // Two rows per 512-bit register (sub-spaces m, m+1 in its halves), one fold of the halves per block.
-__attribute__((target("avx512f,avx512bw,avx512vl,avx2,bmi2"))) void scan_avx512(const QuantLut& ql, const float* L,
-                                                                                TopK& tk, int qcap, int64_t M,
-                                                                                const uint8_t* blocks, int64_t b0,
-                                                                                int64_t b1, int64_t N) {
+__attribute__((target("avx512f,avx512bw,avx2"))) void tile_sums_avx512(const uint8_t* tab, int64_t M,
+                                                                       const uint8_t* blocks, int64_t c0, int64_t c1,
+                                                                       uint16_t* sums) {
   const __m512i low4 = _mm512_set1_epi8(0x0f);
   const int64_t M2 = M / 2 * 2;
-  int qthr = std::min(ql.qthreshold(tk), qcap);
-  const uint8_t* tab = ql.q.data();
-  for (int64_t b = b0; b < b1 && qthr >= 0; ++b) {
+  for (int64_t b = c0; b < c1; ++b) {
     const uint8_t* blk = blocks + b * M * kRow;
     __m512i e_lo = _mm512_setzero_si512(), o_lo = e_lo, e_hi = e_lo, o_hi = e_lo;
     for (int64_t m = 0; m < M2; m += 2) {
@@ -290,10 +270,76 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx2,bmi2"))) void scan_avx512(
       add_row(s, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + M2 * kRow)),
               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tab + M2 * 32)));
     fix_even(s);
+    store_sums(sums + (b - c0) * kB, s);
+  }
+}
+
+using TileSums = void (*)(const uint8_t*, int64_t, const uint8_t*, int64_t, int64_t, uint16_t*);
+
+// Upper bound on the k-th smallest quantized sum seen, from group minima: the codes seen are split into G
+// groups (lane of a block x block number mod G / 64) and each group keeps its minimum. The minima are sums
+// of G distinct codes, so the k-th smallest of them (k <= G) is at least the k-th smallest sum: k codes have
+// exact distances <= bias + a Qk + emax =: U, and a code whose lower bound bias + a Qsum - emax exceeds U
+// cannot enter the top-k. The top-k codes mostly sit in distinct groups, so the bound is nearly tight.
+class GroupMins {
+ public:
+  static constexpr int64_t kMaxGroups = 4 * kB;
+
+  explicit GroupMins(int64_t k)
+      : k_(k), groups_(k <= kMaxGroups ? (k + kB - 1) / kB * kB : 0), mins_(static_cast<size_t>(groups_), 0xffff) {}
+
+  // Fold in the sums of blocks c0..c1-1 of a tile (sums[(b - c0) * 64 ..]); codes past N were set to 65535.
+  __attribute__((target("avx2"))) void add(const uint16_t* sums, int64_t c0, int64_t c1) {
+    if (!groups_) return;
+    const int64_t r = groups_ / kB;
+    for (int64_t b = c0; b < c1; ++b) {
+      __m256i* g = reinterpret_cast<__m256i*>(mins_.data() + (b % r) * kB);
+      const __m256i* s = reinterpret_cast<const __m256i*>(sums + (b - c0) * kB);
+      for (int v = 0; v < 4; ++v)
+        _mm256_storeu_si256(g + v, _mm256_min_epu16(_mm256_loadu_si256(g + v), _mm256_loadu_si256(s + v)));
+    }
+  }
+
+  // Largest Qsum worth an exact look (65535: no cap, while fewer than k groups hold a code, or k > G).
+  __attribute__((target("avx2,bmi2,popcnt"))) int cap(const QuantLut& ql) const {
+    if (!groups_) return 65535;
+    int lo = 0, hi = 65535;  // the smallest t with #{mins <= t} >= k, by bisection
+    while (lo < hi) {
+      const int mid = (lo + hi) / 2;
+      const __m256i t = _mm256_set1_epi16(static_cast<short>(static_cast<uint16_t>(mid)));
+      int64_t count = 0;
+      for (int64_t i = 0; i < groups_; i += 16)
+        count += _mm_popcnt_u32(le_mask(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mins_.data() + i)), t));
+      if (count >= k_) hi = mid;
+      else lo = mid + 1;
+    }
+    if (lo == 65535) return 65535;
+    const double c = lo + std::floor(2.0 * ql.emax * ql.inv_a) + 1.0;
+    return c < 65535.0 ? static_cast<int>(c) : 65535;
+  }
+
+ private:
+  int64_t k_, groups_;
+  std::vector<uint16_t> mins_;
+};
+
+// Lane (in the lane order of store_sums) of code j of a block.
+inline int lane_of(int j) { return ((j >> 5) * 2 + (j & 1)) * 16 + ((j & 31) >> 1); }
+
+// Pass 2 over a tile: the codes whose quantized sums pass the cap (and the exact top-k's own bound) are
+// re-ranked exactly, block by block in ascending ids.
+__attribute__((target("avx2,bmi2"))) void rerank_tile(const QuantLut& ql, const float* L, TopK& tk, int qcap,
+                                                      int64_t M, const uint8_t* blocks, int64_t c0, int64_t c1,
+                                                      int64_t N, const uint16_t* sums, Exact16 exact16) {
+  int qthr = std::min(ql.qthreshold(tk), qcap);
+  for (int64_t b = c0; b < c1 && qthr >= 0; ++b) {
+    const __m256i* s = reinterpret_cast<const __m256i*>(sums + (b - c0) * kB);
+    const __m256i v0 = _mm256_loadu_si256(s), v1 = _mm256_loadu_si256(s + 1), v2 = _mm256_loadu_si256(s + 2),
+                  v3 = _mm256_loadu_si256(s + 3);
     const __m256i t = _mm256_set1_epi16(static_cast<short>(static_cast<uint16_t>(qthr)));
-    uint64_t mask = interleave(_mm256_cmple_epu16_mask(s.e_lo, t), _mm256_cmple_epu16_mask(s.o_lo, t),
-                               _mm256_cmple_epu16_mask(s.e_hi, t), _mm256_cmple_epu16_mask(s.o_hi, t));
-    if (mask) rerank(mask, ql, L, M, blk, b * kB, N, tk, qthr, qcap, exact16_avx512);
+    if (!le_mask(_mm256_min_epu16(_mm256_min_epu16(v0, v1), _mm256_min_epu16(v2, v3)), t)) continue;
+    uint64_t mask = interleave(le_mask(v0, t), le_mask(v1, t), le_mask(v2, t), le_mask(v3, t));
+    rerank(mask, ql, L, M, blocks + b * M * kRow, b * kB, N, tk, qthr, qcap, exact16);
   }
 }
 
@@ -356,19 +402,22 @@ void adc_topk_fastscan(const float* lut, int64_t Q, int64_t M, const uint8_t* bl
       heaps.emplace_back(kk);
       qluts.emplace_back(lut + q * M * 16, M);
     }
-    std::vector<int> qcap(q1 - q0, 65535);
-    if (simd != Simd::scalar)
-      for (int64_t j = 0; j < q1 - q0; ++j) qcap[j] = warm_cap(qluts[j], M, blocks, blk0, blk1, n1, kk);
+    if (simd == Simd::scalar) {
+      for (int64_t j = 0; j < q1 - q0; ++j) scan_scalar(lut + (q0 + j) * M * 16, M, blocks, blk0, blk1, n1, heaps[j]);
+      continue;
+    }
+    const TileSums tile_sums = simd == Simd::avx512 ? tile_sums_avx512 : tile_sums_avx2;
+    const Exact16 exact16 = simd == Simd::avx512 ? exact16_avx512 : exact16_avx2;
+    std::vector<GroupMins> mins(q1 - q0, GroupMins(kk));
+    std::vector<uint16_t> sums(static_cast<size_t>(BB * kB));
     for (int64_t c0 = blk0; c0 < blk1; c0 += BB) {  // a tile of blocks, hot in cache, for every query
-      int64_t c1 = std::min(blk1, c0 + BB);
-      for (int64_t j = 0; j < q1 - q0; ++j) {
-        const float* L = lut + (q0 + j) * M * 16;
-        if (simd == Simd::avx512)
-          scan_avx512(qluts[j], L, heaps[j], qcap[j], M, blocks, c0, c1, n1);
-        else if (simd == Simd::avx2)
-          scan_avx2(qluts[j], L, heaps[j], qcap[j], M, blocks, c0, c1, n1);
-        else
-          scan_scalar(L, M, blocks, c0, c1, n1, heaps[j]);
+      const int64_t c1 = std::min(blk1, c0 + BB), last_valid = n1 - (c1 - 1) * kB;
+      for (int64_t j = 0; j < q1 - q0; ++j) {  // two passes: the tile's quantized sums, then the re-rank
+        tile_sums(qluts[j].q.data(), M, blocks, c0, c1, sums.data());
+        for (int64_t v = last_valid; v < kB; ++v) sums[(c1 - 1 - c0) * kB + lane_of(static_cast<int>(v))] = 0xffff;
+        mins[j].add(sums.data(), c0, c1);
+        rerank_tile(qluts[j], lut + (q0 + j) * M * 16, heaps[j], mins[j].cap(qluts[j]), M, blocks, c0, c1, n1,
+                    sums.data(), exact16);
       }
     }
   }

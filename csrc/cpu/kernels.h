@@ -25,12 +25,8 @@ inline int team(int nthreads, int64_t tasks) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, tasks)));
 }
 
-// Whether any of p[0..n) is NaN (vectorizable: no early exit).
-inline bool has_nan(const float* p, int64_t n) {
-  bool nan = false;
-  for (int64_t i = 0; i < n; ++i) nan |= p[i] != p[i];
-  return nan;
-}
+// Whether any of p[0..n) is NaN (AVX2 when the CPU has it).
+bool has_nan(const float* p, int64_t n);
 
 struct TaskPlan {
   int64_t qblock, qblocks, parts, part_len;
