@@ -290,20 +290,29 @@ class GroupMins {
 
   // Fold in the sums of blocks c0..c1-1 of a tile (sums[(b - c0) * 64 ..]); codes past N were set to 65535.
   __attribute__((target("avx2"))) void add(const uint16_t* sums, int64_t c0, int64_t c1) {
-    if (!groups_) return;
     const int64_t r = groups_ / kB;
-    for (int64_t b = c0; b < c1; ++b) {
-      __m256i* g = reinterpret_cast<__m256i*>(mins_.data() + (b % r) * kB);
-      const __m256i* s = reinterpret_cast<const __m256i*>(sums + (b - c0) * kB);
-      for (int v = 0; v < 4; ++v)
-        _mm256_storeu_si256(g + v, _mm256_min_epu16(_mm256_loadu_si256(g + v), _mm256_loadu_si256(s + v)));
+    for (int64_t cls = 0; cls < r; ++cls) {  // class cls: blocks b = cls mod r, in registers
+      __m256i* g = reinterpret_cast<__m256i*>(mins_.data() + cls * kB);
+      __m256i m0 = _mm256_loadu_si256(g), m1 = _mm256_loadu_si256(g + 1), m2 = _mm256_loadu_si256(g + 2),
+              m3 = _mm256_loadu_si256(g + 3);
+      for (int64_t b = c0 + ((cls - c0 % r) + r) % r; b < c1; b += r) {
+        const __m256i* s = reinterpret_cast<const __m256i*>(sums + (b - c0) * kB);
+        m0 = _mm256_min_epu16(m0, _mm256_loadu_si256(s));
+        m1 = _mm256_min_epu16(m1, _mm256_loadu_si256(s + 1));
+        m2 = _mm256_min_epu16(m2, _mm256_loadu_si256(s + 2));
+        m3 = _mm256_min_epu16(m3, _mm256_loadu_si256(s + 3));
+      }
+      _mm256_storeu_si256(g, m0);
+      _mm256_storeu_si256(g + 1, m1);
+      _mm256_storeu_si256(g + 2, m2);
+      _mm256_storeu_si256(g + 3, m3);
     }
   }
 
   // Largest Qsum worth an exact look (65535: no cap, while fewer than k groups hold a code, or k > G).
-  __attribute__((target("avx2,bmi2,popcnt"))) int cap(const QuantLut& ql) const {
+  __attribute__((target("avx2,bmi2,popcnt"))) int cap(const QuantLut& ql) {
     if (!groups_) return 65535;
-    int lo = 0, hi = 65535;  // the smallest t with #{mins <= t} >= k, by bisection
+    int lo = 0, hi = kth_;  // the smallest t with #{mins <= t} >= k, by bisection; minima only decrease
     while (lo < hi) {
       const int mid = (lo + hi) / 2;
       const __m256i t = _mm256_set1_epi16(static_cast<short>(static_cast<uint16_t>(mid)));
@@ -313,6 +322,7 @@ class GroupMins {
       if (count >= k_) hi = mid;
       else lo = mid + 1;
     }
+    kth_ = lo;
     if (lo == 65535) return 65535;
     const double c = lo + std::floor(2.0 * ql.emax * ql.inv_a) + 1.0;
     return c < 65535.0 ? static_cast<int>(c) : 65535;
@@ -321,6 +331,7 @@ class GroupMins {
  private:
   int64_t k_, groups_;
   std::vector<uint16_t> mins_;
+  int kth_ = 65535;  // the last cap's k-th smallest minimum
 };
 
 // Lane (in the lane order of store_sums) of code j of a block.
