@@ -393,7 +393,7 @@ void adc_topk_fastscan(const float* lut, int64_t Q, int64_t M, const uint8_t* bl
   TaskPlan p = plan_tasks(Q, N, k, nthreads, kB);
   const int64_t kk = std::min(k, N);
   std::vector<std::vector<TopK>> partial(p.qblocks * p.parts);
-  const int64_t BB = std::max<int64_t>(4, (16 * 1024) / (M * kRow));  // blocks per cache tile
+  const int64_t BB = std::max<int64_t>(4, (128 * 1024) / (M * kRow));  // blocks per cache tile
   std::atomic<bool> nan{false};
 #pragma omp parallel for schedule(dynamic) num_threads(team(nthreads, p.qblocks * p.parts))
   for (int64_t t = 0; t < p.qblocks * p.parts; ++t) {
