@@ -13,18 +13,22 @@
 
 namespace sqret {
 
-Transposed::Transposed(const float* C, int64_t M, int64_t K, int64_t d)
-    : Ct(static_cast<size_t>(M * d * K)), norms(static_cast<size_t>(M * K), 0.f) {
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t k = 0; k < K; ++k) {
-      const float* c = C + (m * K + k) * d;
-      float n = 0.f;
-      for (int64_t j = 0; j < d; ++j) {
-        Ct[(m * d + j) * K + k] = c[j];
-        n += c[j] * c[j];
-      }
-      norms[m * K + k] = n;
+Transposed::Transposed(const float* C, int64_t M, int64_t K, int64_t d, bool with_norms)
+    : Ct(static_cast<size_t>(M * d * K)), norms(with_norms ? static_cast<size_t>(M * K) : 0, 0.f) {
+  for (int64_t m = 0; m < M; ++m)  // written in order: one pass of strided reads
+    for (int64_t j = 0; j < d; ++j) {
+      float* row = Ct.data() + (m * d + j) * K;
+      const float* col = C + m * K * d + j;
+      for (int64_t k = 0; k < K; ++k) row[k] = col[k * d];
     }
+  if (with_norms)
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t k = 0; k < K; ++k) {
+        const float* c = C + (m * K + k) * d;
+        float n = 0.f;
+        for (int64_t j = 0; j < d; ++j) n += c[j] * c[j];
+        norms[m * K + k] = n;
+      }
 }
 
 // out[k] = sum_j (x_j - c_kj)^2 (l2, l2_sqrt) or sum_j x_j c_kj (ip), one sub-space.
@@ -80,7 +84,7 @@ void build_lut(const float* x, int64_t Q, const float* codebooks, int64_t M, int
                float* out, int nthreads) {
   if (Q < 0 || M < 1 || K < 1 || d < 1 || metric < 0 || metric > 2)
     throw std::invalid_argument("build_lut: bad sizes or metric");
-  Transposed t(codebooks, M, K, d);
+  Transposed t(codebooks, M, K, d, false);
 #pragma omp parallel for schedule(static) num_threads(std::max(1, Q > 64 ? nthreads : 1))
   for (int64_t q = 0; q < Q; ++q)
     for (int64_t m = 0; m < M; ++m)

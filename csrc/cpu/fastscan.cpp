@@ -16,6 +16,7 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <stdexcept>
 
 #include "kernels.h"
@@ -420,15 +421,15 @@ void adc_topk_fastscan(const float* lut, int64_t Q, int64_t M, const uint8_t* bl
     const TileSums tile_sums = simd == Simd::avx512 ? tile_sums_avx512 : tile_sums_avx2;
     const Exact16 exact16 = simd == Simd::avx512 ? exact16_avx512 : exact16_avx2;
     std::vector<GroupMins> mins(q1 - q0, GroupMins(kk));
-    std::vector<uint16_t> sums(static_cast<size_t>(BB * kB));
+    std::unique_ptr<uint16_t[]> sums(new uint16_t[std::min(BB, blk1 - blk0) * kB]);  // not zeroed: all written
     for (int64_t c0 = blk0; c0 < blk1; c0 += BB) {  // a tile of blocks, hot in cache, for every query
       const int64_t c1 = std::min(blk1, c0 + BB), last_valid = n1 - (c1 - 1) * kB;
       for (int64_t j = 0; j < q1 - q0; ++j) {  // two passes: the tile's quantized sums, then the re-rank
-        tile_sums(qluts[j].q.data(), M, blocks, c0, c1, sums.data());
+        tile_sums(qluts[j].q.data(), M, blocks, c0, c1, sums.get());
         for (int64_t v = last_valid; v < kB; ++v) sums[(c1 - 1 - c0) * kB + lane_of(static_cast<int>(v))] = 0xffff;
-        mins[j].add(sums.data(), c0, c1);
+        mins[j].add(sums.get(), c0, c1);
         rerank_tile(qluts[j], lut + (q0 + j) * M * 16, heaps[j], mins[j].cap(qluts[j]), M, blocks, c0, c1, n1,
-                    sums.data(), exact16);
+                    sums.get(), exact16);
       }
     }
   }

@@ -75,7 +75,7 @@ void ivf_search(const float* queries, int64_t Q, int64_t d, const float* centroi
   if (Q < 0 || d < 1 || M < 1 || d % M || K < 1 || K > 256 || nprobe < 1 || k < 1 || (metric != 0 && metric != 1))
     throw std::invalid_argument("ivf_search: bad sizes or metric");
   const int64_t dsub = d / M;
-  Transposed t(codebooks, M, K, dsub);
+  Transposed t(codebooks, M, K, dsub, false);
   const float sign = metric == 0 ? 1.f : -1.f;  // the reservoir keeps the smallest: negate ip scores
 #pragma omp parallel num_threads(team(nthreads, Q))
   {

@@ -52,10 +52,10 @@ void unpack_fastscan(const uint8_t* blocks, int64_t N, int64_t M, uint8_t* packe
 void adc_topk_fastscan(const float* lut, int64_t Q, int64_t M, const uint8_t* blocks, int64_t N, int64_t k,
                        int nthreads, float* out_d, int64_t* out_i);
 
-// Codebooks [M][K][d] transposed to [M][d][K] (vectorizable over the K codewords), with norms [M][K].
+// Codebooks [M][K][d] transposed to [M][d][K] (vectorizable over the K codewords), and norms [M][K] if asked.
 struct Transposed {
   std::vector<float> Ct, norms;
-  Transposed(const float* C, int64_t M, int64_t K, int64_t d);
+  Transposed(const float* C, int64_t M, int64_t K, int64_t d, bool with_norms = true);
 };
 
 // One sub-space's table: out[k] = ||xs - c_k||^2 (metric 0), xs . c_k (1), ||xs - c_k|| (2); Ct = [d][K].
