@@ -286,3 +286,21 @@ def test_fast_scan_cap_allows_for_rounding():
                 got, want = both(lambda: ops.adc_topk(lut, ops.fastscan_pack(codes), k))  # noqa: B023
                 assert_same(got, want)
                 assert got[1][0, 0] == 10
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "l2_sqrt"])
+@pytest.mark.parametrize("M,K,d", [(16, 16, 8), (3, 256, 5), (7, 33, 1), (2, 5, 40)])
+def test_tables_of_one_query_equal_those_of_a_batch(metric, M, K, d):
+    """One or two queries take a path without the transposed codebooks: the same sums in the same order,
+    so the tables (and a fused search from them) are bit-identical to those of a larger batch."""
+    g = torch.Generator().manual_seed(M * K + d)
+    C, q = torch.randn(M, K, d, generator=g), torch.randn(5, M * d, generator=g)
+    with sqret.use_backend("cpu_native"):
+        batch = ops.build_lut(q, C, metric)
+        for Q in (1, 2):
+            assert torch.equal(ops.build_lut(q[:Q], C, metric), batch[:Q])
+        if K == 16 and metric != "l2_sqrt":
+            codes = torch.randint(0, 16, (3000, M), generator=g, dtype=torch.uint8)
+            for stored in (codes, ops.fastscan_pack(codes)):
+                assert_same(ops.pq_search(q[:1], C, stored, 10, metric),
+                            ops.adc_topk(batch[:1], stored, 10, largest=ops.largest_for(metric)))

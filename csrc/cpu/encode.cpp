@@ -53,6 +53,28 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void lut_row(const 
     for (int64_t k = 0; k < K; ++k) out[k] = std::sqrt(out[k]);
 }
 
+namespace {
+
+// lut_row straight from codebooks [K][d] (no transposed copy, for a query or two): the same sums in the same
+// order, compiled for the same SIMD levels (the same contraction into FMA), so the tables are bit-identical.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void lut_row_direct(const float* xs, const float* C, int64_t d,
+                                                                                 int64_t K, int metric, float* out) {
+  for (int64_t k = 0; k < K; ++k) {
+    const float* c = C + k * d;
+    float s = 0.f;
+    if (metric == 1)
+      for (int64_t j = 0; j < d; ++j) s += xs[j] * c[j];
+    else
+      for (int64_t j = 0; j < d; ++j) {
+        const float t = xs[j] - c[j];
+        s += t * t;
+      }
+    out[k] = metric == 2 ? std::sqrt(s) : s;
+  }
+}
+
+}  // namespace
+
 __attribute__((target_clones("avx512f", "avx2", "default"))) void axpy_table(const float* pre, const float* qr,
                                                                               float alpha, int64_t n, float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = pre[i] + alpha * qr[i];
@@ -84,6 +106,12 @@ void build_lut(const float* x, int64_t Q, const float* codebooks, int64_t M, int
                float* out, int nthreads) {
   if (Q < 0 || M < 1 || K < 1 || d < 1 || metric < 0 || metric > 2)
     throw std::invalid_argument("build_lut: bad sizes or metric");
+  if (Q <= 2) {  // transposing the codebooks would cost more than the tables
+    for (int64_t q = 0; q < Q; ++q)
+      for (int64_t m = 0; m < M; ++m)
+        lut_row_direct(x + q * M * d + m * d, codebooks + m * K * d, d, K, metric, out + (q * M + m) * K);
+    return;
+  }
   Transposed t(codebooks, M, K, d, false);
 #pragma omp parallel for schedule(static) num_threads(std::max(1, Q > 64 ? nthreads : 1))
   for (int64_t q = 0; q < Q; ++q)
