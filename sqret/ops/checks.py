@@ -31,10 +31,11 @@ def tensor(t: object, name: str, ndim: int, dtypes: tuple[torch.dtype, ...]) -> 
 
 
 def same_device(*named: tuple[str, torch.Tensor]) -> None:
-    devices = {t.device for _, t in named}
-    if len(devices) > 1:
-        desc = ", ".join(f"{n} on {t.device}" for n, t in named)
-        raise ValueError(f"tensors must be on one device: {desc}")
+    first = named[0][1].device
+    for _, t in named[1:]:
+        if t.device != first:
+            desc = ", ".join(f"{n} on {t.device}" for n, t in named)
+            raise ValueError(f"tensors must be on one device: {desc}")
 
 
 def metric(m: object, allowed: tuple[str, ...] = METRICS) -> str:
