@@ -104,7 +104,7 @@ namespace {
 // Per-task heaps -> final sorted [Q, k] rows. partial[t][j] is query (qb*qblock + j) of task t = qb*parts + part.
 void merge_write(const TaskPlan& p, int64_t Q, int64_t k, std::vector<std::vector<TopK>>& partial, float* out_d,
                  int64_t* out_i, int nthreads) {
-#pragma omp parallel for schedule(dynamic) num_threads(team(nthreads, Q))
+#pragma omp parallel for schedule(dynamic) num_threads(team(nthreads, Q / 64))  // a fork costs more than a few merges
   for (int64_t q = 0; q < Q; ++q) {
     int64_t qb = q / p.qblock, j = q % p.qblock;
     std::vector<Cand> best;

@@ -248,34 +248,43 @@ __attribute__((target("avx512f,avx2"))) inline __m256i fold(__m512i v) {
   return _mm256_add_epi16(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
 }
 
-// Two rows per 512-bit register (sub-spaces m, m+1 in its halves), one fold of the halves per block.
-__attribute__((target("avx512f,avx512bw,avx2"))) void tile_sums_avx512(const uint8_t* tab, int64_t M,
+// Two rows per 512-bit register (sub-spaces m, m+1 in its halves), one fold of the halves per block; NQ
+// queries at once (tables tab[0..NQ), sums into sums[0..NQ)), so that a row of codes is loaded and split
+// into nibbles once for all of them.
+template <int NQ>
+__attribute__((target("avx512f,avx512bw,avx2"))) void tile_sums_avx512(const uint8_t* const* tab, int64_t M,
                                                                        const uint8_t* blocks, int64_t c0, int64_t c1,
-                                                                       uint16_t* sums) {
+                                                                       uint16_t* const* sums) {
   const __m512i low4 = _mm512_set1_epi8(0x0f);
   const int64_t M2 = M / 2 * 2;
   for (int64_t b = c0; b < c1; ++b) {
     const uint8_t* blk = blocks + b * M * kRow;
-    __m512i e_lo = _mm512_setzero_si512(), o_lo = e_lo, e_hi = e_lo, o_hi = e_lo;
+    __m512i acc[NQ][4];
+    for (int q = 0; q < NQ; ++q)
+      for (int v = 0; v < 4; ++v) acc[q][v] = _mm512_setzero_si512();
     for (int64_t m = 0; m < M2; m += 2) {
-      __m512i raw = _mm512_loadu_si512(blk + m * kRow), t2 = _mm512_loadu_si512(tab + m * 32);
-      __m512i sl = _mm512_shuffle_epi8(t2, _mm512_and_si512(raw, low4));
-      __m512i sh = _mm512_shuffle_epi8(t2, _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4));
-      e_lo = _mm512_add_epi16(e_lo, sl);
-      o_lo = _mm512_add_epi16(o_lo, _mm512_srli_epi16(sl, 8));
-      e_hi = _mm512_add_epi16(e_hi, sh);
-      o_hi = _mm512_add_epi16(o_hi, _mm512_srli_epi16(sh, 8));
+      const __m512i raw = _mm512_loadu_si512(blk + m * kRow);
+      const __m512i lo = _mm512_and_si512(raw, low4), hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4);
+      for (int q = 0; q < NQ; ++q) {
+        const __m512i t2 = _mm512_loadu_si512(tab[q] + m * 32);
+        const __m512i sl = _mm512_shuffle_epi8(t2, lo), sh = _mm512_shuffle_epi8(t2, hi);
+        acc[q][0] = _mm512_add_epi16(acc[q][0], sl);
+        acc[q][1] = _mm512_add_epi16(acc[q][1], _mm512_srli_epi16(sl, 8));
+        acc[q][2] = _mm512_add_epi16(acc[q][2], sh);
+        acc[q][3] = _mm512_add_epi16(acc[q][3], _mm512_srli_epi16(sh, 8));
+      }
     }
-    Sums s{fold(e_lo), fold(o_lo), fold(e_hi), fold(o_hi)};
-    if (M2 < M)
-      add_row(s, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + M2 * kRow)),
-              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tab + M2 * 32)));
-    fix_even(s);
-    store_sums(sums + (b - c0) * kB, s);
+    for (int q = 0; q < NQ; ++q) {
+      Sums s{fold(acc[q][0]), fold(acc[q][1]), fold(acc[q][2]), fold(acc[q][3])};
+      if (M2 < M)
+        add_row(s, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + M2 * kRow)),
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tab[q] + M2 * 32)));
+      fix_even(s);
+      store_sums(sums[q] + (b - c0) * kB, s);
+    }
   }
 }
 
-using TileSums = void (*)(const uint8_t*, int64_t, const uint8_t*, int64_t, int64_t, uint16_t*);
 
 // Upper bound on the k-th smallest quantized sum seen, from group minima: the codes seen are split into G
 // groups (lane of a block x block number mod G / 64) and each group keeps its minimum. The minima are sums
@@ -418,18 +427,26 @@ void adc_topk_fastscan(const float* lut, int64_t Q, int64_t M, const uint8_t* bl
       for (int64_t j = 0; j < q1 - q0; ++j) scan_scalar(lut + (q0 + j) * M * 16, M, blocks, blk0, blk1, n1, heaps[j]);
       continue;
     }
-    const TileSums tile_sums = simd == Simd::avx512 ? tile_sums_avx512 : tile_sums_avx2;
     const Exact16 exact16 = simd == Simd::avx512 ? exact16_avx512 : exact16_avx2;
     std::vector<GroupMins> mins(q1 - q0, GroupMins(kk));
-    std::unique_ptr<uint16_t[]> sums(new uint16_t[std::min(BB, blk1 - blk0) * kB]);  // not zeroed: all written
+    const int64_t tile = std::min(BB, blk1 - blk0) * kB;
+    std::unique_ptr<uint16_t[]> sums(new uint16_t[2 * tile]);  // not zeroed: all written
     for (int64_t c0 = blk0; c0 < blk1; c0 += BB) {  // a tile of blocks, hot in cache, for every query
       const int64_t c1 = std::min(blk1, c0 + BB), last_valid = n1 - (c1 - 1) * kB;
-      for (int64_t j = 0; j < q1 - q0; ++j) {  // two passes: the tile's quantized sums, then the re-rank
-        tile_sums(qluts[j].q.data(), M, blocks, c0, c1, sums.get());
-        for (int64_t v = last_valid; v < kB; ++v) sums[(c1 - 1 - c0) * kB + lane_of(static_cast<int>(v))] = 0xffff;
-        mins[j].add(sums.get(), c0, c1);
-        rerank_tile(qluts[j], lut + (q0 + j) * M * 16, heaps[j], mins[j].cap(qluts[j]), M, blocks, c0, c1, n1,
-                    sums.get(), exact16);
+      for (int64_t j = 0; j < q1 - q0;) {  // two passes: the tile's quantized sums, then the re-rank
+        const int nq = simd == Simd::avx512 && j + 1 < q1 - q0 ? 2 : 1;
+        const uint8_t* tabs[2] = {qluts[j].q.data(), qluts[j + nq - 1].q.data()};
+        uint16_t* bufs[2] = {sums.get(), sums.get() + tile};
+        if (simd == Simd::avx2) tile_sums_avx2(tabs[0], M, blocks, c0, c1, bufs[0]);
+        else if (nq == 2) tile_sums_avx512<2>(tabs, M, blocks, c0, c1, bufs);
+        else tile_sums_avx512<1>(tabs, M, blocks, c0, c1, bufs);
+        for (int i = 0; i < nq; ++i, ++j) {
+          uint16_t* own = bufs[i];
+          for (int64_t v = last_valid; v < kB; ++v) own[(c1 - 1 - c0) * kB + lane_of(static_cast<int>(v))] = 0xffff;
+          mins[j].add(own, c0, c1);
+          rerank_tile(qluts[j], lut + (q0 + j) * M * 16, heaps[j], mins[j].cap(qluts[j]), M, blocks, c0, c1, n1,
+                      own, exact16);
+        }
       }
     }
   }
