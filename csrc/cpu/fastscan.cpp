@@ -7,8 +7,12 @@
 //
 // Exactness: the LUT of sub-space m is quantized as L[m][j] ~ min_m + a * q[m][j] with one scale a for all
 // sub-spaces, so |L - (min_m + a q)| <= a / 2 and the exact distance d >= bias + a * Qsum - emax with
-// emax = M a / 2 (+ a margin for float rounding). A code is re-ranked exactly when that lower bound does not
-// exceed the current k-th best distance; all others provably cannot enter the top-k.
+// emax = M a / 2 (+ a margin for float rounding). A code is re-ranked exactly when that lower bound exceeds
+// neither the current k-th best exact distance nor U = bias + a Qk + emax, where Qk bounds the k-th smallest
+// quantized sum seen (GroupMins); all others provably cannot enter the top-k.
+//
+// Passes: per tile of 128 KB of codes, (1) the quantized sums of every code (two queries at a time on
+// AVX-512), (2) the cap from the group minima, (3) the exact re-rank of the codes under it, in ascending ids.
 #include <immintrin.h>
 #include <omp.h>
 
@@ -284,7 +288,6 @@ __attribute__((target("avx512f,avx512bw,avx2"))) void tile_sums_avx512(const uin
     }
   }
 }
-
 
 // Upper bound on the k-th smallest quantized sum seen, from group minima: the codes seen are split into G
 // groups (lane of a block x block number mod G / 64) and each group keeps its minimum. The minima are sums
