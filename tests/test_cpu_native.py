@@ -304,3 +304,18 @@ def test_tables_of_one_query_equal_those_of_a_batch(metric, M, K, d):
             for stored in (codes, ops.fastscan_pack(codes)):
                 assert_same(ops.pq_search(q[:1], C, stored, 10, metric),
                             ops.adc_topk(batch[:1], stored, 10, largest=ops.largest_for(metric)))
+
+
+@pytest.mark.parametrize("K", [5, 40, 256])
+def test_encode_of_a_row_does_not_depend_on_its_batch(K):
+    """Rows are encoded four at a time with the same sums in the same order as one at a time: any row
+    gives the same code alone, in a batch, and at any position of a batch (the tail of a batch included)."""
+    g = torch.Generator().manual_seed(K)
+    x, C = torch.randn(23, 5 * 3, generator=g), torch.randn(5, K, 3, generator=g)
+    x[7] = x[2]  # the same row at two positions of a group of four
+    with sqret.use_backend("cpu_native"):
+        batch = ops.encode(x, C)
+        assert torch.equal(batch[7], batch[2])
+        for i in range(x.shape[0]):
+            assert torch.equal(ops.encode(x[i : i + 1], C), batch[i : i + 1])
+        assert torch.equal(ops.encode(x[3:], C), batch[3:])

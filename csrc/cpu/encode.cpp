@@ -82,22 +82,53 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void axpy_table(con
 
 namespace {
 
-// argmin_k of base[k] + coef * x . c_k, the first index on ties.
-__attribute__((target_clones("avx512f", "avx2", "default"))) int32_t nearest(const float* xs, const float* Ct,
-                                                                              const float* base, int64_t d,
-                                                                              int64_t K, float coef, float* dist) {
-  for (int64_t k = 0; k < K; ++k) dist[k] = base[k];
-  for (int64_t j = 0; j < d; ++j) {
-    const float c = coef * xs[j], *row = Ct + j * K;
-    for (int64_t k = 0; k < K; ++k) dist[k] += c * row[k];
-  }
+// argmin_k of dist[k], the first index on ties (0 when all are NaN).
+__attribute__((target_clones("avx512f", "avx2", "default"))) int32_t first_min(const float* dist, int64_t K) {
   float mn = std::numeric_limits<float>::infinity();
 #pragma omp simd reduction(min : mn)
   for (int64_t k = 0; k < K; ++k) mn = std::min(mn, dist[k]);
   int64_t first = K;
 #pragma omp simd reduction(min : first)
   for (int64_t k = 0; k < K; ++k) first = std::min(first, dist[k] == mn ? k : K);
-  return static_cast<int32_t>(first == K ? 0 : first);  // all NaN: 0
+  return static_cast<int32_t>(first == K ? 0 : first);
+}
+
+// dist[r][k] = base[k] + coef * x_r . c_k for R <= 4 rows x_r = xs + r * stride (one sub-space), summed over
+// j in order. Chunks of 32 codewords keep the 4 x 32 sums in registers while the d terms are added, and a
+// codebook row is loaded once for the 4 rows.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void sub_distances(const float* xs, int64_t stride,
+                                                                                int R, const float* Ct,
+                                                                                const float* base, int64_t d,
+                                                                                int64_t K, float coef, float* dist) {
+  constexpr int64_t kC = 32;
+  int64_t k0 = 0;
+  if (R == 4)
+    for (; k0 + kC <= K; k0 += kC) {
+      float acc[4][kC];
+      for (int r = 0; r < 4; ++r)
+        for (int64_t k = 0; k < kC; ++k) acc[r][k] = base[k0 + k];
+      for (int64_t j = 0; j < d; ++j) {
+        const float* row = Ct + j * K + k0;
+        const float c0 = coef * xs[j], c1 = coef * xs[stride + j], c2 = coef * xs[2 * stride + j],
+                    c3 = coef * xs[3 * stride + j];
+        for (int64_t k = 0; k < kC; ++k) {
+          acc[0][k] += c0 * row[k];
+          acc[1][k] += c1 * row[k];
+          acc[2][k] += c2 * row[k];
+          acc[3][k] += c3 * row[k];
+        }
+      }
+      for (int r = 0; r < 4; ++r)
+        for (int64_t k = 0; k < kC; ++k) dist[r * K + k0 + k] = acc[r][k];
+    }
+  for (int r = 0; r < R; ++r) {  // the rest: one row at a time, through memory
+    float* out = dist + r * K;
+    for (int64_t k = k0; k < K; ++k) out[k] = base[k];
+    for (int64_t j = 0; j < d; ++j) {
+      const float c = coef * xs[r * stride + j], *row = Ct + j * K;
+      for (int64_t k = k0; k < K; ++k) out[k] += c * row[k];
+    }
+  }
 }
 
 }  // namespace
@@ -130,12 +161,16 @@ void encode(const float* x, int64_t N, const float* codebooks, int64_t M, int64_
   const float coef = metric == 0 ? -2.f : -1.f;
 #pragma omp parallel num_threads(team(nthreads, N / 64 + 1))
   {
-    std::vector<float> dist(static_cast<size_t>(K));
+    std::vector<float> dist(static_cast<size_t>(4 * K));
 #pragma omp for schedule(static)
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t m = 0; m < M; ++m)
-        codes[n * M + m] =
-            nearest(x + n * M * d + m * d, t.Ct.data() + m * d * K, base + m * K, d, K, coef, dist.data());
+    for (int64_t n = 0; n < N; n += 4) {  // 4 rows at a time (omp for needs the step in the loop)
+      const int R = static_cast<int>(std::min<int64_t>(4, N - n));
+      for (int64_t m = 0; m < M; ++m) {
+        sub_distances(x + n * M * d + m * d, M * d, R, t.Ct.data() + m * d * K, base + m * K, d, K, coef,
+                      dist.data());
+        for (int r = 0; r < R; ++r) codes[(n + r) * M + m] = first_min(dist.data() + r * K, K);
+      }
+    }
   }
 }
 
