@@ -233,7 +233,7 @@ def ivf_search(
         raise ValueError(f"probes must be [Q = {queries.shape[0]}, nprobe] list numbers < {centroids.shape[0]}")
     k = checks.topk_k(k)
     checks.metric(metric, ("l2", "ip"))
-    impl = registry.select("ivf_search", queries.device.type)[1]
+    impl = registry.select("ivf_search", registry.device_type(queries))[1]
     return impl(queries, centroids, codebooks, codes, ids, probes, k, metric, addresses, precomputed)
 
 
@@ -321,7 +321,7 @@ def pq_search(
     """
     library.check_lut(queries, codebooks, metric)
     fused = isinstance(codes, FastScanCodes) or (isinstance(codes, Tensor) and not packed)
-    name, impl = registry.select("pq_search", queries.device.type)
+    name, impl = registry.select("pq_search", registry.device_type(queries))
     if fused and name != "reference":  # the reference is the composition below, op by op on the best backend
         k = checks.topk_k(k)
         if check_finite:

@@ -13,8 +13,9 @@ from torch import Tensor
 from . import checks, reference, registry
 
 
-def _run(op: str, device: torch.device, *args):
-    return registry.select(op, device.type)[1](*args)
+def _run(op: str, on: Tensor, *args):
+    """Run op on the backend chosen for the device of tensor ``on``."""
+    return registry.select(op, registry.device_type(on))[1](*args)
 
 
 def direct(op: str):
@@ -37,7 +38,7 @@ def check_soft(x, codebooks, tau, metric) -> None:
 @torch.library.custom_op("sqret::soft_quantize", mutates_args=())
 def soft_quantize(x: Tensor, codebooks: Tensor, tau: float, metric: str) -> Tensor:
     check_soft(x, codebooks, tau, metric)
-    return _run("soft_quantize", x.device, x, codebooks, tau, metric)
+    return _run("soft_quantize", x, x, codebooks, tau, metric)
 
 
 @soft_quantize.register_fake
@@ -51,7 +52,7 @@ def soft_quantize_backward(
     grad: Tensor, x: Tensor, codebooks: Tensor, tau: float, metric: str
 ) -> tuple[Tensor, Tensor]:
     check_soft(x, codebooks, tau, metric)
-    return _run("soft_quantize_backward", x.device, grad.contiguous(), x, codebooks, tau, metric)
+    return _run("soft_quantize_backward", x, grad.contiguous(), x, codebooks, tau, metric)
 
 
 @soft_quantize_backward.register_fake
@@ -79,7 +80,7 @@ soft_quantize.register_autograd(_soft_quantize_grad, setup_context=_save_x_codeb
 @torch.library.custom_op("sqret::assign_probs", mutates_args=())
 def assign_probs(x: Tensor, codebooks: Tensor, tau: float, metric: str) -> Tensor:
     check_soft(x, codebooks, tau, metric)
-    return _run("assign_probs", x.device, x, codebooks, tau, metric)
+    return _run("assign_probs", x, x, codebooks, tau, metric)
 
 
 @assign_probs.register_fake
@@ -93,7 +94,7 @@ def assign_probs_backward(
     grad: Tensor, x: Tensor, codebooks: Tensor, tau: float, metric: str
 ) -> tuple[Tensor, Tensor]:
     check_soft(x, codebooks, tau, metric)
-    return _run("assign_probs_backward", x.device, grad.contiguous(), x, codebooks, tau, metric)
+    return _run("assign_probs_backward", x, grad.contiguous(), x, codebooks, tau, metric)
 
 
 @assign_probs_backward.register_fake
@@ -119,7 +120,7 @@ def check_encode(x, codebooks, metric) -> None:
 
 def encode_impl(x: Tensor, codebooks: Tensor, metric: str) -> Tensor:
     check_encode(x, codebooks, metric)
-    return _run("encode", x.device, x, codebooks, metric)
+    return _run("encode", x, x, codebooks, metric)
 
 
 encode = torch.library.custom_op("sqret::encode", encode_impl, mutates_args=())
@@ -145,7 +146,7 @@ def check_decode(codes, codebooks, packed) -> None:
 def decode(codes: Tensor, codebooks: Tensor, packed: bool = False) -> Tensor:
     check_decode(codes, codebooks, packed)
     checks.code_range(codes, codebooks.shape[1], packed)
-    return _run("decode", codebooks.device, codes, codebooks, packed)
+    return _run("decode", codebooks, codes, codebooks, packed)
 
 
 @decode.register_fake
@@ -157,7 +158,7 @@ def _(codes, codebooks, packed=False):
 
 @torch.library.custom_op("sqret::decode_backward", mutates_args=())
 def decode_backward(grad: Tensor, codes: Tensor, codebooks: Tensor, packed: bool) -> Tensor:
-    return _run("decode_backward", codebooks.device, grad.contiguous(), codes, codebooks, packed)
+    return _run("decode_backward", codebooks, grad.contiguous(), codes, codebooks, packed)
 
 
 @decode_backward.register_fake
@@ -188,7 +189,7 @@ def check_lut(q, codebooks, metric) -> None:
 
 def build_lut_impl(q: Tensor, codebooks: Tensor, metric: str, dtype: torch.dtype | None = None) -> Tensor:
     check_lut(q, codebooks, metric)
-    return _run("build_lut", q.device, q, codebooks, metric, dtype)
+    return _run("build_lut", q, q, codebooks, metric, dtype)
 
 
 build_lut = torch.library.custom_op("sqret::build_lut", build_lut_impl, mutates_args=())
@@ -223,7 +224,7 @@ def adc_topk_impl(
 ) -> tuple[Tensor, Tensor]:
     check_adc(lut, codes, k, packed)
     checks.code_range(codes, lut.shape[2], packed)
-    impl = registry.select("adc_topk", lut.device.type)[1]
+    impl = registry.select("adc_topk", registry.device_type(lut))[1]
     _nan_check(impl, lut)
     return impl(lut, codes, k, largest, packed)
 
@@ -265,7 +266,7 @@ def adc_topk_fastscan_impl(
     lut: Tensor, blocks: Tensor, n: int, k: int, largest: bool = False
 ) -> tuple[Tensor, Tensor]:
     check_fastscan(lut, blocks, n, k)
-    impl = registry.select("adc_topk_fastscan", lut.device.type)[1]
+    impl = registry.select("adc_topk_fastscan", registry.device_type(lut))[1]
     _nan_check(impl, lut)
     return impl(lut, blocks, n, k, largest)
 

@@ -108,6 +108,11 @@ def _serves(b: _Backend, device_type: str) -> bool:
     return device_type in b.devices or "*" in b.devices
 
 
+def device_type(t) -> str:
+    """t.device.type, without building a device object for CPU tensors (a quarter of a microsecond a call)."""
+    return "cpu" if t.is_cpu else t.device.type
+
+
 def select(op: str, device_type: str) -> tuple[str, Callable]:
     """The backend name and implementation that run ``op`` on ``device_type`` now."""
     found = _choice.get((op, device_type))
