@@ -291,12 +291,16 @@ def test_fast_scan_cap_allows_for_rounding():
 @pytest.mark.parametrize("metric", ["l2", "ip", "l2_sqrt"])
 @pytest.mark.parametrize("M,K,d", [(16, 16, 8), (3, 256, 5), (7, 33, 1), (2, 5, 40)])
 def test_tables_of_one_query_equal_those_of_a_batch(metric, M, K, d):
-    """One or two queries take a path without the transposed codebooks: the same sums in the same order,
-    so the tables (and a fused search from them) are bit-identical to those of a larger batch."""
+    """One or two queries take a path without the transposed codebooks, and K = 16 has an AVX2 kernel: the
+    same sums in the same order, so the tables (and a fused search from them) are bit-identical to those of
+    a larger batch on every SIMD level."""
     g = torch.Generator().manual_seed(M * K + d)
     C, q = torch.randn(M, K, d, generator=g), torch.randn(5, M * d, generator=g)
     with sqret.use_backend("cpu_native"):
         batch = ops.build_lut(q, C, metric)
+        for level in LEVELS:  # K = 16 has its own AVX2 kernel
+            with simd(level):
+                assert torch.equal(ops.build_lut(q, C, metric), batch)
         for Q in (1, 2):
             assert torch.equal(ops.build_lut(q[:Q], C, metric), batch[:Q])
         if K == 16 and metric != "l2_sqrt":
