@@ -85,7 +85,7 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void lut_row(const 
 namespace {
 
 // lut_row straight from codebooks [K][d] (no transposed copy, for a query or two): the same sums in the same
-// order, compiled for the same SIMD levels (the same contraction into FMA), so the tables are bit-identical.
+// order (and no FMA contraction, see setup.py), so the tables are bit-identical to lut_row's.
 __attribute__((target_clones("avx512f", "avx2", "default"))) void lut_row_direct(const float* xs, const float* C, int64_t d,
                                                                                  int64_t K, int metric, float* out) {
   for (int64_t k = 0; k < K; ++k) {

@@ -419,17 +419,15 @@ void adc_topk_fastscan(const float* lut, int64_t Q, int64_t M, const uint8_t* bl
       continue;
     }
     std::vector<TopK>& heaps = partial[t];
-    std::vector<QuantLut> qluts;
     heaps.reserve(q1 - q0);
-    qluts.reserve(q1 - q0);
-    for (int64_t q = q0; q < q1; ++q) {
-      heaps.emplace_back(kk);
-      qluts.emplace_back(lut + q * M * 16, M);
-    }
+    for (int64_t q = q0; q < q1; ++q) heaps.emplace_back(kk);
     if (simd == Simd::scalar) {
       for (int64_t j = 0; j < q1 - q0; ++j) scan_scalar(lut + (q0 + j) * M * 16, M, blocks, blk0, blk1, n1, heaps[j]);
       continue;
     }
+    std::vector<QuantLut> qluts;  // AVX2 code: only on the SIMD paths
+    qluts.reserve(q1 - q0);
+    for (int64_t q = q0; q < q1; ++q) qluts.emplace_back(lut + q * M * 16, M);
     const Exact16 exact16 = simd == Simd::avx512 ? exact16_avx512 : exact16_avx2;
     std::vector<GroupMins> mins(q1 - q0, GroupMins(kk));
     const int64_t tile = std::min(BB, blk1 - blk0) * kB;
