@@ -32,18 +32,6 @@ def _threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-def _f32(t: torch.Tensor) -> torch.Tensor:
-    return t if t.dtype == torch.float32 else t.to(torch.float32)
-
-
-def _lut_inputs(q: torch.Tensor, codebooks: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Queries and codebooks as the native table builder takes them: float32, contiguous, cosine-normalized."""
-    xs, C = _f32(q), _f32(codebooks)
-    if metric == "cos":
-        xs, C = reference.cosine_inputs(xs, C)
-    return xs.contiguous(), C.contiguous()
-
-
 def _outputs(Q: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     # through NumPy: half the cost of torch.empty(..., dtype=...), which counts for a single query
     return torch.from_numpy(np.empty((Q, k), np.float32)), torch.from_numpy(np.empty((Q, k), np.int64))
@@ -98,7 +86,7 @@ def build_lut(q: torch.Tensor, codebooks: torch.Tensor, metric: str, dtype: torc
     if torch.float64 in (q.dtype, codebooks.dtype):
         return reference.build_lut(q, codebooks, metric, dtype)
     M, K, d = codebooks.shape
-    xs, C = _lut_inputs(q, codebooks, metric)
+    xs, C = reference.kernel_inputs(q, codebooks, metric)
     out = torch.empty((q.shape[0], M, K), dtype=torch.float32)
     if q.shape[0]:
         args = (xs.data_ptr(), q.shape[0], C.data_ptr(), M, K, d, _LUT_METRIC[metric], out.data_ptr())
@@ -111,7 +99,7 @@ def pq_search(queries: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tenso
     if torch.float64 in (queries.dtype, codebooks.dtype) or (n is None and codes.dtype not in _WIDTH):
         return NotImplemented
     M, K, d = codebooks.shape
-    xs, C = _lut_inputs(queries, codebooks, metric)
+    xs, C = reference.kernel_inputs(queries, codebooks, metric)
     c, largest = codes.contiguous(), metric in ("ip", "cos")
     Q, N = xs.shape[0], c.shape[0] if n is None else n
     v, i = _outputs(Q, k)

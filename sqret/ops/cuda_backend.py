@@ -99,14 +99,8 @@ def _fits(codebooks: torch.Tensor, x: torch.Tensor) -> bool:
     return codebooks.shape[2] <= _cuda.soft_max_dim and x.dtype != torch.float64
 
 
-def _inputs(x, codebooks, metric: str):
-    """float32 contiguous kernel inputs (cosine as the inner product of normalized inputs)."""
-    xs, C = reference.cosine_inputs(x.float(), codebooks.float()) if metric == "cos" else (x.float(), codebooks.float())
-    return xs.contiguous(), C.contiguous()
-
-
 def _soft_forward(x, codebooks, tau: float, metric: str):
-    xs, C = _inputs(x, codebooks, metric)
+    xs, C = reference.kernel_inputs(x, codebooks, metric)
     M, K, d = C.shape
     z = torch.empty_like(xs)
     _cuda.soft_quantize(xs.data_ptr(), xs.shape[0], C.data_ptr(), M, K, d, float(tau), 0 if metric == "l2" else 1,
@@ -115,7 +109,7 @@ def _soft_forward(x, codebooks, tau: float, metric: str):
 
 
 def _soft_backward(grad, x, codebooks, tau: float, metric: str):
-    xs, C = _inputs(x, codebooks, metric)
+    xs, C = reference.kernel_inputs(x, codebooks, metric)
     g = grad.float().contiguous()
     (B, _), (M, K, d) = xs.shape, C.shape
     gx, gc = torch.empty_like(xs), torch.empty_like(C)

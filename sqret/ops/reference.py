@@ -47,6 +47,15 @@ def cosine_inputs(x: torch.Tensor, codebooks: torch.Tensor) -> tuple[torch.Tenso
     return xn, F.normalize(codebooks, dim=-1)
 
 
+def kernel_inputs(x: torch.Tensor, codebooks: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """x and codebooks as the native kernels take them: float32, contiguous, normalized for cosine (which the
+    kernels then run as an inner product)."""
+    xs, C = x.float(), codebooks.float()
+    if metric == "cos":
+        xs, C = cosine_inputs(xs, C)
+    return xs.contiguous(), C.contiguous()
+
+
 def _scores(xs: torch.Tensor, C: torch.Tensor, metric: str) -> torch.Tensor:
     """Similarity, larger is closer: xs [M, n, d], C [M, K, d] (normalized for cos) -> [M, n, K]."""
     if metric == "cos":
