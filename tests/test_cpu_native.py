@@ -1,6 +1,7 @@
 """The cpu_native backend (csrc/cpu) against the reference: values and ids equal, ties by id, every SIMD path."""
 
 import contextlib
+import math
 import os
 
 import numpy as np
@@ -182,6 +183,16 @@ def test_bad_input_is_an_error_not_a_crash():
         _cpu.adc_topk(x.data_ptr(), 1, 0, 1, x.data_ptr(), 1, 1, 1, 1, x.data_ptr(), x.data_ptr())
     with pytest.raises(ValueError, match="unknown SIMD level"):
         _cpu.set_simd("sse9")
+    x, v, i = torch.zeros(64), torch.empty(1), torch.empty(1, dtype=torch.int64)
+    for threads_ in (1, 2):  # no queries (or no codes): nothing to do, no division by zero anywhere
+        for Q, N in ((0, 5), (0, 0), (1, 0)):
+            _cpu.adc_topk(x.data_ptr(), Q, 1, 1, x.data_ptr(), 1, N, 1, threads_, v.data_ptr(), i.data_ptr())
+            _cpu.adc_topk_fastscan(x.data_ptr(), Q, 1, x.data_ptr(), N, 1, threads_, v.data_ptr(), i.data_ptr())
+            for code_bytes in (0, 1):
+                _cpu.pq_search(x.data_ptr(), Q, x.data_ptr(), 1, 16, 1, 0, True, x.data_ptr(), code_bytes, N, 1,
+                               threads_, v.data_ptr(), i.data_ptr())
+            if Q:  # the last call negated (largest first): an empty result is -inf, id -1
+                assert v.item() == -math.inf and i.item() == -1
     with sqret.use_backend("cpu_native"), pytest.raises(ValueError, match="codes must lie"):
         ops.adc_topk(torch.randn(1, 2, 8), torch.full((3, 2), 8, dtype=torch.uint8), 1)
 
@@ -289,7 +300,7 @@ def test_fast_scan_cap_allows_for_rounding():
 
 
 @pytest.mark.parametrize("metric", ["l2", "ip", "l2_sqrt"])
-@pytest.mark.parametrize("M,K,d", [(16, 16, 8), (3, 256, 5), (7, 33, 1), (2, 5, 40)])
+@pytest.mark.parametrize("M,K,d", [(16, 16, 8), (3, 16, 65), (3, 256, 5), (7, 33, 1), (2, 5, 40)])
 def test_tables_of_one_query_equal_those_of_a_batch(metric, M, K, d):
     """One or two queries take a path without the transposed codebooks, and K = 16 has an AVX2 kernel: the
     same sums in the same order, so the tables (and a fused search from them) are bit-identical to those of
@@ -300,9 +311,8 @@ def test_tables_of_one_query_equal_those_of_a_batch(metric, M, K, d):
         batch = ops.build_lut(q, C, metric)
         for level in LEVELS:  # K = 16 has its own AVX2 kernel
             with simd(level):
-                assert torch.equal(ops.build_lut(q, C, metric), batch)
-        for Q in (1, 2):
-            assert torch.equal(ops.build_lut(q[:Q], C, metric), batch[:Q])
+                for Q in (1, 2, 5):
+                    assert torch.equal(ops.build_lut(q[:Q], C, metric), batch[:Q])
         if K == 16 and metric != "l2_sqrt":
             codes = torch.randint(0, 16, (3000, M), generator=g, dtype=torch.uint8)
             for stored in (codes, ops.fastscan_pack(codes)):

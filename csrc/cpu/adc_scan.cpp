@@ -90,7 +90,7 @@ TaskPlan plan_tasks(int64_t Q, int64_t N, int64_t k, int nthreads, int64_t align
   p.qblock = std::max<int64_t>(1, std::min<int64_t>(8, (Q + nthreads - 1) / nthreads));
   p.qblocks = (Q + p.qblock - 1) / p.qblock;
   p.parts = 1;
-  if (p.qblocks < nthreads) p.parts = (nthreads + p.qblocks - 1) / p.qblocks;
+  if (p.qblocks > 0 && p.qblocks < nthreads) p.parts = (nthreads + p.qblocks - 1) / p.qblocks;
   // each part scans at least 16K items and holds its own k-heap: do not split past that
   p.parts = std::max<int64_t>(1, std::min<int64_t>(p.parts, N / std::max<int64_t>(16384, 2 * k)));
   p.part_len = (N + p.parts - 1) / p.parts;
@@ -104,8 +104,7 @@ namespace {
 // Per-task heaps -> final sorted [Q, k] rows. partial[t][j] is query (qb*qblock + j) of task t = qb*parts + part.
 void merge_write(const TaskPlan& p, int64_t Q, int64_t k, std::vector<std::vector<TopK>>& partial, float* out_d,
                  int64_t* out_i, int nthreads) {
-#pragma omp parallel for schedule(dynamic) num_threads(team(nthreads, Q / 64))  // a fork costs more than a few merges
-  for (int64_t q = 0; q < Q; ++q) {
+  for_tasks(team(nthreads, Q / 64), Q, [&](int64_t q) {  // a fork costs more than a few merges
     int64_t qb = q / p.qblock, j = q % p.qblock;
     std::vector<Cand> best;
     for (int64_t part = 0; part < p.parts; ++part) {
@@ -124,7 +123,7 @@ void merge_write(const TaskPlan& p, int64_t Q, int64_t k, std::vector<std::vecto
       od[r] = std::numeric_limits<float>::infinity();
       oi[r] = -1;
     }
-  }
+  });
 }
 
 // One code: sum over sub-spaces in order m = 0..M-1 (the reference's order, so values are bit-identical).
@@ -202,8 +201,7 @@ void adc_topk_codes(const float* lut, int64_t Q, int64_t M, int64_t K, const Cod
   // a block of codes is read once per block of queries while it is hot in cache
   const int64_t NB = std::max<int64_t>(256, (32 * 1024) / (M * static_cast<int64_t>(sizeof(CodeT))));
   std::atomic<bool> nan{false};
-#pragma omp parallel for schedule(dynamic) num_threads(team(nthreads, p.qblocks * p.parts))
-  for (int64_t t = 0; t < p.qblocks * p.parts; ++t) {
+  for_tasks(team(nthreads, p.qblocks * p.parts), p.qblocks * p.parts, [&](int64_t t) {
     int64_t qb = t / p.parts, part = t % p.parts;
     int64_t q0 = qb * p.qblock, q1 = std::min(Q, q0 + p.qblock);
     int64_t n0 = part * p.part_len, n1 = std::min(N, n0 + p.part_len);
@@ -212,13 +210,13 @@ void adc_topk_codes(const float* lut, int64_t Q, int64_t M, int64_t K, const Cod
     for (int64_t q = q0; q < q1; ++q) heaps.emplace_back(kk);
     if (has_nan(lut + q0 * M * K, (q1 - q0) * M * K)) {
       nan.store(true, std::memory_order_relaxed);
-      continue;
+      return;
     }
     for (int64_t b0 = n0; b0 < n1; b0 += NB) {
       int64_t b1 = std::min(n1, b0 + NB);
       for (int64_t q = q0; q < q1; ++q) scan(lut + q * M * K, M, K, codes, b0, b1, heaps[q - q0]);
     }
-  }
+  });
   if (nan.load()) throw std::invalid_argument("lut contains NaN");
   merge_write(p, Q, k, partial, out_d, out_i, nthreads);
 }
@@ -241,16 +239,22 @@ void pq_search(const float* x, int64_t Q, const float* codebooks, int64_t M, int
   const float* L = lut.data();
   switch (code_bytes) {
     case 0:
-      return adc_topk_fastscan(L, Q, M, static_cast<const uint8_t*>(codes), N, k, nthreads, out_d, out_i);
+      adc_topk_fastscan(L, Q, M, static_cast<const uint8_t*>(codes), N, k, nthreads, out_d, out_i);
+      break;
     case 1:
-      return adc_topk_codes(L, Q, M, K, static_cast<const uint8_t*>(codes), N, k, nthreads, out_d, out_i);
+      adc_topk_codes(L, Q, M, K, static_cast<const uint8_t*>(codes), N, k, nthreads, out_d, out_i);
+      break;
     case 2:
-      return adc_topk_codes(L, Q, M, K, static_cast<const int16_t*>(codes), N, k, nthreads, out_d, out_i);
+      adc_topk_codes(L, Q, M, K, static_cast<const int16_t*>(codes), N, k, nthreads, out_d, out_i);
+      break;
     case 4:
-      return adc_topk_codes(L, Q, M, K, static_cast<const int32_t*>(codes), N, k, nthreads, out_d, out_i);
+      adc_topk_codes(L, Q, M, K, static_cast<const int32_t*>(codes), N, k, nthreads, out_d, out_i);
+      break;
     default:
       throw std::invalid_argument("pq_search: codes must be 1, 2 or 4 bytes wide, or fast-scan blocks (0)");
   }
+  if (negate)  // back to the metric's own sign (largest first)
+    for (int64_t i = 0; i < std::max<int64_t>(Q, 0) * k; ++i) out_d[i] = -out_d[i];
 }
 
 // exported for fastscan.cpp

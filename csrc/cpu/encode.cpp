@@ -166,10 +166,19 @@ void build_lut(const float* x, int64_t Q, const float* codebooks, int64_t M, int
                float* out, int nthreads) {
   if (Q < 0 || M < 1 || K < 1 || d < 1 || metric < 0 || metric > 2)
     throw std::invalid_argument("build_lut: bad sizes or metric");
-  if (Q <= 2) {  // transposing the codebooks would cost more than the tables
-    for (int64_t q = 0; q < Q; ++q)
-      for (int64_t m = 0; m < M; ++m)
-        lut_row_direct(x + q * M * d + m * d, codebooks + m * K * d, d, K, metric, out + (q * M + m) * K);
+  if (Q <= 2) {  // a transposed copy of all the codebooks would cost more than the tables
+    constexpr int64_t kMaxD = 64;
+    for (int64_t m = 0; m < M; ++m) {
+      const float* Cm = codebooks + m * K * d;
+      if (K == 16 && d <= kMaxD) {  // 16 codewords: this sub-space transposed on the stack, for lut_row16
+        float ct[kMaxD * 16];
+        for (int64_t j = 0; j < d; ++j)
+          for (int64_t c = 0; c < 16; ++c) ct[j * 16 + c] = Cm[c * d + j];
+        for (int64_t q = 0; q < Q; ++q) lut_row(x + q * M * d + m * d, ct, d, K, metric, out + (q * M + m) * K);
+      } else {
+        for (int64_t q = 0; q < Q; ++q) lut_row_direct(x + q * M * d + m * d, Cm, d, K, metric, out + (q * M + m) * K);
+      }
+    }
     return;
   }
   Transposed t(codebooks, M, K, d, false);

@@ -20,7 +20,6 @@
 #include <atomic>
 #include <cmath>
 #include <limits>
-#include <memory>
 #include <stdexcept>
 
 #include "kernels.h"
@@ -408,22 +407,21 @@ void adc_topk_fastscan(const float* lut, int64_t Q, int64_t M, const uint8_t* bl
   std::vector<std::vector<TopK>> partial(p.qblocks * p.parts);
   const int64_t BB = std::max<int64_t>(4, (128 * 1024) / (M * kRow));  // blocks per cache tile
   std::atomic<bool> nan{false};
-#pragma omp parallel for schedule(dynamic) num_threads(team(nthreads, p.qblocks * p.parts))
-  for (int64_t t = 0; t < p.qblocks * p.parts; ++t) {
+  for_tasks(team(nthreads, p.qblocks * p.parts), p.qblocks * p.parts, [&](int64_t t) {
     int64_t qb = t / p.parts, part = t % p.parts;
     int64_t q0 = qb * p.qblock, q1 = std::min(Q, q0 + p.qblock);
     int64_t n0 = part * p.part_len, n1 = std::min(N, n0 + p.part_len);
     int64_t blk0 = n0 / kB, blk1 = (n1 + kB - 1) / kB;
     if (has_nan(lut + q0 * M * 16, (q1 - q0) * M * 16)) {
       nan.store(true, std::memory_order_relaxed);
-      continue;
+      return;
     }
     std::vector<TopK>& heaps = partial[t];
     heaps.reserve(q1 - q0);
     for (int64_t q = q0; q < q1; ++q) heaps.emplace_back(kk);
     if (simd == Simd::scalar) {
       for (int64_t j = 0; j < q1 - q0; ++j) scan_scalar(lut + (q0 + j) * M * 16, M, blocks, blk0, blk1, n1, heaps[j]);
-      continue;
+      return;
     }
     std::vector<QuantLut> qluts;  // AVX2 code: only on the SIMD paths
     qluts.reserve(q1 - q0);
@@ -431,13 +429,15 @@ void adc_topk_fastscan(const float* lut, int64_t Q, int64_t M, const uint8_t* bl
     const Exact16 exact16 = simd == Simd::avx512 ? exact16_avx512 : exact16_avx2;
     std::vector<GroupMins> mins(q1 - q0, GroupMins(kk));
     const int64_t tile = std::min(BB, blk1 - blk0) * kB;
-    std::unique_ptr<uint16_t[]> sums(new uint16_t[2 * tile]);  // not zeroed: all written
+    thread_local std::vector<uint16_t> scratch;  // the tiles' sums, reused across calls: not zeroed, all written
+    if (scratch.size() < static_cast<size_t>(2 * tile)) scratch.resize(2 * tile);
+    uint16_t* const sums = scratch.data();
     for (int64_t c0 = blk0; c0 < blk1; c0 += BB) {  // a tile of blocks, hot in cache, for every query
       const int64_t c1 = std::min(blk1, c0 + BB), last_valid = n1 - (c1 - 1) * kB;
       for (int64_t j = 0; j < q1 - q0;) {  // two passes: the tile's quantized sums, then the re-rank
         const int nq = simd == Simd::avx512 && j + 1 < q1 - q0 ? 2 : 1;
         const uint8_t* tabs[2] = {qluts[j].q.data(), qluts[j + nq - 1].q.data()};
-        uint16_t* bufs[2] = {sums.get(), sums.get() + tile};
+        uint16_t* bufs[2] = {sums, sums + tile};
         if (simd == Simd::avx2) tile_sums_avx2(tabs[0], M, blocks, c0, c1, bufs[0]);
         else if (nq == 2) tile_sums_avx512<2>(tabs, M, blocks, c0, c1, bufs);
         else tile_sums_avx512<1>(tabs, M, blocks, c0, c1, bufs);
@@ -450,7 +450,7 @@ void adc_topk_fastscan(const float* lut, int64_t Q, int64_t M, const uint8_t* bl
         }
       }
     }
-  }
+  });
   if (nan.load()) throw std::invalid_argument("lut contains NaN");
   merge_partial(p, Q, k, partial, out_d, out_i, nthreads);
 }

@@ -25,6 +25,18 @@ inline int team(int nthreads, int64_t tasks) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, tasks)));
 }
 
+// body(t) for t in [0, n) on an OpenMP team of `threads` (dynamic schedule), or a plain loop for one thread:
+// a team of one still costs a team start and a futex wake-up, a fifth of a single small query's time.
+template <typename F>
+void for_tasks(int threads, int64_t n, F&& body) {
+  if (threads <= 1) {
+    for (int64_t t = 0; t < n; ++t) body(t);
+    return;
+  }
+#pragma omp parallel for schedule(dynamic) num_threads(threads)
+  for (int64_t t = 0; t < n; ++t) body(t);
+}
+
 // Whether any of p[0..n) is NaN (AVX2 when the CPU has it).
 bool has_nan(const float* p, int64_t n);
 
@@ -79,7 +91,7 @@ void build_lut(const float* x, int64_t Q, const float* codebooks, int64_t M, int
                float* out, int nthreads);
 
 // ADC search from raw queries in one call: the distance tables of x [Q, M*d] (metric as build_lut, negated
-// when `negate`: largest first) are built here, then scanned. code_bytes 1 / 2 / 4: codes [N, M];
+// when `negate`: largest first, and the results negated back) are built here, then scanned. code_bytes 1 / 2 / 4: codes [N, M];
 // 0: fast-scan blocks holding N 4-bit codes (K = 16).
 void pq_search(const float* x, int64_t Q, const float* codebooks, int64_t M, int64_t K, int64_t d, int metric,
                bool negate, const void* codes, int code_bytes, int64_t N, int64_t k, int nthreads, float* out_d,

@@ -80,6 +80,7 @@ def adc_topk_fastscan(lut: torch.Tensor, blocks: torch.Tensor, n: int, k: int, l
 
 
 _LUT_METRIC = {"l2": 0, "ip": 1, "cos": 1, "l2_sqrt": 2}
+_LARGEST = ("ip", "cos")
 
 
 def build_lut(q: torch.Tensor, codebooks: torch.Tensor, metric: str, dtype: torch.dtype | None) -> torch.Tensor:
@@ -95,24 +96,26 @@ def build_lut(q: torch.Tensor, codebooks: torch.Tensor, metric: str, dtype: torc
 
 
 def pq_search(queries: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor, n: int | None, k: int, metric: str):
-    """Tables and scan in one native call (no LUT tensor); NotImplemented where the composed ops serve better."""
-    if torch.float64 in (queries.dtype, codebooks.dtype) or (n is None and codes.dtype not in _WIDTH):
+    """Tables and scan in one native call (no LUT tensor); NotImplemented where the composed ops serve better.
+    A single query's whole search takes a few microseconds here, so this path reads each attribute once."""
+    f64 = torch.float64
+    if queries.dtype is f64 or codebooks.dtype is f64 or (n is None and codes.dtype not in _WIDTH):
         return NotImplemented
     M, K, d = codebooks.shape
     xs, C = reference.kernel_inputs(queries, codebooks, metric)
-    c, largest = codes.contiguous(), metric in ("ip", "cos")
+    c = codes if codes.is_contiguous() else codes.contiguous()
     Q, N = xs.shape[0], c.shape[0] if n is None else n
-    v, i = _outputs(Q, k)
+    v, i = torch.empty(Q, k), torch.empty(Q, k, dtype=torch.int64)
     if Q:
         try:
-            _cpu.pq_search(xs.data_ptr(), Q, C.data_ptr(), M, K, d, _LUT_METRIC[metric], largest,
-                           c.data_ptr() if N else 1, _WIDTH[c.dtype] if n is None else 0, N, k, _threads(),
-                           v.data_ptr(), i.data_ptr())
+            _cpu.pq_search(xs.data_ptr(), Q, C.data_ptr(), M, K, d, _LUT_METRIC[metric], metric in _LARGEST,
+                           c.data_ptr() if N else 1, 0 if n is not None else _WIDTH[c.dtype], N, k,
+                           torch.get_num_threads(), v.data_ptr(), i.data_ptr())
         except ValueError as err:
             if "NaN" in str(err):
                 raise ValueError("the distance tables contain NaN: check the queries and codebooks") from None
             raise
-    return _finish(v, i, largest)
+    return v, i
 
 
 def encode(x: torch.Tensor, codebooks: torch.Tensor, metric: str) -> torch.Tensor:

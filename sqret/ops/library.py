@@ -254,9 +254,11 @@ def check_blocks(blocks, n: int, M: int, K: int) -> None:
     """Fast-scan blocks holding n codes of M sub-spaces (K must be 16)."""
     if K != 16:
         raise ValueError(f"fast-scan codes need K = 16 codewords, got K = {K}")
-    checks.tensor(blocks, "blocks", 3, (torch.uint8,))
     B = reference.FASTSCAN_BLOCK
     nb = (n + B - 1) // B
+    if type(blocks) is Tensor and blocks.dtype is torch.uint8 and blocks.shape == (nb, M, B // 2):
+        return
+    checks.tensor(blocks, "blocks", 3, (torch.uint8,))
     if tuple(blocks.shape) != (nb, M, B // 2):
         want, got = (nb, M, B // 2), tuple(blocks.shape)
         raise ValueError(f"fast-scan blocks for n = {n} codes, M = {M} must be {list(want)}, got {list(got)}")

@@ -50,6 +50,9 @@ def cosine_inputs(x: torch.Tensor, codebooks: torch.Tensor) -> tuple[torch.Tenso
 def kernel_inputs(x: torch.Tensor, codebooks: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
     """x and codebooks as the native kernels take them: float32, contiguous, normalized for cosine (which the
     kernels then run as an inner product)."""
+    f32 = torch.float32
+    if metric != "cos" and x.dtype is f32 is codebooks.dtype and x.is_contiguous() and codebooks.is_contiguous():
+        return x, codebooks  # as they are (the conversions cost a microsecond even when they copy nothing)
     xs, C = x.float(), codebooks.float()
     if metric == "cos":
         xs, C = cosine_inputs(xs, C)
