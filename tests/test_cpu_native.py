@@ -300,11 +300,13 @@ def test_fast_scan_cap_allows_for_rounding():
 
 
 @pytest.mark.parametrize("metric", ["l2", "ip", "l2_sqrt"])
-@pytest.mark.parametrize("M,K,d", [(16, 16, 8), (3, 16, 65), (3, 256, 5), (7, 33, 1), (2, 5, 40)])
+@pytest.mark.parametrize("M,K,d", [(16, 16, 8), (2, 16, 24), (5, 16, 6), (3, 16, 65), (3, 256, 5), (7, 33, 1),
+                                   (2, 5, 40)])
 def test_tables_of_one_query_equal_those_of_a_batch(metric, M, K, d):
-    """One or two queries take a path without the transposed codebooks, and K = 16 has an AVX2 kernel: the
-    same sums in the same order, so the tables (and a fused search from them) are bit-identical to those of
-    a larger batch on every SIMD level."""
+    """One or two queries take a path without the transposed codebooks (K = 16: each sub-space transposed in
+    registers when d is a multiple of 8, on the stack up to d = 64), and K = 16 has an AVX2 kernel: the same
+    sums in the same order, so the tables (and a fused search from them) are bit-identical to those of a
+    larger batch on every SIMD level."""
     g = torch.Generator().manual_seed(M * K + d)
     C, q = torch.randn(M, K, d, generator=g), torch.randn(5, M * d, generator=g)
     with sqret.use_backend("cpu_native"):

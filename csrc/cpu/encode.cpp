@@ -57,6 +57,58 @@ __attribute__((target("avx2"))) void lut_row16(const float* xs, const float* Ct,
   _mm256_storeu_ps(out + 8, a1);
 }
 
+// Transpose of the 8 x 8 floats in r[0..8) (r[i] = row i -> r[j] = column j).
+__attribute__((target("avx2"))) inline void transpose8(__m256 r[8]) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+    r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+  }
+}
+
+// lut_row16 straight from the 16 codewords [16][d] of one sub-space (d a multiple of 8), transposed 8 x 8 in
+// registers: the same operations in the same order, so the tables are bit-identical. For one or two queries.
+__attribute__((target("avx2"))) void lut_row16_rows(const float* xs, const float* C, int64_t d, int metric,
+                                                    float* out) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  for (int64_t j0 = 0; j0 < d; j0 += 8) {
+    __m256 lo[8], hi[8];  // codewords 0-7 and 8-15, columns j0..j0+7
+    for (int c = 0; c < 8; ++c) {
+      lo[c] = _mm256_loadu_ps(C + c * d + j0);
+      hi[c] = _mm256_loadu_ps(C + (c + 8) * d + j0);
+    }
+    transpose8(lo);
+    transpose8(hi);
+    for (int j = 0; j < 8; ++j) {
+      const __m256 x = _mm256_set1_ps(xs[j0 + j]);
+      if (metric == 1) {
+        a0 = _mm256_add_ps(a0, _mm256_mul_ps(x, lo[j]));
+        a1 = _mm256_add_ps(a1, _mm256_mul_ps(x, hi[j]));
+      } else {
+        const __m256 t0 = _mm256_sub_ps(x, lo[j]), t1 = _mm256_sub_ps(x, hi[j]);
+        a0 = _mm256_add_ps(a0, _mm256_mul_ps(t0, t0));
+        a1 = _mm256_add_ps(a1, _mm256_mul_ps(t1, t1));
+      }
+    }
+  }
+  if (metric == 2) {
+    a0 = _mm256_sqrt_ps(a0);
+    a1 = _mm256_sqrt_ps(a1);
+  }
+  _mm256_storeu_ps(out, a0);
+  _mm256_storeu_ps(out + 8, a1);
+}
+
 }  // namespace
 
 // out[k] = sum_j (x_j - c_kj)^2 (l2, l2_sqrt) or sum_j x_j c_kj (ip), one sub-space.
@@ -170,7 +222,9 @@ void build_lut(const float* x, int64_t Q, const float* codebooks, int64_t M, int
     constexpr int64_t kMaxD = 64;
     for (int64_t m = 0; m < M; ++m) {
       const float* Cm = codebooks + m * K * d;
-      if (K == 16 && d <= kMaxD) {  // 16 codewords: this sub-space transposed on the stack, for lut_row16
+      if (K == 16 && d % 8 == 0 && active_simd() != Simd::scalar) {  // transposed in registers
+        for (int64_t q = 0; q < Q; ++q) lut_row16_rows(x + q * M * d + m * d, Cm, d, metric, out + (q * M + m) * K);
+      } else if (K == 16 && d <= kMaxD) {  // 16 codewords: this sub-space transposed on the stack, for lut_row16
         float ct[kMaxD * 16];
         for (int64_t j = 0; j < d; ++j)
           for (int64_t c = 0; c < 16; ++c) ct[j * 16 + c] = Cm[c * d + j];
