@@ -335,3 +335,57 @@ def test_encode_of_a_row_does_not_depend_on_its_batch(K):
         for i in range(x.shape[0]):
             assert torch.equal(ops.encode(x[i : i + 1], C), batch[i : i + 1])
         assert torch.equal(ops.encode(x[3:], C), batch[3:])
+
+
+def test_whole_search_takes_only_what_it_checks():
+    """ops.pq_search first offers its arguments to one native call that reads and checks the tensors itself
+    (cpu_native.pq_search_whole): what it takes gives exactly the checked path's results; anything that is not
+    float32 / uint8 contiguous CPU tensors of matching shapes (or k an int >= 1, a metric it runs as is) it
+    declines with None, and the checked path runs (and names what is wrong)."""
+    from sqret.ops import cpu_native
+
+    g = torch.Generator().manual_seed(5)
+    M, d = 4, 3
+    q = torch.randn(3, M * d, generator=g)
+    C4, C8 = torch.randn(M, 16, d, generator=g), torch.randn(M, 256, d, generator=g)
+    codes4 = torch.randint(0, 16, (150, M), generator=g, dtype=torch.uint8)
+    codes8 = torch.randint(0, 256, (150, M), generator=g, dtype=torch.uint8)
+    fs = ops.fastscan_pack(codes4)
+    whole = cpu_native.pq_search_whole
+    for C, data, n in ((C4, fs.blocks, fs.n), (C8, codes8, None)):
+        stored = fs if n is not None else codes8
+        for metric in ("l2", "ip", "l2_sqrt"):
+            for Q, k in ((1, 5), (3, 1), (2, 400), (0, 3)):
+                got = whole(q[:Q], C, data, n, k, metric)
+                assert got is not None
+                checked = ops.pq_search(q[:Q], C, stored, k, metric, check_finite=True)  # never the whole path
+                assert_same(got, checked)
+    declined = [
+        (q.t().contiguous().t(), C4, fs.blocks, fs.n, 5, "l2"),  # non-contiguous queries
+        (q.double(), C4, fs.blocks, fs.n, 5, "l2"),
+        (q, C4.half(), fs.blocks, fs.n, 5, "l2"),
+        (q, torch.nn.Parameter(C4), fs.blocks, fs.n, 5, "l2"),  # a subclass
+        (q[:, :-1].contiguous(), C4, fs.blocks, fs.n, 5, "l2"),  # D != M * d
+        (q[None], C4, fs.blocks, fs.n, 5, "l2"),
+        (q, C4, fs.blocks, 200, 5, "l2"),  # blocks of another n
+        (q, C4, fs.blocks[:, :, :16].contiguous(), fs.n, 5, "l2"),
+        (q, C4, fs.blocks.transpose(0, 1).contiguous().transpose(0, 1), fs.n, 5, "l2"),
+        (q, C8, fs.blocks, fs.n, 5, "l2"),  # fast-scan codes need K = 16
+        (q, C4, codes4, None, 5, "l2"),  # bytes with K < 256 need a range check
+        (q, C8, codes8.to(torch.int16), None, 5, "l2"),
+        (q, C8, codes8[:, :2].contiguous(), None, 5, "l2"),
+        (q, C4, fs.blocks, fs.n, 0, "l2"),
+        (q, C4, fs.blocks, fs.n, True, "l2"),
+        (q, C4, fs.blocks, fs.n, 2.0, "l2"),
+        (q, C4, fs.blocks, fs.n, 5, "cos"),
+        (q, C4, fs.blocks, fs.n, 5, ["l2"]),
+        (q.to("meta"), C4, fs.blocks, fs.n, 5, "l2"),
+        (q.numpy(), C4, fs.blocks, fs.n, 5, "l2"),
+    ]
+    for args in declined:
+        assert whole(*args) is None, args
+    nan = q.clone()
+    nan[0, 0] = float("nan")
+    assert whole(nan, C4, fs.blocks, fs.n, 5, "l2") is None  # the checked path raises, with its message
+    with pytest.raises(ValueError, match="NaN"):
+        ops.pq_search(nan, C4, fs, 5)

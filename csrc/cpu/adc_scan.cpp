@@ -232,10 +232,15 @@ void pq_search(const float* x, int64_t Q, const float* codebooks, int64_t M, int
                bool negate, const void* codes, int code_bytes, int64_t N, int64_t k, int nthreads, float* out_d,
                int64_t* out_i) {
   if (code_bytes == 0 && K != 16) throw std::invalid_argument("pq_search: fast-scan codes need K = 16");
-  std::vector<float> lut(static_cast<size_t>(std::max<int64_t>(Q, 0) * M * K));
+  // the calling thread's buffer, reused across calls: a fresh one of a kilobyte or more costs a consolidation of
+  // malloc's fast bins each call, which the Python around it refills
+  thread_local std::vector<float> lut;
+  const size_t size = static_cast<size_t>(std::max<int64_t>(Q, 0) * M * K);
+  if (lut.size() < size) lut.resize(size);
+  if (lut.size() > (size_t{1} << 24) && size < lut.size() / 4) lut = std::vector<float>(size);  // a past peak
   build_lut(x, Q, codebooks, M, K, d, metric, lut.data(), nthreads);
   if (negate)
-    for (float& v : lut) v = -v;
+    for (size_t i = 0; i < size; ++i) lut[i] = -lut[i];
   const float* L = lut.data();
   switch (code_bytes) {
     case 0:

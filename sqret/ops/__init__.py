@@ -40,6 +40,7 @@ register(
             "adc_topk_fastscan",
             "ivf_search",
             "pq_search",
+            "pq_search_whole",
         )
     },
     priority=0,
@@ -319,14 +320,20 @@ def pq_search(
     The native CPU backend builds the tables inside the scan, in one call and without a [Q, M, K] tensor
     (what single queries and small databases need); elsewhere this is those two ops.
     """
-    library.check_lut(queries, codebooks, metric)
+    if ids is None and not (packed or check_finite) and type(queries) is Tensor:  # one call if the backend can
+        fast = type(codes) is FastScanCodes
+        if fast or type(codes) is Tensor:
+            whole = registry.select("pq_search_whole", registry.device_type(queries))[1]
+            out = whole(queries, codebooks, codes.blocks if fast else codes, codes.n if fast else None, k, metric)
+            if out is not None:
+                return out
+    M, K, _ = library.check_lut(queries, codebooks, metric)
     fused = isinstance(codes, FastScanCodes) or (isinstance(codes, Tensor) and not packed)
     name, impl = registry.select("pq_search", registry.device_type(queries))
     if fused and name != "reference":  # the reference is the composition below, op by op on the best backend
         k = checks.topk_k(k)
         if check_finite:
             checks.finite(queries, "queries"), checks.finite(codebooks, "codebooks")
-        M, K, _ = codebooks.shape
         if isinstance(codes, FastScanCodes):
             data, n, total = codes.blocks, codes.n, codes.n
             library.check_blocks(data, n, M, K)
@@ -335,7 +342,7 @@ def pq_search(
             checks.codes(codes, M, K, False)
             checks.code_range(codes, K, False)
         checks.same_device(("queries", queries), ("codes", data))
-        out = impl(queries, codebooks, data, n, k, checks.metric(metric, LUT_METRICS))
+        out = impl(queries, codebooks, data, n, k, metric)
         if out is not NotImplemented:
             return out[0], _map_ids(out[1], ids, total)
     lut = build_lut(queries, codebooks, metric, check_finite=check_finite)

@@ -24,6 +24,8 @@ else:
         _cpu = None
         mark_unavailable("cpu_native", "sqret._cpu is stale (fast-scan layout differs): rebuild it "
                                        "(pip install -e ., as make test does)")
+    else:
+        _cpu.bind_torch(torch.Tensor, torch.float32, torch.uint8, torch.int64, torch.empty)
 
 _WIDTH = {torch.uint8: 1, torch.int16: 2, torch.int32: 4}
 
@@ -98,11 +100,17 @@ def build_lut(q: torch.Tensor, codebooks: torch.Tensor, metric: str, dtype: torc
 def pq_search(queries: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor, n: int | None, k: int, metric: str):
     """Tables and scan in one native call (no LUT tensor); NotImplemented where the composed ops serve better.
     A single query's whole search takes a few microseconds here, so this path reads each attribute once."""
-    f64 = torch.float64
-    if queries.dtype is f64 or codebooks.dtype is f64 or (n is None and codes.dtype not in _WIDTH):
+    f32, f64 = torch.float32, torch.float64
+    qt, ct = queries.dtype, codebooks.dtype
+    if qt is f32 is ct and metric != "cos" and queries.is_contiguous() and codebooks.is_contiguous():
+        xs, C = queries, codebooks  # the common case: no conversion
+    elif qt is f64 or ct is f64:
         return NotImplemented
-    M, K, d = codebooks.shape
-    xs, C = reference.kernel_inputs(queries, codebooks, metric)
+    else:
+        xs, C = reference.kernel_inputs(queries, codebooks, metric)
+    if n is None and codes.dtype not in _WIDTH:
+        return NotImplemented
+    M, K, d = C.shape
     c = codes if codes.is_contiguous() else codes.contiguous()
     Q, N = xs.shape[0], c.shape[0] if n is None else n
     v, i = torch.empty(Q, k), torch.empty(Q, k, dtype=torch.int64)
@@ -116,6 +124,21 @@ def pq_search(queries: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tenso
                 raise ValueError("the distance tables contain NaN: check the queries and codebooks") from None
             raise
     return v, i
+
+
+_WHOLE_METRIC = {"l2": 0, "ip": 1, "l2_sqrt": 2}  # cosine normalizes first: the checked path
+
+
+def pq_search_whole(queries, codebooks, codes, n: int | None, k, metric):
+    """The whole of ops.pq_search in one native call that reads and checks the tensors itself (a single
+    query's search takes microseconds, Python checks of torch attributes a few more); None where it does not
+    take the arguments as they are (anything but float32 / uint8 contiguous CPU tensors of matching shapes,
+    4-bit blocks or bytes with K = 256): the checked path runs then."""
+    m = _WHOLE_METRIC.get(metric) if type(metric) is str else None
+    if m is None:
+        return None
+    return _cpu.search_whole(queries, codebooks, codes, -1 if n is None else n, k, m, m == 1,
+                             torch.get_num_threads())
 
 
 def encode(x: torch.Tensor, codebooks: torch.Tensor, metric: str) -> torch.Tensor:
@@ -181,6 +204,7 @@ if _cpu is not None:
             "encode": encode,
             "ivf_search": ivf_search,
             "pq_search": pq_search,
+            "pq_search_whole": pq_search_whole,
         },
         priority=10,
     )

@@ -182,9 +182,10 @@ decode.register_autograd(_decode_grad, setup_context=_decode_setup)
 # ---------------------------------------------------------------- build_lut
 
 
-def check_lut(q, codebooks, metric) -> None:
-    checks.features(q, codebooks, "queries")
+def check_lut(q, codebooks, metric) -> tuple[int, int, int]:
+    """Queries [Q, M*d] against codebooks [M, K, d], a LUT metric; returns (M, K, d)."""
     checks.metric(metric, checks.LUT_METRICS)
+    return checks.features(q, codebooks, "queries")
 
 
 def build_lut_impl(q: Tensor, codebooks: Tensor, metric: str, dtype: torch.dtype | None = None) -> Tensor:

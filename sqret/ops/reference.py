@@ -348,6 +348,11 @@ def adc_topk_fastscan(lut: torch.Tensor, blocks: torch.Tensor, n: int, k: int, l
     return adc_topk(lut, fastscan_unpack(blocks, n), k, largest, False)
 
 
+def pq_search_whole(queries, codebooks, codes, n, k, metric) -> None:
+    """No one-call path here: None, so ops.pq_search takes its checked path."""
+    return None
+
+
 def pq_search(queries: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor, n: int | None, k: int, metric: str):
     """adc_topk of build_lut(queries): codes [N, M], or fast-scan blocks holding n codes when n is not None."""
     lut = build_lut(queries, codebooks, metric, None)
