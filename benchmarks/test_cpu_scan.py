@@ -4,6 +4,7 @@ Same codebooks and codes in both, same k and threads, queries from raw vectors i
 building the LUT: ops.pq_search). Run: make bench  (results: python benchmarks/report.py)."""
 
 import functools
+import time
 
 import pytest
 import torch
@@ -32,6 +33,12 @@ def _rounds(N: int, Q: int) -> int:
     return 3 if work > 1e9 else 10 if work > 1e7 else 50
 
 
+def _quiet():
+    """Let the other library's OpenMP threads stop spinning (FAISS and torch / sqret each have their own
+    runtime, whose idle threads spin for milliseconds after a parallel call) before timing."""
+    time.sleep(0.05)
+
+
 def _search_sqret(data, q, k):
     codes = data.fastscan if data.nbits == 4 else data.codes
     return ops.pq_search(q, data.codebooks, codes, k)  # tables + scan, like faiss's search
@@ -53,6 +60,7 @@ def test_adc_scan(benchmark, name, nbits, Q, system):
     benchmark.group = f"{name} {nbits}-bit Q={Q} k={K_NN}"
     benchmark.extra_info.update(N=data.N, M=data.codebooks.shape[0], Q=Q, k=K_NN, nbits=nbits, system=system,
                                 threads=torch.get_num_threads())
+    _quiet()
     benchmark.pedantic(fn, args=(data, q, K_NN), rounds=_rounds(data.N, Q), iterations=1, warmup_rounds=1)
 
 
@@ -65,6 +73,7 @@ def test_adc_scan_k100(benchmark, nbits, system):
     benchmark.group = f"synthetic1M {nbits}-bit Q=16 k=100"
     benchmark.extra_info.update(N=data.N, M=data.codebooks.shape[0], Q=16, k=100, nbits=nbits, system=system,
                                 threads=torch.get_num_threads())
+    _quiet()
     benchmark.pedantic(fn, args=(data, q, 100), rounds=10, iterations=1, warmup_rounds=1)
 
 
