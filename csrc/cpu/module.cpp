@@ -142,13 +142,15 @@ static PyObject* bind_torch(PyObject*, PyObject* const* args, Py_ssize_t nargs) 
     Py_INCREF(args[i]);
     Py_XSETREF(*slots[i], args[i]);
   }
-  torch_.shape = PyUnicode_InternFromString("shape");
-  torch_.dtype = PyUnicode_InternFromString("dtype");
-  torch_.is_cpu = PyUnicode_InternFromString("is_cpu");
-  torch_.is_contiguous = PyUnicode_InternFromString("is_contiguous");
-  torch_.data_ptr = PyUnicode_InternFromString("data_ptr");
-  torch_.dtype_kw = Py_BuildValue("(s)", "dtype");
-  if (PyErr_Occurred()) return nullptr;
+  if (!torch_.dtype_kw) {  // names, made once
+    torch_.shape = PyUnicode_InternFromString("shape");
+    torch_.dtype = PyUnicode_InternFromString("dtype");
+    torch_.is_cpu = PyUnicode_InternFromString("is_cpu");
+    torch_.is_contiguous = PyUnicode_InternFromString("is_contiguous");
+    torch_.data_ptr = PyUnicode_InternFromString("data_ptr");
+    torch_.dtype_kw = Py_BuildValue("(s)", "dtype");
+    if (PyErr_Occurred()) return nullptr;
+  }
   Py_RETURN_NONE;
 }
 
@@ -187,11 +189,14 @@ static PyObject* search_whole(PyObject*, PyObject* const* args, Py_ssize_t nargs
     if (K != 256 || !read_tensor(args[2], torch_.u8, 2, bs, &ba) || bs[1] != M) Py_RETURN_NONE;
     N = bs[0];
   }
-  uintptr_t va = 0, ia = 0;
+  uintptr_t va = 0, ia = 0;  // outputs; if they cannot be made (k too large), the checked path reports it
   PyObject* v = new_output(Q, k, false, &va);
-  if (!v) return nullptr;
-  PyObject* i = new_output(Q, k, true, &ia);
-  if (!i) return Py_DECREF(v), nullptr;
+  PyObject* i = v ? new_output(Q, k, true, &ia) : nullptr;
+  if (!i) {
+    Py_XDECREF(v);
+    PyErr_Clear();
+    Py_RETURN_NONE;
+  }
   bool failed = false;
   if (Q > 0) {
     Py_BEGIN_ALLOW_THREADS;

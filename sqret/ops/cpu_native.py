@@ -82,7 +82,6 @@ def adc_topk_fastscan(lut: torch.Tensor, blocks: torch.Tensor, n: int, k: int, l
 
 
 _LUT_METRIC = {"l2": 0, "ip": 1, "cos": 1, "l2_sqrt": 2}
-_LARGEST = ("ip", "cos")
 
 
 def build_lut(q: torch.Tensor, codebooks: torch.Tensor, metric: str, dtype: torch.dtype | None) -> torch.Tensor:
@@ -98,27 +97,19 @@ def build_lut(q: torch.Tensor, codebooks: torch.Tensor, metric: str, dtype: torc
 
 
 def pq_search(queries: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor, n: int | None, k: int, metric: str):
-    """Tables and scan in one native call (no LUT tensor); NotImplemented where the composed ops serve better.
-    A single query's whole search takes a few microseconds here, so this path reads each attribute once."""
-    f32, f64 = torch.float32, torch.float64
-    qt, ct = queries.dtype, codebooks.dtype
-    if qt is f32 is ct and metric != "cos" and queries.is_contiguous() and codebooks.is_contiguous():
-        xs, C = queries, codebooks  # the common case: no conversion
-    elif qt is f64 or ct is f64:
+    """Tables and scan in one native call (no LUT tensor); NotImplemented where the composed ops serve better."""
+    if torch.float64 in (queries.dtype, codebooks.dtype) or (n is None and codes.dtype not in _WIDTH):
         return NotImplemented
-    else:
-        xs, C = reference.kernel_inputs(queries, codebooks, metric)
-    if n is None and codes.dtype not in _WIDTH:
-        return NotImplemented
-    M, K, d = C.shape
-    c = codes if codes.is_contiguous() else codes.contiguous()
+    M, K, d = codebooks.shape
+    xs, C = reference.kernel_inputs(queries, codebooks, metric)
+    c = codes.contiguous()
     Q, N = xs.shape[0], c.shape[0] if n is None else n
-    v, i = torch.empty(Q, k), torch.empty(Q, k, dtype=torch.int64)
+    v, i = _outputs(Q, k)
     if Q:
         try:
-            _cpu.pq_search(xs.data_ptr(), Q, C.data_ptr(), M, K, d, _LUT_METRIC[metric], metric in _LARGEST,
-                           c.data_ptr() if N else 1, 0 if n is not None else _WIDTH[c.dtype], N, k,
-                           torch.get_num_threads(), v.data_ptr(), i.data_ptr())
+            _cpu.pq_search(xs.data_ptr(), Q, C.data_ptr(), M, K, d, _LUT_METRIC[metric], metric in ("ip", "cos"),
+                           c.data_ptr() if N else 1, _WIDTH[c.dtype] if n is None else 0, N, k, _threads(),
+                           v.data_ptr(), i.data_ptr())  # results in the metric's own sign
         except ValueError as err:
             if "NaN" in str(err):
                 raise ValueError("the distance tables contain NaN: check the queries and codebooks") from None
