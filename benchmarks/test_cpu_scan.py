@@ -73,16 +73,17 @@ def test_adc_scan(benchmark, name, nbits, Q, rep, system):
 
 
 @pytest.mark.parametrize("system", ["faiss", "sqret"])
+@pytest.mark.parametrize("rep", range(REPEATS))
 @pytest.mark.parametrize("nbits", [8, 4])
-def test_adc_scan_k100(benchmark, nbits, system):
+def test_adc_scan_k100(benchmark, nbits, rep, system):
     data = dataset("synthetic1M", nbits)
     q = data.queries[:16].contiguous()
     fn = _search_sqret if system == "sqret" else _search_faiss
     benchmark.group = f"synthetic1M {nbits}-bit Q=16 k=100"
     benchmark.extra_info.update(N=data.N, M=data.codebooks.shape[0], Q=16, k=100, nbits=nbits, system=system,
-                                threads=torch.get_num_threads())
+                                threads=torch.get_num_threads(), rep=rep)
     _quiet()
-    benchmark.pedantic(fn, args=(data, q, 100), rounds=10, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(fn, args=(data, q, 100), rounds=_rounds(data.N, 16), iterations=1, warmup_rounds=1)
 
 
 @pytest.mark.parametrize("system", ["faiss", "sqret_native", "sqret_reference"])
