@@ -340,8 +340,8 @@ def test_encode_of_a_row_does_not_depend_on_its_batch(K):
 def test_whole_search_takes_only_what_it_checks():
     """ops.pq_search first offers its arguments to one native call that reads and checks the tensors itself
     (cpu_native.pq_search_whole): what it takes gives exactly the checked path's results; anything that is not
-    float32 / uint8 contiguous CPU tensors of matching shapes (or k an int >= 1, a metric it runs as is) it
-    declines with None, and the checked path runs (and names what is wrong)."""
+    float32 / uint8 contiguous CPU tensors of matching shapes (ids int64 [N], k an int >= 1, a metric it runs
+    as is) it declines with None, and the checked path runs (and names what is wrong)."""
     from sqret.ops import cpu_native
 
     g = torch.Generator().manual_seed(5)
@@ -352,14 +352,16 @@ def test_whole_search_takes_only_what_it_checks():
     codes8 = torch.randint(0, 256, (150, M), generator=g, dtype=torch.uint8)
     fs = ops.fastscan_pack(codes4)
     whole = cpu_native.pq_search_whole
+    labels = torch.randperm(150, generator=g) * 7 - 20  # ids of the positions (some negative ones too)
     for C, data, n in ((C4, fs.blocks, fs.n), (C8, codes8, None)):
         stored = fs if n is not None else codes8
         for metric in ("l2", "ip", "l2_sqrt"):
             for Q, k in ((1, 5), (3, 1), (2, 400), (0, 3)):
-                got = whole(q[:Q], C, data, n, k, metric)
-                assert got is not None
-                checked = ops.pq_search(q[:Q], C, stored, k, metric, check_finite=True)  # never the whole path
-                assert_same(got, checked)
+                for ids in (None, labels):
+                    got = whole(q[:Q], C, data, n, k, metric, ids)
+                    assert got is not None
+                    checked = ops.pq_search(q[:Q], C, stored, k, metric, ids=ids, check_finite=True)  # never whole
+                    assert_same(got, checked)
     declined = [
         (q.t().contiguous().t(), C4, fs.blocks, fs.n, 5, "l2"),  # non-contiguous queries
         (q.double(), C4, fs.blocks, fs.n, 5, "l2"),
@@ -381,6 +383,10 @@ def test_whole_search_takes_only_what_it_checks():
         (q, C4, fs.blocks, fs.n, 5, ["l2"]),
         (q.to("meta"), C4, fs.blocks, fs.n, 5, "l2"),
         (q.numpy(), C4, fs.blocks, fs.n, 5, "l2"),
+        (q, C4, fs.blocks, fs.n, 5, "l2", labels.to(torch.int32)),
+        (q, C4, fs.blocks, fs.n, 5, "l2", labels[:-1].contiguous()),
+        (q, C4, fs.blocks, fs.n, 5, "l2", torch.stack([labels, labels], 1)[:, 0]),  # non-contiguous ids
+        (q, C4, fs.blocks, fs.n, 5, "l2", labels.numpy()),
     ]
     for args in declined:
         assert whole(*args) is None, args
@@ -389,3 +395,11 @@ def test_whole_search_takes_only_what_it_checks():
     assert whole(nan, C4, fs.blocks, fs.n, 5, "l2") is None  # the checked path raises, with its message
     with pytest.raises(ValueError, match="NaN"):
         ops.pq_search(nan, C4, fs, 5)
+    inf, C_inf = q.clone(), C4.clone()
+    inf[2, 5], C_inf[3, 15, 2] = float("inf"), -float("inf")
+    assert_same(whole(q, C4, fs.blocks, fs.n, 5, "l2", None, True), ops.pq_search(q, C4, fs, 5))
+    for bad_q, bad_C, name in ((inf, C4, "queries"), (q, C_inf, "codebooks")):
+        assert whole(bad_q, bad_C, fs.blocks, fs.n, 5, "l2", None, True) is None
+        assert whole(bad_q, bad_C, fs.blocks, fs.n, 5, "l2", None, False) is not None  # inf is only checked on demand
+        with pytest.raises(ValueError, match=f"{name} contains NaN or inf"):
+            ops.pq_search(bad_q, bad_C, fs, 5, check_finite=True)

@@ -2,6 +2,7 @@
 // no copies) and sizes in, results written to caller-allocated buffers. The GIL is released while they run.
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -111,6 +112,14 @@ bool read_tensor(PyObject* t, PyObject* dtype, int ndim, int64_t* sizes, uintptr
   return ok;
 }
 
+// No NaN or inf in p[0..n): the largest exponent field is not all ones (an integer max, which vectorizes).
+__attribute__((target_clones("avx2", "default"))) bool all_finite(const float* p, int64_t n) {
+  const uint32_t* bits = reinterpret_cast<const uint32_t*>(p);
+  uint32_t top = 0;
+  for (int64_t i = 0; i < n; ++i) top = std::max(top, bits[i] & 0x7f800000u);
+  return top != 0x7f800000u;
+}
+
 // torch.empty(Q, k) (float32, or int64 when `ids`) and its address; nullptr with the error set on failure.
 PyObject* new_output(int64_t Q, int64_t k, bool ids, uintptr_t* addr) {
   PyObject* q = PyLong_FromLongLong(Q);
@@ -154,12 +163,14 @@ static PyObject* bind_torch(PyObject*, PyObject* const* args, Py_ssize_t nargs) 
   Py_RETURN_NONE;
 }
 
-// search_whole(queries, codebooks, codes, n, k, metric, negate, nthreads) -> (values, ids) or None.
+// search_whole(queries, codebooks, codes, n, k, metric, negate, nthreads, labels) -> (values, ids) or None.
 // queries [Q, M*d] and codebooks [M, K, d] float32; codes: fast-scan blocks [ceil(n/64), M, 32] uint8 holding
 // n >= 0 codes (K = 16), or n = -1 and codes [N, M] uint8 with K = 256 (every byte a valid code). k >= 1.
+// labels: None (ids are positions) or int64 [N], the id of each position. check_finite: decline when the
+// queries or codebooks hold NaN or inf (the checked path then raises).
 static PyObject* search_whole(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 8) {
-    PyErr_SetString(PyExc_TypeError, "search_whole takes 8 arguments");
+  if (nargs != 10) {
+    PyErr_SetString(PyExc_TypeError, "search_whole takes 10 arguments");
     return nullptr;
   }
   if (!torch_.tensor) {
@@ -189,6 +200,12 @@ static PyObject* search_whole(PyObject*, PyObject* const* args, Py_ssize_t nargs
     if (K != 256 || !read_tensor(args[2], torch_.u8, 2, bs, &ba) || bs[1] != M) Py_RETURN_NONE;
     N = bs[0];
   }
+  if (PyObject_IsTrue(args[9]) == 1 && (!all_finite(reinterpret_cast<const float*>(qa), Q * qs[1]) ||
+                                         !all_finite(reinterpret_cast<const float*>(ca), M * K * d)))
+    Py_RETURN_NONE;
+  int64_t ls[1] = {0};
+  uintptr_t la = 0;
+  if (args[8] != Py_None && (!read_tensor(args[8], torch_.i64, 1, ls, &la) || ls[0] != N)) Py_RETURN_NONE;
   uintptr_t va = 0, ia = 0;  // outputs; if they cannot be made (k too large), the checked path reports it
   PyObject* v = new_output(Q, k, false, &va);
   PyObject* i = v ? new_output(Q, k, true, &ia) : nullptr;
@@ -205,6 +222,11 @@ static PyObject* search_whole(PyObject*, PyObject* const* args, Py_ssize_t nargs
                 static_cast<int>(metric), num[3] != 0, reinterpret_cast<const void*>(N && ba ? ba : 1),
                 n >= 0 ? 0 : 1, N, k, static_cast<int>(nthreads), reinterpret_cast<float*>(va),
                 reinterpret_cast<int64_t*>(ia));
+      if (la) {  // positions -> labels (-1 stays: no code)
+        const int64_t* labels = reinterpret_cast<const int64_t*>(la);
+        int64_t* out = reinterpret_cast<int64_t*>(ia);
+        for (int64_t j = 0; j < Q * k; ++j) out[j] = out[j] >= 0 ? labels[out[j]] : -1;
+      }
     } catch (const std::exception&) {
       failed = true;  // a NaN in the tables, or out of memory: the checked path says which
     }
@@ -225,7 +247,8 @@ static PyMethodDef bind_torch_def = {"bind_torch", reinterpret_cast<PyCFunction>
                                      METH_FASTCALL, "bind_torch(torch.Tensor, float32, uint8, int64, torch.empty)"};
 static PyMethodDef search_whole_def = {
     "search_whole", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(search_whole)), METH_FASTCALL,
-    "search_whole(queries, codebooks, codes, n, k, metric, negate, nthreads) -> (values, ids), or None where the "
+    "search_whole(queries, codebooks, codes, n, k, metric, negate, nthreads, labels, check_finite) -> (values, ids), "
+    "or None where the "
     "arguments are not float32 / uint8 contiguous CPU tensors of matching shapes (the checked path runs then)"};
 
 static PyMethodDef pq_search_def = {

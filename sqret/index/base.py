@@ -10,16 +10,20 @@ from .. import ops
 INDEX_METRICS = ("l2", "ip")
 
 
-def as_matrix(x, d: int, name: str) -> torch.Tensor:
-    """float32 [n, d] from a tensor or array; NaN / inf and a wrong dimension are clear errors."""
+def as_matrix(x, d: int, name: str, finite: bool = True) -> torch.Tensor:
+    """float32 [n, d] from a tensor or array; NaN / inf (unless ``finite`` is False: the caller checks) and a
+    wrong dimension are clear errors."""
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
-    if x.dim() != 2 or x.shape[1] != d:
-        raise ValueError(f"{name} must be [n, d = {d}], got shape {tuple(x.shape)}")
-    x = x.to(torch.float32)
-    ops.checks.finite(x, name)
+    shape = x.shape
+    if len(shape) != 2 or shape[1] != d:
+        raise ValueError(f"{name} must be [n, d = {d}], got shape {tuple(shape)}")
+    if x.dtype is not torch.float32:
+        x = x.to(torch.float32)
+    if finite:
+        ops.checks.finite(x, name)
     return x
 
 

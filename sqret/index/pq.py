@@ -133,18 +133,18 @@ class PQIndex:
         queries too and compares codewords with codewords (SDC, as in the hashing literature)."""
         if not self.is_trained:
             raise RuntimeError("the index is not trained: call train() or from_codebooks() first")
-        q = as_matrix(queries, self.d, "queries")
+        q = as_matrix(queries, self.d, "queries", finite=symmetric)  # ADC: ops.pq_search checks, natively
         k = ops.checks.topk_k(k)
         if isinstance(self._codes, np.ndarray):  # memory-mapped: stream chunks through the scan
             codes = [self._codes[a : a + _CHUNK] for a in range(0, len(self), _CHUNK)] or [self._codes]
-        elif self.nbits == 4 and q.device.type == "cpu":
+        elif self.nbits == 4 and q.is_cpu:
             if self._fast is None:
                 self._fast = ops.fastscan_pack(self._codes)
             codes = self._fast
         else:
             codes = self._codes
         if not symmetric:  # tables and scan in one op
-            return ops.pq_search(q, self.codebooks, codes, k, self.metric, ids=self._ids)
+            return ops.pq_search(q, self.codebooks, codes, k, self.metric, ids=self._ids, check_finite=True)
         lut = ops.codeword_tables(self.codebooks, self.metric)  # [M, K, K]
         qc = ops.encode(q, self.codebooks, self.metric).long()  # [Q, M]
         lut = lut[torch.arange(self.M)[None, :], qc]  # [Q, M, K]: row q_m of each table

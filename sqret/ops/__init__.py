@@ -320,11 +320,12 @@ def pq_search(
     The native CPU backend builds the tables inside the scan, in one call and without a [Q, M, K] tensor
     (what single queries and small databases need); elsewhere this is those two ops.
     """
-    if ids is None and not (packed or check_finite) and type(queries) is Tensor:  # one call if the backend can
+    if not packed and type(queries) is Tensor:  # one call if the backend can take the arguments as they are
         fast = type(codes) is FastScanCodes
         if fast or type(codes) is Tensor:
             whole = registry.select("pq_search_whole", registry.device_type(queries))[1]
-            out = whole(queries, codebooks, codes.blocks if fast else codes, codes.n if fast else None, k, metric)
+            out = whole(queries, codebooks, codes.blocks if fast else codes, codes.n if fast else None, k, metric,
+                        ids, check_finite)
             if out is not None:
                 return out
     M, K, _ = library.check_lut(queries, codebooks, metric)

@@ -120,16 +120,17 @@ def pq_search(queries: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tenso
 _WHOLE_METRIC = {"l2": 0, "ip": 1, "l2_sqrt": 2}  # cosine normalizes first: the checked path
 
 
-def pq_search_whole(queries, codebooks, codes, n: int | None, k, metric):
+def pq_search_whole(queries, codebooks, codes, n: int | None, k, metric, ids=None, check_finite=False):
     """The whole of ops.pq_search in one native call that reads and checks the tensors itself (a single
     query's search takes microseconds, Python checks of torch attributes a few more); None where it does not
     take the arguments as they are (anything but float32 / uint8 contiguous CPU tensors of matching shapes,
-    4-bit blocks or bytes with K = 256): the checked path runs then."""
+    4-bit blocks or bytes with K = 256, ids int64 [N]; NaN / inf when check_finite): the checked path runs
+    then."""
     m = _WHOLE_METRIC.get(metric) if type(metric) is str else None
     if m is None:
         return None
     return _cpu.search_whole(queries, codebooks, codes, -1 if n is None else n, k, m, m == 1,
-                             torch.get_num_threads())
+                             torch.get_num_threads(), ids, check_finite)
 
 
 def encode(x: torch.Tensor, codebooks: torch.Tensor, metric: str) -> torch.Tensor:

@@ -348,7 +348,7 @@ def adc_topk_fastscan(lut: torch.Tensor, blocks: torch.Tensor, n: int, k: int, l
     return adc_topk(lut, fastscan_unpack(blocks, n), k, largest, False)
 
 
-def pq_search_whole(queries, codebooks, codes, n, k, metric) -> None:
+def pq_search_whole(queries, codebooks, codes, n, k, metric, ids=None, check_finite=False) -> None:
     """No one-call path here: None, so ops.pq_search takes its checked path."""
     return None
 
