@@ -18,15 +18,18 @@ def main(path: str, md_path: str, png_path: str) -> None:
     # (the other library's OpenMP workers, the OS), the minimum much less; the same statistic for both
     rows = [b["extra_info"] | {"median": b["stats"]["min"]} for b in doc["benchmarks"]]
     by_case = defaultdict(dict)
-    for r in rows:
-        by_case[(r["dataset"], r["kind"], r["nprobe"])][r["system"]] = r
+    for r in rows:  # a case timed in several windows: each library's best
+        have = by_case[(r["dataset"], r["kind"], r["nprobe"])].get(r["system"])
+        if have is None or r["median"] < have["median"]:
+            by_case[(r["dataset"], r["kind"], r["nprobe"])][r["system"]] = r
     lines = [
         f"Machine: {machine(doc['machine_info'])}; threads: {rows[0]['threads']}; "
         f"versions: {json.dumps(doc.get('versions', {}))}",
         "",
         f"{rows[0]['Q']} queries per search, k = {rows[0]['k']}, nbits = 8. Each library trains its own quantizers "
         "on the same vectors. R@r: fraction of queries whose true nearest neighbour is in the top r. QPS from "
-        "the best of the timed rounds (60 for the 10K-vector sets, 5 for the others).",
+        "the best of the timed rounds (200 in each of 3 alternating windows for the 10K-vector sets, 5 for the "
+        "others).",
         "",
         "| dataset | index | nprobe | system | R@1 | R@10 | R@100 | QPS | QPS vs faiss |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -43,7 +46,7 @@ def main(path: str, md_path: str, png_path: str) -> None:
                          f"{nprobe or '-'} | {name} | {r['R@1']:.3f} | {r['R@10']:.3f} | {r['R@100']:.3f} | "
                          f"{qps:,.0f} | {ratio} |")
     open(md_path, "w").write("\n".join(lines) + "\n")
-    plot(rows, png_path)
+    plot([r for systems in by_case.values() for r in systems.values()], png_path)
 
 
 def plot(rows, png_path: str) -> None:

@@ -82,20 +82,27 @@ def _search(index, system, q, nprobe):
 CASES = [("pq", 0)] + [("ivfpq", p) for p in NPROBES]
 
 
+REPEATS = 3  # alternating windows per library for the sub-millisecond searches: the report keeps the best
+
+
 @pytest.mark.parametrize("system", ["faiss", "sqret"])
+@pytest.mark.parametrize("rep", range(REPEATS))
 @pytest.mark.parametrize("kind,nprobe", CASES)
 @pytest.mark.parametrize("name", DATASETS)
-def test_search(benchmark, name, kind, nprobe, system):
+def test_search(benchmark, name, kind, nprobe, rep, system):
     _, q, gt, M, nlist = dataset(name)
     index = built(name, kind, system)
+    if rep and index.ntotal > 100_000:
+        pytest.skip("one window is enough for a search this long")
     ids = _search(index, system, q, nprobe)
     benchmark.group = f"{name} {kind}" + (f" nprobe={nprobe}" if nprobe else "")
     benchmark.extra_info.update(
         dataset=name, kind=kind, nprobe=nprobe, system=system, M=M, nbits=8, nlist=nlist if nprobe else 0,
-        Q=q.shape[0], k=K_NN, threads=torch.get_num_threads(),
+        Q=q.shape[0], k=K_NN, threads=torch.get_num_threads(), rep=rep,
         **{f"R@{r}": nn_recall_at_k(ids, gt, r) for r in (1, 10, 100)},
     )
-    # sub-millisecond searches vary by 10-20% from round to round: many rounds for them (the report takes
-    # the best round of each library), few for the slow ones
-    rounds = 60 if index.ntotal <= 100_000 else 5
+    # sub-millisecond searches vary by 10-20% from round to round, and this VM's CPUs slow down by up to 1.6x
+    # for stretches of milliseconds: many rounds in several windows for them (the report takes the best round
+    # of each library), few for the slow ones
+    rounds = 200 if index.ntotal <= 100_000 else 5
     benchmark.pedantic(_search, args=(index, system, q, nprobe), rounds=rounds, iterations=1, warmup_rounds=3)
