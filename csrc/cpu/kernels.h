@@ -91,8 +91,8 @@ void build_lut(const float* x, int64_t Q, const float* codebooks, int64_t M, int
                float* out, int nthreads);
 
 // ADC search from raw queries in one call: the distance tables of x [Q, M*d] (metric as build_lut, negated
-// when `negate`: largest first, and the results negated back) are built here, then scanned. code_bytes 1 / 2 / 4: codes [N, M];
-// 0: fast-scan blocks holding N 4-bit codes (K = 16).
+// when `negate`: largest first, and the results negated back) are built here, then scanned.
+// code_bytes 1 / 2 / 4: codes [N, M]; 0: fast-scan blocks holding N 4-bit codes (K = 16).
 void pq_search(const float* x, int64_t Q, const float* codebooks, int64_t M, int64_t K, int64_t d, int metric,
                bool negate, const void* codes, int code_bytes, int64_t N, int64_t k, int nthreads, float* out_d,
                int64_t* out_i);

@@ -1,5 +1,8 @@
-// pybind11 bindings of the native CPU kernels: raw buffer addresses (from torch tensors or NumPy arrays,
-// no copies) and sizes in, results written to caller-allocated buffers. The GIL is released while they run.
+// Bindings of the native CPU kernels: raw buffer addresses (from torch tensors or NumPy arrays, no copies)
+// and sizes in, results written to caller-allocated buffers, through pybind11; the per-query search entries
+// (pq_search, search_whole) are METH_FASTCALL functions on the Python C API, where a call's overhead counts.
+// No torch headers: search_whole reads tensors through their Python attributes. The GIL is released while
+// the kernels run.
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
@@ -243,16 +246,21 @@ static PyObject* search_whole(PyObject*, PyObject* const* args, Py_ssize_t nargs
   return out;
 }
 
-static PyMethodDef bind_torch_def = {"bind_torch", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(bind_torch)),
-                                     METH_FASTCALL, "bind_torch(torch.Tensor, float32, uint8, int64, torch.empty)"};
+// A METH_FASTCALL function as the PyCFunction that PyMethodDef holds.
+static PyCFunction fastcall(PyObject* (*f)(PyObject*, PyObject* const*, Py_ssize_t)) {
+  return reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(f));
+}
+
+static PyMethodDef bind_torch_def = {"bind_torch", fastcall(bind_torch), METH_FASTCALL,
+                                     "bind_torch(torch.Tensor, float32, uint8, int64, torch.empty)"};
 static PyMethodDef search_whole_def = {
-    "search_whole", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(search_whole)), METH_FASTCALL,
+    "search_whole", fastcall(search_whole), METH_FASTCALL,
     "search_whole(queries, codebooks, codes, n, k, metric, negate, nthreads, labels, check_finite) -> (values, ids), "
     "or None where the "
     "arguments are not float32 / uint8 contiguous CPU tensors of matching shapes (the checked path runs then)"};
 
 static PyMethodDef pq_search_def = {
-    "pq_search", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(pq_search_fastcall)), METH_FASTCALL,
+    "pq_search", fastcall(pq_search_fastcall), METH_FASTCALL,
     "pq_search(x, Q, codebooks, M, K, d, metric, negate, codes, code_bytes, N, k, nthreads, out_d, out_i): ADC "
     "search from raw queries, tables of x [Q, M*d] built and scanned in one call; code_bytes 0 = fast-scan blocks; "
     "results in the metric's sign (negate: largest first)"};
