@@ -403,3 +403,35 @@ def test_whole_search_takes_only_what_it_checks():
         assert whole(bad_q, bad_C, fs.blocks, fs.n, 5, "l2", None, False) is not None  # inf is only checked on demand
         with pytest.raises(ValueError, match=f"{name} contains NaN or inf"):
             ops.pq_search(bad_q, bad_C, fs, 5, check_finite=True)
+
+
+@pytest.mark.parametrize("K", [5, 16, 17, 40, 256])
+def test_encode_takes_the_first_of_tied_codewords_on_every_simd_level(K):
+    """The nearest codeword is found in one pass per SIMD lane (a running minimum and its index) and then
+    across lanes: on exact ties the smallest index wins, wherever the tied codewords fall (a lane, the tail),
+    NaN never wins, and when nothing is below +inf the first +inf does (0 when all are NaN)."""
+    g = torch.Generator().manual_seed(K)
+    M, d = 4, 3
+    C = torch.randn(M, K, d, generator=g)
+    pairs = [(0, K - 1), (1, K // 2), (K // 3, K - 2), (2, 3)]  # (first, second) copies of one codeword
+    x = torch.empty(len(pairs), M * d)
+    for r, (a, b) in enumerate(pairs):
+        for m in range(M):
+            C[m, b] = C[m, a]
+            x[r, m * d:(m + 1) * d] = C[m, a]
+    C[2, :] = 1e30  # sub-space 2: every distance +inf (||c||^2 overflows): the first +inf, 0
+    C[3, :] = 1e30
+    C[3, 0] = float("nan")  # sub-space 3: NaN first, then +inf: 1
+    first_equal = [int((C[0] == x[r, :d]).all(-1).nonzero()[0]) for r in range(len(pairs))]  # overlapping pairs
+    assert first_equal[0] == 0 and (K < 16 or first_equal == [a for a, _ in pairs])
+    want = torch.tensor([[a, a, 0, 1] for a in first_equal], dtype=torch.uint8)
+    with sqret.use_backend("cpu_native"):
+        for level in LEVELS:
+            with simd(level):
+                for metric in ("l2", "ip"):
+                    got = ops.encode(x, C, metric)
+                    if metric == "l2":
+                        assert torch.equal(got, want.to(got.dtype)), (level, got, want)
+                    else:  # inner products: every level the same codes
+                        with simd("scalar"):
+                            assert torch.equal(got, ops.encode(x, C, metric))

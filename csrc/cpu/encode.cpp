@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <stdexcept>
 #include <vector>
@@ -163,15 +164,72 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void axpy_table(con
 
 namespace {
 
-// argmin_k of dist[k], the first index on ties (0 when all are NaN).
-__attribute__((target_clones("avx512f", "avx2", "default"))) int32_t first_min(const float* dist, int64_t K) {
+// argmin_k of dist[k], the first index on ties; NaN never wins; when nothing is below +inf, the first +inf
+// (0 when all are NaN). One pass: a running minimum and its index per SIMD lane (strict <, so each lane keeps
+// its first), then the smallest index among the lanes holding the minimum.
+int32_t first_min_scalar(const float* dist, int64_t K) {
   float mn = std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(min : mn)
-  for (int64_t k = 0; k < K; ++k) mn = std::min(mn, dist[k]);
   int64_t first = K;
-#pragma omp simd reduction(min : first)
-  for (int64_t k = 0; k < K; ++k) first = std::min(first, dist[k] == mn ? k : K);
+  for (int64_t k = 0; k < K; ++k)
+    if (dist[k] < mn) mn = dist[k], first = k;
+  if (first == K)  // nothing below +inf
+    for (int64_t k = 0; k < K; ++k)
+      if (dist[k] == mn) return static_cast<int32_t>(k);
   return static_cast<int32_t>(first == K ? 0 : first);
+}
+
+// The lanes' minima and their indices (a register's worth, any width) -> first_min's answer; dist[tail..K)
+// is then scanned after them (its indices come after every lane's).
+template <typename V, typename I>
+int32_t lanes_first_min(const V& best, const I& at, int lanes, int64_t K, const float* dist, int64_t tail = -1) {
+  alignas(64) float bv[16];
+  alignas(64) int32_t bi[16];
+  std::memcpy(bv, &best, lanes * sizeof(float));
+  std::memcpy(bi, &at, lanes * sizeof(int32_t));
+  float mn = std::numeric_limits<float>::infinity();
+  int64_t first = K;
+  for (int l = 0; l < lanes; ++l)
+    if (bv[l] < mn || (bv[l] == mn && bi[l] < first)) mn = bv[l], first = bi[l];
+  for (int64_t k = tail < 0 ? K : tail; k < K; ++k)
+    if (dist[k] < mn) mn = dist[k], first = k;
+  return first < K ? static_cast<int32_t>(first) : first_min_scalar(dist, K);  // nothing below +inf
+}
+
+__attribute__((target("avx512f"))) int32_t first_min_avx512(const float* dist, int64_t K) {
+  const __m512 inf = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+  __m512 best = inf;
+  __m512i at = _mm512_set1_epi32(static_cast<int>(K)), idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
+                                                                                  12, 13, 14, 15);
+  const __m512i step = _mm512_set1_epi32(16);
+  for (int64_t k = 0; k < K; k += 16, idx = _mm512_add_epi32(idx, step)) {
+    const __mmask16 valid = K - k >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (K - k)) - 1);
+    const __m512 v = _mm512_mask_loadu_ps(inf, valid, dist + k);
+    const __mmask16 lt = _mm512_cmp_ps_mask(v, best, _CMP_LT_OQ);
+    best = _mm512_mask_mov_ps(best, lt, v);
+    at = _mm512_mask_mov_epi32(at, lt, idx);
+  }
+  return lanes_first_min(best, at, 16, K, dist);
+}
+
+__attribute__((target("avx2"))) int32_t first_min_avx2(const float* dist, int64_t K) {
+  const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+  __m256 best = inf;
+  __m256i at = _mm256_set1_epi32(static_cast<int>(K)), idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i step = _mm256_set1_epi32(8);
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8, idx = _mm256_add_epi32(idx, step)) {
+    const __m256 v = _mm256_loadu_ps(dist + k);
+    const __m256 lt = _mm256_cmp_ps(v, best, _CMP_LT_OQ);
+    best = _mm256_blendv_ps(best, v, lt);
+    at = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(at), _mm256_castsi256_ps(idx), lt));
+  }
+  return lanes_first_min(best, at, 8, K, dist, k);
+}
+
+using FirstMin = int32_t (*)(const float*, int64_t);
+
+FirstMin first_min_for(Simd s) {
+  return s == Simd::avx512 ? first_min_avx512 : s == Simd::avx2 ? first_min_avx2 : first_min_scalar;
 }
 
 // dist[r][k] = base[k] + coef * x_r . c_k for R <= 4 rows x_r = xs + r * stride (one sub-space), summed over
@@ -251,6 +309,7 @@ void encode(const float* x, int64_t N, const float* codebooks, int64_t M, int64_
   std::vector<float> zeros(static_cast<size_t>(M * K), 0.f);
   const float* base = metric == 0 ? t.norms.data() : zeros.data();
   const float coef = metric == 0 ? -2.f : -1.f;
+  const FirstMin first_min = first_min_for(active_simd());
 #pragma omp parallel num_threads(team(nthreads, N / 64 + 1))
   {
     std::vector<float> dist(static_cast<size_t>(4 * K));
