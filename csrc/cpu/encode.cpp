@@ -35,12 +35,17 @@ Transposed::Transposed(const float* C, int64_t M, int64_t K, int64_t d, bool wit
 
 namespace {
 
-// lut_row for the 16 codewords of 4-bit codes, in two AVX2 registers: the same products and sums, in the
-// same order, as the generic loop (no FMA contraction anywhere), so the tables are bit-identical.
-__attribute__((target("avx2"))) void lut_row16(const float* xs, const float* Ct, int64_t d, int metric, float* out) {
-  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-  for (int64_t j = 0; j < d; ++j) {
-    const __m256 x = _mm256_set1_ps(xs[j]), r0 = _mm256_loadu_ps(Ct + j * 16), r1 = _mm256_loadu_ps(Ct + j * 16 + 8);
+// The 16 sums of a K = 16 table row in two AVX2 registers, one term j at a time: the same products and sums,
+// in the same order, as the generic loop (no FMA contraction anywhere), so every path through it gives
+// bit-identical tables.
+struct Row16 {
+  __m256 a0, a1;
+
+  __attribute__((target("avx2"))) Row16() : a0(_mm256_setzero_ps()), a1(_mm256_setzero_ps()) {}
+
+  // term j: x = x_j, r0 / r1 = c_kj of codewords 0-7 / 8-15
+  __attribute__((target("avx2"))) inline void add(float xj, __m256 r0, __m256 r1, int metric) {
+    const __m256 x = _mm256_set1_ps(xj);
     if (metric == 1) {
       a0 = _mm256_add_ps(a0, _mm256_mul_ps(x, r0));
       a1 = _mm256_add_ps(a1, _mm256_mul_ps(x, r1));
@@ -50,12 +55,19 @@ __attribute__((target("avx2"))) void lut_row16(const float* xs, const float* Ct,
       a1 = _mm256_add_ps(a1, _mm256_mul_ps(t1, t1));
     }
   }
-  if (metric == 2) {
-    a0 = _mm256_sqrt_ps(a0);
-    a1 = _mm256_sqrt_ps(a1);
+
+  __attribute__((target("avx2"))) inline void store(int metric, float* out) const {
+    _mm256_storeu_ps(out, metric == 2 ? _mm256_sqrt_ps(a0) : a0);
+    _mm256_storeu_ps(out + 8, metric == 2 ? _mm256_sqrt_ps(a1) : a1);
   }
-  _mm256_storeu_ps(out, a0);
-  _mm256_storeu_ps(out + 8, a1);
+};
+
+// lut_row for the 16 codewords of 4-bit codes from the transposed codebook Ct [d][16].
+__attribute__((target("avx2"))) void lut_row16(const float* xs, const float* Ct, int64_t d, int metric, float* out) {
+  Row16 row;
+  for (int64_t j = 0; j < d; ++j)
+    row.add(xs[j], _mm256_loadu_ps(Ct + j * 16), _mm256_loadu_ps(Ct + j * 16 + 8), metric);
+  row.store(metric, out);
 }
 
 // Transpose of the 8 x 8 floats in r[0..8) (r[i] = row i -> r[j] = column j).
@@ -78,10 +90,10 @@ __attribute__((target("avx2"))) inline void transpose8(__m256 r[8]) {
 }
 
 // lut_row16 straight from the 16 codewords [16][d] of one sub-space (d a multiple of 8), transposed 8 x 8 in
-// registers: the same operations in the same order, so the tables are bit-identical. For one or two queries.
+// registers: the same terms in the same order. For one or two queries.
 __attribute__((target("avx2"))) void lut_row16_rows(const float* xs, const float* C, int64_t d, int metric,
                                                     float* out) {
-  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  Row16 row;
   for (int64_t j0 = 0; j0 < d; j0 += 8) {
     __m256 lo[8], hi[8];  // codewords 0-7 and 8-15, columns j0..j0+7
     for (int c = 0; c < 8; ++c) {
@@ -90,24 +102,9 @@ __attribute__((target("avx2"))) void lut_row16_rows(const float* xs, const float
     }
     transpose8(lo);
     transpose8(hi);
-    for (int j = 0; j < 8; ++j) {
-      const __m256 x = _mm256_set1_ps(xs[j0 + j]);
-      if (metric == 1) {
-        a0 = _mm256_add_ps(a0, _mm256_mul_ps(x, lo[j]));
-        a1 = _mm256_add_ps(a1, _mm256_mul_ps(x, hi[j]));
-      } else {
-        const __m256 t0 = _mm256_sub_ps(x, lo[j]), t1 = _mm256_sub_ps(x, hi[j]);
-        a0 = _mm256_add_ps(a0, _mm256_mul_ps(t0, t0));
-        a1 = _mm256_add_ps(a1, _mm256_mul_ps(t1, t1));
-      }
-    }
+    for (int j = 0; j < 8; ++j) row.add(xs[j0 + j], lo[j], hi[j], metric);
   }
-  if (metric == 2) {
-    a0 = _mm256_sqrt_ps(a0);
-    a1 = _mm256_sqrt_ps(a1);
-  }
-  _mm256_storeu_ps(out, a0);
-  _mm256_storeu_ps(out + 8, a1);
+  row.store(metric, out);
 }
 
 }  // namespace
