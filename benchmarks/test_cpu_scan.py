@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 from bench_data import siftsmall, synthetic
+from conftest import REPEATS
 
 from sqret import ops
 
@@ -48,9 +49,6 @@ def _search_sqret(data, q, k):
 
 def _search_faiss(data, q, k):
     return data.faiss_index.search(q.numpy(), k)
-
-
-REPEATS = 3  # windows per library for the short cases, alternating: the report keeps each one's best median
 
 
 @pytest.mark.parametrize("system", ["faiss", "sqret"])

@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import REPEATS
 
 from sqret.eval import nn_recall_at_k
 from sqret.index import IVFPQIndex, PQIndex
@@ -80,9 +81,6 @@ def _search(index, system, q, nprobe):
 
 
 CASES = [("pq", 0)] + [("ivfpq", p) for p in NPROBES]
-
-
-REPEATS = 3  # alternating windows per library for the sub-millisecond searches: the report keeps the best
 
 
 @pytest.mark.parametrize("system", ["faiss", "sqret"])
