@@ -20,10 +20,11 @@ def shard_of(full, rank: int, world: int):
         local.add_codes(full.codes()[keep], ids[keep])
         return local
     local = IVFPQIndex(full.d, full.nlist, full.M, full.nbits, full.metric)
-    local.centroids, local.codebooks = full.centroids, full.codebooks
+    local.set_quantizers(full.centroids, full.codebooks)
     for li in range(full.nlist):
-        keep = (full._ids[li] >= lo) & (full._ids[li] < hi)
-        local._codes[li], local._ids[li] = full._codes[li][keep], full._ids[li][keep]
+        ids = full.list_ids(li)
+        keep = (ids >= lo) & (ids < hi)
+        local.add_preassigned(torch.full((int(keep.sum()),), li), full.list_codes(li)[keep], ids[keep])
     return local
 
 

@@ -12,8 +12,16 @@ namespace sqret {
 
 namespace {
 
+// A code as a table column: codes of a list are read as stored (a memory-mapped file opened without
+// verification may hold bytes >= K); below K = 256 they are clamped to K - 1, so no read leaves the table.
+template <bool Clamp>
+inline int64_t col(uint8_t c, int64_t K) {
+  if constexpr (Clamp) return std::min<int64_t>(c, K - 1);
+  return c;
+}
+
 // sum over sub-spaces in order, then the list's base term; four codes at a time
-template <int M>
+template <int M, bool Clamp>
 void scan_list(const float* L, int64_t K, const uint8_t* codes, const int64_t* ids, int64_t n, float base, float sign,
                TopK& tk) {
   int64_t i = 0;
@@ -23,10 +31,10 @@ void scan_list(const float* L, int64_t K, const uint8_t* codes, const int64_t* i
 #pragma GCC unroll 64
     for (int m = 0; m < M; ++m) {
       const float* Lm = L + m * K;
-      d0 += Lm[c[m]];
-      d1 += Lm[c[M + m]];
-      d2 += Lm[c[2 * M + m]];
-      d3 += Lm[c[3 * M + m]];
+      d0 += Lm[col<Clamp>(c[m], K)];
+      d1 += Lm[col<Clamp>(c[M + m], K)];
+      d2 += Lm[col<Clamp>(c[2 * M + m], K)];
+      d3 += Lm[col<Clamp>(c[3 * M + m], K)];
     }
     const float e[4] = {sign * (d0 + base), sign * (d1 + base), sign * (d2 + base), sign * (d3 + base)};
     for (int j = 0; j < 4; ++j)
@@ -34,36 +42,44 @@ void scan_list(const float* L, int64_t K, const uint8_t* codes, const int64_t* i
   }
   for (; i < n; ++i) {
     float d = 0.f;
-    for (int m = 0; m < M; ++m) d += L[m * K + codes[i * M + m]];
+    for (int m = 0; m < M; ++m) d += L[m * K + col<Clamp>(codes[i * M + m], K)];
     d = sign * (d + base);
     if (tk.admits_any(d)) tk.push(d, ids[i]);
   }
 }
 
+template <bool Clamp>
 void scan_list_any(const float* L, int64_t M, int64_t K, const uint8_t* codes, const int64_t* ids, int64_t n,
                    float base, float sign, TopK& tk) {
   for (int64_t i = 0; i < n; ++i) {
     float d = 0.f;
-    for (int64_t m = 0; m < M; ++m) d += L[m * K + codes[i * M + m]];
+    for (int64_t m = 0; m < M; ++m) d += L[m * K + col<Clamp>(codes[i * M + m], K)];
     d = sign * (d + base);
     if (tk.admits_any(d)) tk.push(d, ids[i]);
+  }
+}
+
+template <bool Clamp>
+void scan_k(const float* L, int64_t M, int64_t K, const uint8_t* codes, const int64_t* ids, int64_t n, float base,
+            float sign, TopK& tk) {
+  switch (M) {
+    case 4:
+      return scan_list<4, Clamp>(L, K, codes, ids, n, base, sign, tk);
+    case 8:
+      return scan_list<8, Clamp>(L, K, codes, ids, n, base, sign, tk);
+    case 16:
+      return scan_list<16, Clamp>(L, K, codes, ids, n, base, sign, tk);
+    case 32:
+      return scan_list<32, Clamp>(L, K, codes, ids, n, base, sign, tk);
+    default:
+      return scan_list_any<Clamp>(L, M, K, codes, ids, n, base, sign, tk);
   }
 }
 
 void scan(const float* L, int64_t M, int64_t K, const uint8_t* codes, const int64_t* ids, int64_t n, float base,
           float sign, TopK& tk) {
-  switch (M) {
-    case 4:
-      return scan_list<4>(L, K, codes, ids, n, base, sign, tk);
-    case 8:
-      return scan_list<8>(L, K, codes, ids, n, base, sign, tk);
-    case 16:
-      return scan_list<16>(L, K, codes, ids, n, base, sign, tk);
-    case 32:
-      return scan_list<32>(L, K, codes, ids, n, base, sign, tk);
-    default:
-      return scan_list_any(L, M, K, codes, ids, n, base, sign, tk);
-  }
+  if (K >= 256) return scan_k<false>(L, M, K, codes, ids, n, base, sign, tk);
+  return scan_k<true>(L, M, K, codes, ids, n, base, sign, tk);
 }
 
 }  // namespace

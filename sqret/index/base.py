@@ -1,4 +1,11 @@
-"""What PQIndex and IVFPQIndex share: argument checks, id bookkeeping, k-means training of PQ codebooks."""
+"""What the indexes share: argument checks, ids, the file-schema checks of PQ parameters.
+
+Thread safety (every index kind): the searchable state is one immutable snapshot object. ``search`` reads
+``self._state`` once and uses nothing else, so it sees one whole state; a mutation (``add``, ``remove``,
+``train``, ...) checks its arguments and computes the new state under the index's writer lock, then
+publishes it with one assignment. A failed mutation publishes nothing, and a search that started on the old
+state keeps its arrays alive (the native scan reads them without the GIL) until it returns.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +13,26 @@ import numpy as np
 import torch
 
 from .. import ops
+from .storage import IndexFile, IndexFileError
 
 INDEX_METRICS = ("l2", "ip")
+_INT64_MAX = (1 << 63) - 1
 
 
 def as_matrix(x, d: int, name: str, finite: bool = True) -> torch.Tensor:
     """float32 [n, d] from a tensor or array; NaN / inf (unless ``finite`` is False: the caller checks) and a
     wrong dimension are clear errors."""
     if isinstance(x, np.ndarray):
+        if x.dtype == object or x.dtype.kind not in "fiub":
+            raise TypeError(f"{name} must hold numbers, got dtype {x.dtype}")
         x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
     shape = x.shape
     if len(shape) != 2 or shape[1] != d:
         raise ValueError(f"{name} must be [n, d = {d}], got shape {tuple(shape)}")
+    if x.is_complex():
+        raise TypeError(f"{name} must be real, got {x.dtype}")
     if x.dtype is not torch.float32:
         x = x.to(torch.float32)
     if finite:
@@ -27,16 +40,40 @@ def as_matrix(x, d: int, name: str, finite: bool = True) -> torch.Tensor:
     return x
 
 
+def as_ids(ids, name: str = "ids") -> torch.Tensor:
+    """int64 [n] from integer ids (tensor, array, sequence): floats, bools, strings, values outside int64 and
+    negative ids (reserved: -1 marks a missing result) are errors."""
+    if isinstance(ids, torch.Tensor):
+        if ids.dtype in (torch.uint16, torch.uint32, torch.uint64):
+            ids = ids.numpy()
+        elif ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            raise TypeError(f"{name} must be integers, got {str(ids.dtype).replace('torch.', '')}")
+    if not isinstance(ids, torch.Tensor):
+        try:
+            a = np.asarray(ids)
+        except (ValueError, TypeError) as err:
+            raise TypeError(f"{name} must be an array of integers ({err})") from None
+        if a.dtype == object or a.dtype.kind not in "iu":
+            got = "mixed or too large values" if a.dtype == object else a.dtype
+            raise TypeError(f"{name} must be integers, got {got}")
+        if a.dtype.kind == "u" and a.size and int(a.max()) > _INT64_MAX:
+            raise ValueError(f"{name} must fit in int64, got {int(a.max())}")
+        ids = torch.from_numpy(a.astype(np.int64))
+    t = ids.to(torch.int64)
+    if t.numel() and int(t.min()) < 0:
+        raise ValueError(f"{name} must be >= 0 (negative ids are reserved: -1 marks a missing result), "
+                         f"got {int(t.min())}")
+    return t
+
+
 def new_ids(ids, n: int, start: int) -> torch.Tensor:
     """int64 [n] ids: the given ones, or start, start + 1, ... ."""
     if ids is None:
         return torch.arange(start, start + n, dtype=torch.int64)
-    t = torch.as_tensor(np.asarray(ids) if not isinstance(ids, torch.Tensor) else ids)
+    t = as_ids(ids)
     if t.dim() != 1 or t.shape[0] != n:
         raise ValueError(f"ids must be [n = {n}], got shape {tuple(t.shape)}")
-    if t.dtype.is_floating_point or t.dtype == torch.bool:
-        raise TypeError(f"ids must be integers, got {t.dtype}")
-    return t.to(torch.int64)
+    return t
 
 
 def check_metric(metric: str) -> str:
@@ -47,16 +84,78 @@ def check_metric(metric: str) -> str:
 
 def check_pq(d: int, M: int, nbits: int) -> int:
     """Validate a PQ layout; returns K."""
-    if not isinstance(d, int) or d < 1 or not isinstance(M, int) or M < 1:
+    if not _is_int(d) or d < 1 or not _is_int(M) or M < 1:
         raise ValueError(f"d and M must be positive ints, got d={d!r}, M={M!r}")
     if d % M:
         raise ValueError(f"d = {d} is not divisible into M = {M} sub-spaces")
-    if nbits not in (4, 8):
+    if nbits not in (4, 8) or isinstance(nbits, bool):
         raise ValueError(f"nbits must be 4 or 8, got {nbits!r}")
     return 1 << nbits
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def check_k(k) -> int:
+    """k as an int >= 1 (numpy integers accepted)."""
+    return ops.checks.topk_k(int(k) if isinstance(k, np.integer) else k)
+
+
+def check_codebooks(codebooks, M: int, K: int, dsub: int, name: str = "codebooks") -> torch.Tensor:
+    """float32 contiguous [M, K, dsub], finite."""
+    ops.checks.tensor(codebooks, name, 3, ops.checks.FLOATS)
+    if tuple(codebooks.shape) != (M, K, dsub):
+        raise ValueError(f"{name} must be [M, K, d / M] = {[M, K, dsub]}, got {list(codebooks.shape)}")
+    c = codebooks.detach().to("cpu", torch.float32).contiguous()
+    ops.checks.finite(c, name)
+    return c
+
+
 def remove_mask(ids: torch.Tensor, remove) -> torch.Tensor:
     """bool [n]: which of ids are in remove."""
-    r = torch.as_tensor(np.asarray(remove) if not isinstance(remove, torch.Tensor) else remove).to(torch.int64)
-    return torch.isin(ids, r.reshape(-1))
+    return torch.isin(ids, as_ids(remove, "ids to remove").reshape(-1))
+
+
+def meta_pq(f: IndexFile) -> tuple[int, int, int, str, int]:
+    """(d, M, nbits, metric, ntotal) from a file's meta, each checked (IndexFileError naming the field)."""
+    m = f.meta_reader()
+    d, M = m.int("d", 1, 1 << 20), m.int("M", 1, 1 << 16)
+    nbits, metric, ntotal = m.choice("nbits", (4, 8)), m.choice("metric", INDEX_METRICS), m.int("ntotal", 0)
+    if d % M:
+        raise IndexFileError(f"{f.path}: meta field 'M' = {M} does not divide 'd' = {d}")
+    return d, M, nbits, metric, ntotal
+
+
+def verified_codes(f: IndexFile, codes: np.ndarray, K: int, name: str = "codes") -> None:
+    """With verification on: every code below K (a crafted file could hold bytes >= K)."""
+    if f.verifies and K < 256 and codes.size:
+        hi = int(_chunked_max(codes))
+        if hi >= K:
+            raise IndexFileError(f"{f.path}: section {name!r} holds code {hi}, outside [0, K = {K})")
+
+
+def verified_ids(f: IndexFile, ids: np.ndarray) -> None:
+    if f.verifies and ids.size and int(_chunked_min(ids)) < 0:
+        raise IndexFileError(f"{f.path}: section 'ids' holds negative ids")
+
+
+def finite_section(f: IndexFile, a: np.ndarray, name: str) -> torch.Tensor:
+    """A small float section (codebooks, centroids) copied into a tensor; NaN / inf is an IndexFileError."""
+    t = torch.from_numpy(np.array(a, dtype=np.float32))
+    if not bool(torch.isfinite(t).all()):
+        raise IndexFileError(f"{f.path}: section {name!r} holds NaN or inf")
+    return t
+
+
+_STEP = 1 << 24
+
+
+def _chunked_max(a: np.ndarray):
+    flat = a.reshape(-1)
+    return max(flat[i : i + _STEP].max() for i in range(0, flat.size, _STEP))
+
+
+def _chunked_min(a: np.ndarray):
+    flat = a.reshape(-1)
+    return min(flat[i : i + _STEP].min() for i in range(0, flat.size, _STEP))

@@ -72,12 +72,13 @@ def to_faiss(index: PQIndex | IVFPQIndex):
         out.own_fields = True
         f.copy_array_to_vector(index.codebooks.numpy().ravel(), out.pq.centroids)
         out.is_trained = True
+        lists = index.invlists  # one state of the index
         for li in range(index.nlist):
-            ids = np.ascontiguousarray(np.asarray(index._ids[li]), dtype=np.int64)
+            ids = np.ascontiguousarray(np.asarray(lists.ids[li]), dtype=np.int64)
             if len(ids):
-                codes = _faiss_codes(torch.as_tensor(np.asarray(index._codes[li])), index.nbits)
+                codes = _faiss_codes(torch.as_tensor(np.asarray(lists.codes[li])), index.nbits)
                 out.invlists.add_entries(li, len(ids), f.swig_ptr(ids), f.swig_ptr(codes))
-        out.ntotal = len(index)
+        out.ntotal = lists.ntotal
         out.precompute_table()
         return out
     raise TypeError(f"to_faiss takes a PQIndex or IVFPQIndex, got {type(index).__name__}")
@@ -103,14 +104,17 @@ def from_faiss(findex) -> PQIndex | IVFPQIndex:
             raise ValueError("only IndexIVFPQ with by_residual=True is supported")
         pq, inv = findex.pq, findex.invlists
         index = IVFPQIndex(findex.d, findex.nlist, pq.M, pq.nbits, _metric_name(findex.metric_type))
-        index.centroids = torch.from_numpy(findex.quantizer.reconstruct_n(0, findex.nlist))
-        index.codebooks = torch.from_numpy(f.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub))
+        index.set_quantizers(torch.from_numpy(findex.quantizer.reconstruct_n(0, findex.nlist)),
+                             torch.from_numpy(f.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub)))
+        lists, codes, ids = [], [], []
         for li in range(findex.nlist):
             n = inv.list_size(li)
             if n:
                 raw = f.rev_swig_ptr(inv.get_codes(li), n * inv.code_size).reshape(n, inv.code_size)
-                lids = f.rev_swig_ptr(inv.get_ids(li), n).astype(np.int64)
-                index._codes[li] = _sqret_codes(raw, pq.M, pq.nbits)
-                index._ids[li] = torch.from_numpy(lids.copy())
+                codes.append(_sqret_codes(raw, pq.M, pq.nbits))
+                ids.append(torch.from_numpy(f.rev_swig_ptr(inv.get_ids(li), n).astype(np.int64)))
+                lists.append(torch.full((n,), li, dtype=torch.int64))
+        if lists:
+            index.add_preassigned(torch.cat(lists), torch.cat(codes), torch.cat(ids))
         return index
     raise TypeError(f"from_faiss takes a FAISS IndexPQ or IndexIVFPQ, got {type(findex).__name__}")

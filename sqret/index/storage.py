@@ -12,15 +12,25 @@ Layout (little-endian)::
      dir_off   directory: UTF-8 JSON {"meta": {...}, "sections": {name: {dtype, shape, offset, nbytes, crc32}}}
 
 Sections are written as they stream in (no need to hold an index in memory), then the directory, then the
-header is patched; the file is written under a temporary name, fsync'ed and renamed, so a crash mid-save
-never leaves a broken index under the final name. Every section carries a CRC-32.
+header is patched; the file is written under a temporary name unique to the call, fsync'ed and renamed (the
+rename is the only commit), so a crash mid-save never leaves a broken index under the final name, and two
+saves to one path leave one of them whole. Temporaries of dead processes are removed by the next save.
+
+Reading (:class:`IndexFile`) checks the header and the directory's structure (every section's dtype, shape,
+size, alignment, bounds, no overlaps); each index kind then checks the sections against its schema
+(:meth:`IndexFile.expect`) and its meta fields (:class:`Meta`). Anything wrong is an :class:`IndexFileError`
+naming the field. With ``mmap=True`` the arrays map the file; :meth:`IndexFile.check_unchanged` (run by the
+indexes before each scan) raises an :class:`IndexFileError` when the file was truncated or rewritten since.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import mmap as _mmap
 import os
 import struct
+import threading
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,10 +44,16 @@ _HEADER = struct.Struct("<8sIIQQI")  # magic, version, flags, dir_off, dir_len, 
 _DATA_START = 64
 _ALIGN = 64
 _CRC_CHUNK = 1 << 24
+MAX_DIRECTORY_BYTES = 64 << 20
+# dtypes a section may declare (the kind's schema then requires one exactly)
+_DTYPES = frozenset(np.dtype(t).str for t in ("<f4", "<f2", "<f8", "u1", "i1", "<i2", "<u2", "<i4", "<u4",
+                                               "<i8", "<u8", "<c8"))
+_TMP_MARK = ".tmp-"
 
 
 class IndexFileError(ValueError):
-    """The file is not a sqret index, is truncated or corrupted, or has an unsupported version."""
+    """The file is not a sqret index, is truncated or corrupted, does not match its kind's schema, has an
+    unsupported version, or changed on disk while memory-mapped."""
 
 
 def _crc(data: memoryview | bytes | np.ndarray, crc: int = 0) -> int:
@@ -47,8 +63,56 @@ def _crc(data: memoryview | bytes | np.ndarray, crc: int = 0) -> int:
     return crc
 
 
+# ---------------------------------------------------------------------------------------------- writing
+
+_counter = itertools.count()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete ``.NAME.tmp-PID[-...]`` files beside path whose process PID no longer runs (a kill -9 mid-save)."""
+    prefix = f".{path.name}{_TMP_MARK}"
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return
+    for e in entries:
+        if not e.name.startswith(prefix):
+            continue
+        pid = e.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            try:
+                os.unlink(e.path)
+            except OSError:
+                pass
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in path's folder durable (best effort: not every file system allows it)."""
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class IndexWriter:
-    """Write an index file section by section; use as a context manager (commits on success).
+    """Write an index file section by section; use as a context manager (commits on success, leaves nothing
+    behind on an exception).
 
     ``add(name, array)`` writes a whole array; ``begin(name, dtype, tail_shape)`` + ``extend(name, chunk)``
     stream one (e.g. a billion codes, chunk by chunk).
@@ -56,10 +120,18 @@ class IndexWriter:
 
     def __init__(self, path: str | Path, meta: dict[str, Any]):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise IsADirectoryError(f"{self.path} is a directory")
         self.meta = meta
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        self.f = open(self.tmp, "wb")
-        self.f.write(b"\0" * _DATA_START)
+        _remove_stale_temporaries(self.path)
+        unique = f"{os.getpid()}-{threading.get_ident()}-{next(_counter)}-{os.urandom(4).hex()}"
+        self.tmp = self.path.with_name(f".{self.path.name}{_TMP_MARK}{unique}")
+        self.f = open(self.tmp, "xb")
+        try:
+            self.f.write(b"\0" * _DATA_START)
+        except BaseException:
+            self.abort()
+            raise
         self.sections: dict[str, dict[str, Any]] = {}
         self._open: str | None = None
 
@@ -102,17 +174,22 @@ class IndexWriter:
         self.extend(name, array)
 
     def commit(self) -> None:
-        self._open = None
-        self._align()
-        directory = json.dumps({"meta": self.meta, "sections": self.sections}).encode()
-        dir_off = self.f.tell()
-        self.f.write(directory)
-        self.f.seek(0)
-        self.f.write(_HEADER.pack(MAGIC, FORMAT_VERSION, 0, dir_off, len(directory), _crc(directory)))
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
-        os.replace(self.tmp, self.path)
+        try:
+            self._open = None
+            self._align()
+            directory = json.dumps({"meta": self.meta, "sections": self.sections}).encode()
+            dir_off = self.f.tell()
+            self.f.write(directory)
+            self.f.seek(0)
+            self.f.write(_HEADER.pack(MAGIC, FORMAT_VERSION, 0, dir_off, len(directory), _crc(directory)))
+            self.f.flush()
+            os.fsync(self.f.fileno())
+            self.f.close()
+            os.replace(self.tmp, self.path)  # the commit: atomic, the file is whole under either name
+        except BaseException:
+            self.abort()
+            raise
+        _fsync_dir(self.path)
 
     def abort(self) -> None:
         if not self.f.closed:
@@ -136,48 +213,176 @@ def write_index(path: str | Path, meta: dict[str, Any], sections: Iterable[tuple
             w.add(name, arr)
 
 
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def _is_int(v: object) -> bool:
+    return type(v) is int
+
+
+class Meta:
+    """Typed access to a file's meta fields: each getter raises :class:`IndexFileError` naming the field."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]):
+        self.path, self.raw = path, meta
+
+    def _get(self, key: str) -> Any:
+        if key not in self.raw:
+            raise IndexFileError(f"{self.path}: meta field {key!r} is missing")
+        return self.raw[key]
+
+    def int(self, key: str, lo: int = 0, hi: int = 1 << 62) -> int:
+        v = self._get(key)
+        if not _is_int(v) or not lo <= v <= hi:
+            raise IndexFileError(f"{self.path}: meta field {key!r} must be an int in [{lo}, {hi}], got {v!r}")
+        return v
+
+    def choice(self, key: str, options: tuple) -> Any:
+        v = self._get(key)
+        if type(v) not in (str, int) or v not in options:
+            raise IndexFileError(f"{self.path}: meta field {key!r} must be one of {options}, got {v!r}")
+        return v
+
+
 class IndexFile:
-    """A read index file: ``meta`` and arrays by section name (memory-mapped when ``mmap=True``)."""
+    """A read index file: ``meta`` and arrays by section name (read-only memory maps when ``mmap=True``).
+
+    Raises :class:`IndexFileError` for a file that is not a well-formed sqret index (``FileNotFoundError``
+    when there is no file). ``verify`` checks each section's CRC-32 as it is read.
+    """
 
     def __init__(self, path: str | Path, mmap: bool = False, verify: bool = True):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise IndexFileError(f"{self.path} is a directory, not an index file")
         if not self.path.is_file():
             raise FileNotFoundError(f"no index file at {self.path}")
-        size = self.path.stat().st_size
-        with open(self.path, "rb") as f:
-            head = f.read(_HEADER.size)
-            if len(head) < _HEADER.size or head[:8] != MAGIC:
-                raise IndexFileError(f"{self.path} is not a sqret index file (bad magic)")
-            _, version, _, dir_off, dir_len, dir_crc = _HEADER.unpack(head)
-            if version > FORMAT_VERSION:
-                raise IndexFileError(
-                    f"{self.path} has format version {version}; this sqret reads up to {FORMAT_VERSION}"
-                )
-            if dir_off == 0 or dir_off + dir_len > size:
-                raise IndexFileError(f"{self.path} is truncated (its directory is missing)")
-            f.seek(dir_off)
-            directory = f.read(dir_len)
+        self.mmap, self.verifies = mmap, verify
+        self._file = open(self.path, "rb")
+        try:
+            self._stat = os.fstat(self._file.fileno())
+            self._read_directory()
+            self._map = None
+            if mmap and self._stat.st_size:
+                self._map = _mmap.mmap(self._file.fileno(), 0, access=_mmap.ACCESS_READ)
+        except BaseException:
+            self._file.close()
+            raise
+        if not mmap:
+            self._file.close()
+
+    def _fail(self, what: str) -> IndexFileError:
+        return IndexFileError(f"{self.path}: {what}")
+
+    def _read_directory(self) -> None:
+        size = self._stat.st_size
+        head = os.pread(self._file.fileno(), _HEADER.size, 0)
+        if len(head) < _HEADER.size or head[:8] != MAGIC:
+            raise IndexFileError(f"{self.path} is not a sqret index file (bad magic)")
+        _, version, _, dir_off, dir_len, dir_crc = _HEADER.unpack(head)
+        if version > FORMAT_VERSION or version < 1:
+            raise IndexFileError(f"{self.path} has format version {version}; this sqret reads 1 to {FORMAT_VERSION}")
+        if dir_off < _DATA_START or dir_off + dir_len > size:
+            raise IndexFileError(f"{self.path} is truncated (its directory is missing)")
+        if dir_len > MAX_DIRECTORY_BYTES:
+            raise self._fail(f"directory of {dir_len} bytes is larger than {MAX_DIRECTORY_BYTES}")
+        directory = os.pread(self._file.fileno(), dir_len, dir_off)
+        if len(directory) != dir_len:
+            raise IndexFileError(f"{self.path} is truncated (its directory is missing)")
         if _crc(directory) != dir_crc:
             raise IndexFileError(f"{self.path} is corrupted (directory checksum mismatch)")
-        doc = json.loads(directory)
+        try:
+            doc = json.loads(directory.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as err:
+            raise self._fail(f"directory is not valid JSON ({type(err).__name__})") from None
+        if type(doc) is not dict or set(doc) != {"meta", "sections"}:
+            raise self._fail("directory must be an object with exactly 'meta' and 'sections'")
+        if type(doc["meta"]) is not dict:
+            raise self._fail(f"'meta' must be an object, got {type(doc['meta']).__name__}")
+        if type(doc["sections"]) is not dict:
+            raise self._fail(f"'sections' must be an object, got {type(doc['sections']).__name__}")
         self.meta: dict[str, Any] = doc["meta"]
-        self.sections: dict[str, dict[str, Any]] = doc["sections"]
-        for name, s in self.sections.items():
-            if s["offset"] + s["nbytes"] > dir_off:
-                raise IndexFileError(f"{self.path} is truncated or corrupted (section {name!r} out of range)")
-        self.mmap = mmap
-        self._verify = verify
-        self._raw = np.memmap(self.path, dtype=np.uint8, mode="r") if size else None
+        self.sections: dict[str, dict[str, Any]] = {}
+        for name, s in doc["sections"].items():
+            self.sections[name] = self._section(name, s, dir_off)
+        spans = sorted((s["offset"], s["offset"] + s["nbytes"], n) for n, s in self.sections.items())
+        for (_, end, a), (start, _, b) in itertools.pairwise(spans):
+            if start < end:
+                raise self._fail(f"sections {a!r} and {b!r} overlap")
+
+    def _section(self, name: str, s: object, dir_off: int) -> dict[str, Any]:
+        where = f"section {name!r}"
+        keys = {"dtype", "shape", "offset", "nbytes", "crc32"}
+        if type(s) is not dict or set(s) != keys:
+            raise self._fail(f"{where} must be an object with exactly {sorted(keys)}")
+        dt, shape, off, nbytes, crc = (s[k] for k in ("dtype", "shape", "offset", "nbytes", "crc32"))
+        if type(dt) is not str or dt not in _DTYPES:
+            raise self._fail(f"{where}: unsupported dtype {dt!r}")
+        if type(shape) is not list or len(shape) > 8 or not all(_is_int(v) and v >= 0 for v in shape):
+            raise self._fail(f"{where}: shape must be a list of at most 8 ints >= 0, got {shape!r}")
+        if not all(_is_int(v) for v in (off, nbytes, crc)) or not 0 <= crc < 1 << 32:
+            raise self._fail(f"{where}: offset, nbytes and crc32 must be ints")
+        want = int(np.prod(shape, dtype=object)) * np.dtype(dt).itemsize if shape else 0
+        if nbytes != want:
+            raise self._fail(f"{where}: nbytes = {nbytes} but shape {shape} of {dt} needs {want}")
+        if off < _DATA_START or off % _ALIGN or off + nbytes > dir_off:
+            raise IndexFileError(f"{self.path} is truncated or corrupted ({where} out of range)")
+        return {"dtype": dt, "shape": tuple(shape), "offset": off, "nbytes": nbytes, "crc32": crc}
+
+    def meta_reader(self) -> Meta:
+        return Meta(self.path, self.meta)
+
+    def expect(self, schema: dict[str, tuple[str, tuple[int, ...]]]) -> None:
+        """The sections must be exactly ``schema``'s: name -> (dtype string as numpy spells it, shape)."""
+        have, want = set(self.sections), set(schema)
+        if have != want:
+            missing, extra = sorted(want - have), sorted(have - want)
+            raise self._fail("sections do not match the index kind"
+                             + (f"; missing {missing}" if missing else "") + (f"; unexpected {extra}" if extra else ""))
+        for name, (dtype, shape) in schema.items():
+            s = self.sections[name]
+            if s["dtype"] != np.dtype(dtype).str:
+                raise self._fail(f"section {name!r} must have dtype {np.dtype(dtype).str}, got {s['dtype']}")
+            if s["shape"] != tuple(shape):
+                raise self._fail(f"section {name!r} must have shape {list(shape)}, got {list(s['shape'])}")
 
     def array(self, name: str, verify: bool | None = None) -> np.ndarray:
         """Section ``name`` as an array (a read-only memory map when opened with ``mmap=True``)."""
         if name not in self.sections:
-            raise IndexFileError(f"{self.path} has no section {name!r}")
+            raise self._fail(f"has no section {name!r}")
         s = self.sections[name]
-        raw = self._raw[s["offset"] : s["offset"] + s["nbytes"]]
-        if self._verify if verify is None else verify:
+        dtype = np.dtype(s["dtype"])
+        if self.mmap:
+            raw = np.frombuffer(self._map, np.uint8, s["nbytes"], s["offset"]) if s["nbytes"] else np.empty(0, np.uint8)
+        else:
+            raw = self._read(s["offset"], s["nbytes"])
+        if self.verifies if verify is None else verify:
             if _crc(raw) != s["crc32"]:
                 raise IndexFileError(f"{self.path} is corrupted (section {name!r} checksum mismatch)")
-        arr = raw.view(np.dtype(s["dtype"]))
-        arr = arr.reshape(tuple(s["shape"]))
-        return arr if self.mmap else np.array(arr)
+        return raw.view(dtype).reshape(s["shape"])
+
+    def _read(self, offset: int, nbytes: int) -> np.ndarray:
+        """Bytes [offset, offset + nbytes) read into memory (a file shortened meanwhile is an error, not SIGBUS)."""
+        buf = np.empty(nbytes, np.uint8)
+        view, done = memoryview(buf), 0
+        with open(self.path, "rb") as f:
+            if os.fstat(f.fileno()).st_ino != self._stat.st_ino:
+                raise self._fail("was replaced while it was being read")
+            f.seek(offset)
+            while done < nbytes:
+                got = f.readinto(view[done:])
+                if not got:
+                    raise IndexFileError(f"{self.path} is truncated (shortened while it was being read)")
+                done += got
+        return buf
+
+    def check_unchanged(self) -> None:
+        """For a memory-mapped file: raise IndexFileError if it was truncated or rewritten since it was opened
+        (reading a truncated map would kill the process with SIGBUS). One fstat: cheap before each scan."""
+        if not self.mmap:
+            return
+        st = os.fstat(self._file.fileno())
+        if st.st_size != self._stat.st_size or st.st_mtime_ns != self._stat.st_mtime_ns:
+            raise IndexFileError(
+                f"{self.path} changed on disk since it was memory-mapped (size {self._stat.st_size} -> {st.st_size}"
+                " bytes); searching it could read past its end: load it again")

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from . import checks, library, reference, registry
 from .checks import LUT_METRICS, METRICS, code_dtype
+from .ivf import InvertedLists, ivf_precomputed_table, ivf_search
 from .reference import pack4, unpack4
 from .registry import BackendInfo, backends, get_backend, register, select, set_backend, use_backend
 
@@ -51,6 +52,7 @@ from . import cpu_native, cuda_backend, triton_backend  # noqa: E402,F401
 __all__ = [
     "BackendInfo",
     "FastScanCodes",
+    "InvertedLists",
     "fastscan_pack",
     "fastscan_unpack",
     "LUT_METRICS",
@@ -199,52 +201,6 @@ def fastscan_unpack(codes: FastScanCodes) -> Tensor:
 
 
 CodesLike = Tensor | np.ndarray
-
-
-def ivf_search(
-    queries: Tensor,
-    centroids: Tensor,
-    codebooks: Tensor,
-    codes: Sequence[CodesLike],
-    ids: Sequence[CodesLike],
-    probes: Tensor,
-    k: int,
-    metric: str = "l2",
-    *,
-    addresses: tuple[Tensor, Tensor, Tensor] | None = None,
-    precomputed: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """IVF-PQ search over inverted lists: (values [Q, k], ids [Q, k]) best first, ties by smaller id.
-
-    queries [Q, d], centroids [nlist, d], codebooks [M, K, d/M] of residuals, ``codes[l]`` [n_l, M] uint8 and
-    ``ids[l]`` [n_l] int64 per list (tensors or memory-mapped arrays), probes [Q, nprobe] list numbers
-    (nearest first; -1 for none). l2 scores the residual LUT of q - c_l, ip scores <q, c_l> + LUT(q).
-    ``addresses`` caches the lists' buffer addresses for the native backend (see cpu_native.list_addresses);
-    ``precomputed`` [nlist, M, K] = ||r||^2 + 2 <c_l, r> speeds up l2 (see :func:`ivf_precomputed_table`).
-    """
-    M, K, dsub = checks.codebooks(codebooks)
-    checks.features(queries, codebooks, "queries")
-    checks.tensor(centroids, "centroids", 2, checks.FLOATS)
-    if centroids.shape[1] != M * dsub:
-        raise ValueError(f"centroids must be [nlist, d = {M * dsub}], got {tuple(centroids.shape)}")
-    if len(codes) != centroids.shape[0] or len(ids) != centroids.shape[0]:
-        raise ValueError(f"need codes and ids for each of the {centroids.shape[0]} lists")
-    checks.tensor(probes, "probes", 2, (torch.int64, torch.int32))
-    if probes.shape[0] != queries.shape[0] or (probes.numel() and int(probes.max()) >= centroids.shape[0]):
-        raise ValueError(f"probes must be [Q = {queries.shape[0]}, nprobe] list numbers < {centroids.shape[0]}")
-    k = checks.topk_k(k)
-    checks.metric(metric, ("l2", "ip"))
-    impl = registry.select("ivf_search", registry.device_type(queries))[1]
-    return impl(queries, centroids, codebooks, codes, ids, probes, k, metric, addresses, precomputed)
-
-
-def ivf_precomputed_table(centroids: Tensor, codebooks: Tensor) -> Tensor:
-    """[nlist, M, K] = ||r_mk||^2 + 2 <c_l,m, r_mk>: with it, the l2 LUT of list l for query q is
-    table[l] - 2 <q_m, r_mk>, plus ||q - c_l||^2 (FAISS's precomputed tables for IVF-PQ by residual)."""
-    M, K, dsub = codebooks.shape
-    c = centroids.to(torch.float32).reshape(-1, M, dsub)
-    r = codebooks.to(torch.float32)
-    return ((r * r).sum(-1) + 2 * torch.einsum("lmd,mkd->lmk", c, r)).contiguous()
 
 
 def _as_tensor(a: CodesLike, name: str, device: torch.device) -> Tensor:

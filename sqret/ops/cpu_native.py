@@ -59,7 +59,8 @@ def adc_topk(lut: torch.Tensor, codes: torch.Tensor, k: int, largest: bool, pack
         B = reference.FASTSCAN_BLOCK
         blocks = torch.empty(((N + B - 1) // B, M, B // 2), dtype=torch.uint8)
         if N:
-            _cpu.pack_fastscan(codes.contiguous().data_ptr(), N, M, blocks.data_ptr(), _threads())
+            src = codes.contiguous()  # bound to a name: the buffer must outlive the native call
+            _cpu.pack_fastscan(src.data_ptr(), N, M, blocks.data_ptr(), _threads())
         return adc_topk_fastscan(lut, blocks, N, k, largest)
     if codes.dtype not in _WIDTH:
         codes = codes.to(torch.int32)
@@ -148,34 +149,17 @@ def encode(x: torch.Tensor, codebooks: torch.Tensor, metric: str) -> torch.Tenso
     return out.to(code_dtype(K))
 
 
-def list_addresses(codes, ids) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """int64 addresses of each list's codes and ids, and the list sizes (arrays must be C-contiguous)."""
-
-    def addr(a) -> int:
-        if isinstance(a, torch.Tensor):
-            if not a.is_contiguous() or a.device.type != "cpu":
-                raise ValueError("inverted lists must be contiguous CPU tensors")
-            return a.data_ptr()
-        if not a.flags.c_contiguous:
-            raise ValueError("inverted lists must be C-contiguous arrays")
-        return a.ctypes.data
-
-    return (torch.tensor([addr(c) for c in codes], dtype=torch.int64),
-            torch.tensor([addr(i) for i in ids], dtype=torch.int64),
-            torch.tensor([int(i.shape[0]) for i in ids], dtype=torch.int64))
-
-
-def ivf_search(queries, centroids, codebooks, codes, ids, probes, k: int, metric: str, addresses=None,
-               precomputed=None):
+def ivf_search(queries, centroids, codebooks, lists, probes, k: int, metric: str, precomputed=None):
+    """lists: an ops.InvertedLists, which holds the arrays whose addresses it lists (alive through the call)."""
     M, K, _ = codebooks.shape
-    if K > 256 or any(torch.float64 == t.dtype for t in (queries, centroids, codebooks)):
-        return reference.ivf_search(queries, centroids, codebooks, codes, ids, probes, k, metric)
+    if any(torch.float64 == t.dtype for t in (queries, centroids, codebooks)):
+        return reference.ivf_search(queries, centroids, codebooks, lists, probes, k, metric)
     pre = precomputed.to(torch.float32).contiguous() if precomputed is not None and metric == "l2" else None
-    c_addr, i_addr, sizes = addresses if addresses is not None else list_addresses(codes, ids)
     Q, d = queries.shape
     q = queries.to(torch.float32).contiguous()
     cen, cb = centroids.to(torch.float32).contiguous(), codebooks.to(torch.float32).contiguous()
     pr = probes.to(torch.int64).contiguous()
+    c_addr, i_addr, sizes = lists.code_addresses, lists.id_addresses, lists.sizes
     v, i = _outputs(Q, k)
     if Q:
         _cpu.ivf_search(q.data_ptr(), Q, d, cen.data_ptr(), cb.data_ptr(), M, K, c_addr.data_ptr(), i_addr.data_ptr(),

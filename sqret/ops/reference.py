@@ -362,14 +362,13 @@ def pq_search(queries: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tenso
     return adc_topk_fastscan(lut, codes, n, k, largest)
 
 
-def ivf_search(queries, centroids, codebooks, codes, ids, probes, k: int, metric: str, addresses=None,
-               precomputed=None):
+def ivf_search(queries, centroids, codebooks, lists, probes, k: int, metric: str, precomputed=None):
     """IVF-PQ search: (values [Q, k], ids [Q, k]) over the lists in probes [Q, nprobe] (-1: none).
 
     l2 scores the LUT of the residual q - c_l; ip scores <q, c_l> + LUT(q). Ties by smaller id.
-    ``codes[l]`` [n_l, M] uint8 and ``ids[l]`` [n_l] int64 (tensors or arrays); ``addresses`` and
-    ``precomputed`` (accelerators of the native backend) are unused.
+    ``lists`` an ops.InvertedLists; ``precomputed`` (an accelerator of the native backend) is unused.
     """
+    codes, ids = lists.codes, lists.ids
     Q, nprobe = probes.shape
     largest = metric == "ip"
     fill = float("-inf") if largest else float("inf")

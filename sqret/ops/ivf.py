@@ -1,0 +1,177 @@
+"""IVF-PQ search over inverted lists: the validated lists (:class:`InvertedLists`) and the op.
+
+A list is codes [n_l, M] uint8 and ids [n_l] int64, C-contiguous, on the CPU (tensors or memory-mapped
+arrays). :class:`InvertedLists` checks every list once and holds the arrays, so the buffer addresses that
+the native scan reads stay valid for as long as the object lives; an index keeps one per state and derives
+the next one from it with :meth:`InvertedLists.replace` (only the changed lists are checked again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import checks, registry
+
+ListArray = Tensor | np.ndarray
+
+
+def _as_list_array(a: object, what: str, ndim: int, dtype: torch.dtype) -> ListArray:
+    """A C-contiguous CPU tensor / array of ``dtype`` (non-contiguous tensors are copied; nothing else is)."""
+    np_dtype = np.uint8 if dtype == torch.uint8 else np.int64
+    if isinstance(a, np.ndarray):
+        if a.ndim != ndim or a.dtype != np_dtype:
+            raise ValueError(f"{what} must be a {ndim}-D {np.dtype(np_dtype)} array, got {a.dtype} {a.shape}")
+        if not a.flags.c_contiguous:
+            a = np.ascontiguousarray(a)
+        return a
+    if not isinstance(a, Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor or numpy array, got {type(a).__name__}")
+    if a.dim() != ndim or a.dtype != dtype:
+        raise ValueError(f"{what} must be a {ndim}-D {str(dtype).replace('torch.', '')} tensor, "
+                         f"got {str(a.dtype).replace('torch.', '')} {tuple(a.shape)}")
+    if not a.is_cpu:
+        raise ValueError(f"{what} must be on the CPU, got {a.device}")
+    return a.contiguous()
+
+
+def _address(a: ListArray) -> int:
+    return a.data_ptr() if isinstance(a, Tensor) else a.ctypes.data
+
+
+class InvertedLists:
+    """Checked inverted lists for :func:`ivf_search`: ``codes[l]`` [n_l, M] uint8, ``ids[l]`` [n_l] int64.
+
+    Every list is checked at construction: types, dtypes, shapes, lengths equal, contiguity, device, and
+    (``check_range``) codes < K. Pass ``check_range=False`` only for codes whose range was checked before
+    (an index checks codes when they are added or loaded); the native scan never reads past a table even
+    then (it clamps codes to K - 1 when K < 256). Immutable: :meth:`replace` returns a new object.
+    """
+
+    __slots__ = ("codes", "ids", "M", "K", "sizes", "code_addresses", "id_addresses")
+
+    def __init__(self, codes: Sequence[ListArray], ids: Sequence[ListArray], M: int, K: int, *,
+                 check_range: bool = True):
+        if isinstance(codes, (Tensor, np.ndarray)) or isinstance(ids, (Tensor, np.ndarray)):
+            raise TypeError("codes and ids must be sequences with one array per list")
+        codes, ids = list(codes), list(ids)
+        if len(codes) != len(ids):
+            raise ValueError(f"need as many id arrays as code arrays, got {len(ids)} and {len(codes)}")
+        self.M, self.K = M, K
+        pairs = [self._checked(li, c, i, check_range) for li, (c, i) in enumerate(zip(codes, ids, strict=True))]
+        self.codes = tuple(c for c, _ in pairs)
+        self.ids = tuple(i for _, i in pairs)
+        self.sizes = torch.tensor([int(i.shape[0]) for i in self.ids], dtype=torch.int64)
+        self.code_addresses = torch.tensor([_address(c) for c in self.codes], dtype=torch.int64)
+        self.id_addresses = torch.tensor([_address(i) for i in self.ids], dtype=torch.int64)
+
+    def _checked(self, li: int, c: object, i: object, check_range: bool) -> tuple[ListArray, ListArray]:
+        c = _as_list_array(c, f"codes of list {li}", 2, torch.uint8)
+        i = _as_list_array(i, f"ids of list {li}", 1, torch.int64)
+        if c.shape[1] != self.M:
+            raise ValueError(f"codes of list {li} must be [n, M = {self.M}], got {tuple(c.shape)}")
+        if c.shape[0] != i.shape[0]:
+            raise ValueError(f"list {li} has {c.shape[0]} codes but {i.shape[0]} ids")
+        if check_range and self.K < 256 and c.shape[0]:
+            hi = int(c.max())
+            if hi >= self.K:
+                raise ValueError(f"codes of list {li} must lie in [0, K = {self.K}), found {hi}")
+        return c, i
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.sizes.sum())
+
+    def replace(self, changes: Mapping[int, tuple[ListArray, ListArray]], *, check_range: bool = True
+                ) -> InvertedLists:
+        """A copy with lists ``l`` replaced by ``changes[l] = (codes, ids)``; only those are checked."""
+        out = object.__new__(InvertedLists)
+        out.M, out.K = self.M, self.K
+        codes, ids = list(self.codes), list(self.ids)
+        sizes, ca, ia = self.sizes.clone(), self.code_addresses.clone(), self.id_addresses.clone()
+        for li, (c, i) in changes.items():
+            if not 0 <= li < len(codes):
+                raise IndexError(f"list {li} out of range [0, {len(codes)})")
+            c, i = out._checked(li, c, i, check_range)
+            codes[li], ids[li] = c, i
+            sizes[li], ca[li], ia[li] = int(i.shape[0]), _address(c), _address(i)
+        out.codes, out.ids, out.sizes, out.code_addresses, out.id_addresses = tuple(codes), tuple(ids), sizes, ca, ia
+        return out
+
+    @classmethod
+    def empty(cls, nlist: int, M: int, K: int) -> InvertedLists:
+        codes, ids = torch.empty((0, M), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+        return cls([codes] * nlist, [ids] * nlist, M, K, check_range=False)
+
+
+def ivf_search(
+    queries: Tensor,
+    centroids: Tensor,
+    codebooks: Tensor,
+    codes: Sequence[ListArray] | InvertedLists,
+    ids: Sequence[ListArray] | None,
+    probes: Tensor,
+    k: int,
+    metric: str = "l2",
+    *,
+    precomputed: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """IVF-PQ search over inverted lists: (values [Q, k], ids [Q, k]) best first, ties by smaller id.
+
+    queries [Q, d], centroids [nlist, d], codebooks [M, K, d/M] of residuals; ``codes`` an
+    :class:`InvertedLists` (``ids`` None), or one codes array [n_l, M] uint8 per list with ``ids`` one int64
+    array [n_l] per list (checked on every call: build an InvertedLists once to search the same lists
+    often); probes [Q, nprobe] list numbers (nearest first; -1 for none). l2 scores the residual LUT of
+    q - c_l, ip scores <q, c_l> + LUT(q). ``precomputed`` [nlist, M, K] = ||r||^2 + 2 <c_l, r> speeds up l2
+    (see :func:`ivf_precomputed_table`).
+    """
+    M, K, dsub = checks.codebooks(codebooks)
+    checks.features(queries, codebooks, "queries")
+    checks.tensor(centroids, "centroids", 2, checks.FLOATS)
+    nlist = centroids.shape[0]
+    if centroids.shape[1] != M * dsub:
+        raise ValueError(f"centroids must be [nlist, d = {M * dsub}], got {tuple(centroids.shape)}")
+    if K > 256:
+        raise ValueError(f"ivf_search takes uint8 codes: K <= 256 codewords, got K = {K}")
+    if isinstance(codes, InvertedLists):
+        if ids is not None:
+            raise ValueError("ids must be None when codes is an InvertedLists (it holds the ids)")
+        lists = codes
+        if (lists.M, lists.K) != (M, K):
+            raise ValueError(f"the inverted lists hold codes for M = {lists.M}, K = {lists.K}; the codebooks "
+                             f"have M = {M}, K = {K}")
+    else:
+        if ids is None:
+            raise ValueError("pass ids (one int64 array per list) with the codes")
+        lists = InvertedLists(codes, ids, M, K)
+    if len(lists) != nlist:
+        raise ValueError(f"need codes and ids for each of the {nlist} lists, got {len(lists)}")
+    checks.tensor(probes, "probes", 2, (torch.int64, torch.int32))
+    if probes.shape[0] != queries.shape[0] or (probes.numel() and (int(probes.max()) >= nlist
+                                                                  or int(probes.min()) < -1)):
+        raise ValueError(f"probes must be [Q = {queries.shape[0]}, nprobe] list numbers in [-1, {nlist})")
+    if precomputed is not None:
+        checks.tensor(precomputed, "precomputed", 3, checks.FLOATS)
+        if tuple(precomputed.shape) != (nlist, M, K):
+            raise ValueError(f"precomputed must be [nlist, M, K] = {[nlist, M, K]}, got {list(precomputed.shape)}")
+    k = checks.topk_k(k)
+    checks.metric(metric, ("l2", "ip"))
+    checks.same_device(("queries", queries), ("centroids", centroids), ("codebooks", codebooks),
+                       ("probes", probes))
+    impl = registry.select("ivf_search", registry.device_type(queries))[1]
+    return impl(queries, centroids, codebooks, lists, probes, k, metric, precomputed)
+
+
+def ivf_precomputed_table(centroids: Tensor, codebooks: Tensor) -> Tensor:
+    """[nlist, M, K] = ||r_mk||^2 + 2 <c_l,m, r_mk>: with it, the l2 LUT of list l for query q is
+    table[l] - 2 <q_m, r_mk>, plus ||q - c_l||^2 (FAISS's precomputed tables for IVF-PQ by residual)."""
+    M, K, dsub = codebooks.shape
+    c = centroids.to(torch.float32).reshape(-1, M, dsub)
+    r = codebooks.to(torch.float32)
+    return ((r * r).sum(-1) + 2 * torch.einsum("lmd,mkd->lmk", c, r)).contiguous()
