@@ -1,9 +1,113 @@
-"""Command line: ``sqret <command>`` or ``python -m sqret <command>``."""
+"""Command line: ``sqret <command>`` or ``python -m sqret <command>``.
+
+Every user error (a missing or unreadable file, a wrong format, dimensions that do not match, a bad number)
+ends with one line on stderr naming the argument and what is wrong, and a non-zero exit status (2 for bad
+arguments, 1 for anything else); ``--debug`` or ``SQRET_DEBUG=1`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+import warnings
+from pathlib import Path
+
+
+class UsageError(Exception):
+    """A user error, reported as one line (exit status 2)."""
+
+
+# ------------------------------------------------------------------------------------------ argument types
+
+
+def _int_at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an int >= {lo}, got {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be an int >= {lo}, got {v}")
+        return v
+
+    parse.__name__ = f"int >= {lo}"
+    return parse
+
+
+positive_int, nonnegative_int = _int_at_least(1), _int_at_least(0)
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return v
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line: ``sqret index build: error: argument --chunk: must be ...``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ------------------------------------------------------------------------------------------ input files
+
+
+def _input_file(path: str, arg: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{arg} {path}: no such file")
+    if p.is_dir():
+        raise UsageError(f"{arg} {path}: is a directory, not a file")
+    if not os.access(p, os.R_OK):
+        raise UsageError(f"{arg} {path}: not readable (permission denied)")
+    return p
+
+
+def _vectors(path: str, arg: str, mmap: bool = False):
+    """[n, d] vectors from a .fvecs / .bvecs / .ivecs / .npy file named by argument ``arg``."""
+    from .data import read_vectors
+
+    p = _input_file(path, arg)
+    try:
+        a = read_vectors(p, mmap=mmap)
+    except (ValueError, OSError) as err:
+        raise UsageError(f"{arg} {path}: {_strip(str(err), p)}") from None
+    if a.ndim != 2:
+        raise UsageError(f"{arg} {path}: expected [n, d] vectors, got shape {a.shape}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise UsageError(f"{arg} {path}: the file holds no vectors")
+    return a
+
+
+def _strip(message: str, path: Path) -> str:
+    """An error message without a leading 'PATH: ' (the CLI names the argument and path itself)."""
+    for prefix in (f"{path}: ", f"{path} "):
+        if message.startswith(prefix):
+            return message[len(prefix):]
+    return message
+
+
+def _output_file(path: str, arg: str) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{arg} {path}: is a directory")
+    if not p.parent.is_dir():
+        raise UsageError(f"{arg} {path}: folder {p.parent} does not exist")
+    return p
+
+
+def _warn(message: str) -> None:
+    print(f"sqret: warning: {message}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------ commands
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -25,30 +129,58 @@ def _index_build(args: argparse.Namespace) -> int:
     import time
 
     import torch
+    from tqdm.auto import tqdm
 
-    from .data import read_vectors
     from .index import IVFPQIndex, PQIndex
 
-    base = read_vectors(args.data, mmap=True)
+    base = _vectors(args.data, "--data", mmap=True)
+    out = _output_file(args.index, "--index")
     n, d = base.shape
-    index = IVFPQIndex(d, args.ivf, args.m, args.nbits, args.metric) if args.ivf else PQIndex(d, args.m, args.nbits,
-                                                                                              args.metric)
-    rng = torch.Generator().manual_seed(args.seed)
+    if d % args.m:
+        raise UsageError(f"--m {args.m} does not divide the dimension d = {d} of --data")
     train_n = min(n, args.train_size)
+    if args.nlist and args.nlist > train_n:
+        raise UsageError(f"--nlist {args.nlist} is more than the {train_n} training vectors (--train-size, --data)")
+    index = IVFPQIndex(d, args.nlist, args.m, args.nbits, args.metric) if args.nlist else PQIndex(
+        d, args.m, args.nbits, args.metric)
+    rng = torch.Generator().manual_seed(args.seed)
     sample = torch.randperm(n, generator=rng)[:train_n].sort().values.numpy()
     t0 = time.perf_counter()
     index.train(torch.from_numpy(base[sample].astype("float32")), iters=args.iters, seed=args.seed)
     t1 = time.perf_counter()
-    from tqdm.auto import tqdm
-
     for a in tqdm(range(0, n, args.chunk), desc="adding", unit="chunk"):
         index.add(torch.from_numpy(base[a : a + args.chunk].astype("float32")))
     t2 = time.perf_counter()
-    index.save(args.index)
+    index.save(out)
     print(f"built {type(index).__name__} over {n} x {d} vectors ({args.metric}, M={args.m}, nbits={args.nbits}"
-          + (f", nlist={args.ivf}" if args.ivf else "") + f"): train {t1 - t0:.1f} s on {train_n}, add {t2 - t1:.1f} s;"
-          f" wrote {args.index}")
+          + (f", nlist={args.nlist}" if args.nlist else "") + f"): train {t1 - t0:.1f} s on {train_n}, add "
+          f"{t2 - t1:.1f} s; wrote {out}")
     return 0
+
+
+def _load_index(path: str, mmap: bool, verify: bool):
+    from .index import IndexFileError, load
+
+    p = _input_file(path, "--index")
+    try:
+        return load(p, mmap=mmap, verify=verify)
+    except IndexFileError as err:
+        raise UsageError(f"--index {path}: {_strip(str(err), p)}") from None
+
+
+def _groundtruth(path: str, queries: int):
+    import numpy as np
+    import torch
+
+    gt = _vectors(path, "--groundtruth")
+    if gt.dtype.kind not in "iu":
+        raise UsageError(f"--groundtruth {path}: expected integer neighbour ids, got {gt.dtype}")
+    if gt.shape[0] != queries:
+        raise UsageError(f"--groundtruth {path} has {gt.shape[0]} rows, but there are {queries} queries")
+    gt = torch.from_numpy(np.asarray(gt).astype(np.int64))
+    if not bool((gt >= 0).any()):
+        raise UsageError(f"--groundtruth {path}: holds no neighbour ids (every entry is negative)")
+    return gt
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -57,39 +189,63 @@ def _search(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from .data import read_vectors
     from .eval import nn_recall_at_k, recall_at_k
-    from .index import IVFPQIndex, load
+    from .index import IVFPQIndex
 
-    index = load(args.index, mmap=args.mmap, verify=not args.no_verify)
-    queries = torch.from_numpy(np.asarray(read_vectors(args.queries), dtype=np.float32))
-    kwargs = {"nprobe": args.nprobe} if isinstance(index, IVFPQIndex) else {}
+    index = _load_index(args.index, args.mmap, not args.no_verify)
+    queries = torch.from_numpy(np.asarray(_vectors(args.queries, "--queries"), dtype=np.float32))
+    if queries.shape[1] != index.d:
+        raise UsageError(f"--queries {args.queries} has d = {queries.shape[1]}, the index has d = {index.d}")
+    if not bool(torch.isfinite(queries).all()):
+        raise UsageError(f"--queries {args.queries}: holds NaN or inf")
+    gt = _groundtruth(args.groundtruth, queries.shape[0]) if args.groundtruth else None
+    ivf = isinstance(index, IVFPQIndex)
+    if args.nprobe is not None and not ivf:
+        _warn(f"--nprobe is ignored: {args.index} is a flat {type(index).__name__}, it has no lists")
+    kwargs = {"nprobe": args.nprobe or 1} if ivf else {}
+    if ivf and kwargs["nprobe"] > index.nlist:
+        _warn(f"--nprobe {kwargs['nprobe']} is more than nlist = {index.nlist}: every list is scanned")
+    if len(index) == 0:
+        _warn(f"{args.index} holds no vectors: every result is -1")
+    batches = range(0, queries.shape[0], args.batch)
+
+    def run() -> torch.Tensor:
+        return torch.cat([index.search(queries[a : a + args.batch], args.k, **kwargs)[1] for a in batches])
+
     t0 = time.perf_counter()
-    ids = torch.cat([index.search(queries[a : a + args.batch], args.k, **kwargs)[1]
-                     for a in range(0, queries.shape[0], args.batch)])
-    dt = time.perf_counter() - t0
-    print(f"{queries.shape[0]} queries, k={args.k}" + (f", nprobe={args.nprobe}" if kwargs else "")
-          + f": {dt:.3f} s, {queries.shape[0] / dt:,.0f} QPS")
-    if args.groundtruth:
-        gt = torch.from_numpy(np.asarray(read_vectors(args.groundtruth)).astype(np.int64))
+    ids = run()  # cold: the first call also builds the tables and layouts it caches
+    cold = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    run()
+    warm = time.perf_counter() - t0
+    Q = queries.shape[0]
+    print(f"{Q} queries, k={args.k}" + (f", nprobe={kwargs['nprobe']}" if ivf else "")
+          + f": {Q / warm:,.0f} QPS warm ({warm:.3f} s, second pass), {Q / cold:,.0f} QPS cold (first pass, "
+          "tables built)")
+    if gt is not None:
         line = [f"1-recall@{r}: {nn_recall_at_k(ids, gt, r):.4f}" for r in (1, 10, 100) if r <= args.k]
         if gt.shape[1] >= args.k:
             line.append(f"{args.k}-recall@{args.k}: {recall_at_k(ids, gt, args.k):.4f}")
         print(", ".join(line))
+        if not bool(torch.isin(ids[ids >= 0], gt[gt >= 0]).any()):
+            _warn("no result matches any --groundtruth id: are they ids of this index's vectors?")
     return 0
 
 
 def _load_data(name: str, root: str | None, seed: int, image_size: int | None = None):
     from .data import load_dataset
 
+    if root is not None and not Path(root).exists():
+        raise UsageError(f"--data {root}: no such file or directory")
     kwargs = {"size": (image_size, image_size)} if name == "folder" and image_size else {}
-    return load_dataset(name, root, seed=seed, **kwargs)
+    try:
+        return load_dataset(name, root, seed=seed, **kwargs)
+    except (FileNotFoundError, ValueError, OSError) as err:
+        raise UsageError(f"--dataset {name}: {err}") from None
 
 
 def _init_distributed() -> bool:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1): gloo on CPU, nccl on GPUs."""
-    import os
-
     import torch
     import torch.distributed as dist
 
@@ -99,16 +255,60 @@ def _init_distributed() -> bool:
     return True
 
 
+def _check_device(device: str | None) -> None:
+    import torch
+
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {device}: not a device (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA GPU is available here")
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {device}: only cpu and cuda are supported")
+
+
 def _train(args: argparse.Namespace) -> int:
     import json
 
+    from .checkpoint import CheckpointError, spec_differences
     from .methods import build_method
-    from .train import TrainConfig, train
+    from .train import TrainConfig, resumable, train
 
+    _check_device(args.device)
+    if args.resume and not args.checkpoint:
+        raise UsageError("--resume needs --checkpoint FILE (the checkpoint to continue from)")
+    if args.weights:
+        _input_file(args.weights, "--weights")
+    if args.checkpoint:
+        _output_file(args.checkpoint, "--checkpoint")
+    if args.log:
+        _output_file(args.log, "--log")
+    asked = {"name": args.method, "bits": args.bits, "backbone": args.backbone, "width": args.width}
+    if args.resume:  # before the data is loaded: say at once what does not match
+        _input_file(args.checkpoint, "--checkpoint")
+        try:
+            state = resumable(args.checkpoint, None, args.epochs)
+        except CheckpointError as err:
+            raise UsageError(str(err)) from None
+        saved = {k: (state.get("spec") or {}).get(k) for k in asked}
+        diff = spec_differences(saved, asked)
+        if (state.get("meta") or {}).get("dataset") not in (None, args.dataset):
+            diff.append(f"dataset: checkpoint {state['meta']['dataset']!r}, asked for {args.dataset!r}")
+        if diff:
+            raise UsageError(f"--resume: {args.checkpoint} is of another run: " + "; ".join(diff))
     joined = _init_distributed()
     data = _load_data(args.dataset, args.data, args.seed, args.image_size)
     c, h, _ = data.shape
-    method = build_method(args.method, args.bits, args.backbone, c, h, data.num_classes, args.weights, args.width)
+    try:
+        method = build_method(args.method, args.bits, args.backbone, c, h, data.num_classes, args.weights,
+                              args.width)
+    except ValueError as err:
+        raise UsageError(f"--method {args.method} --bits {args.bits}: {err}") from None
+    if args.batch_size > len(data.train):
+        raise UsageError(f"--batch-size {args.batch_size} is larger than the {len(data.train)} training images")
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                       amp=not args.no_amp, log=args.log, checkpoint=args.checkpoint, every=args.every,
                       resume=args.resume, val_every=args.val_every, map_at=args.map_at, train_size=args.train_size,
@@ -128,28 +328,43 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import json
 
-    import torch
-
+    from .checkpoint import CheckpointError, load_checkpoint
     from .eval import mean_average_precision, precision_at_k, precision_recall_curve
     from .methods import build_method
     from .train import embed
 
-    state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    p = _input_file(args.checkpoint, "CHECKPOINT")
+    try:
+        state = load_checkpoint(p)
+    except CheckpointError as err:
+        raise UsageError(f"CHECKPOINT {args.checkpoint}: {_strip(str(err), p)}") from None
     spec, meta = state.get("spec"), state.get("meta") or {}
-    if not spec:
-        raise SystemExit(f"{args.checkpoint}: no method spec in the checkpoint (was it written by sqret train?)")
+    if not isinstance(spec, dict) or "model" not in state:
+        raise UsageError(f"CHECKPOINT {args.checkpoint}: no method spec in the checkpoint (was it written by sqret "
+                         "train?)")
     spec = dict(spec)
-    method = build_method(spec.pop("name"), spec.pop("bits"), spec.pop("backbone"), spec.pop("in_channels"),
-                          spec.pop("image_size"), spec.pop("num_classes"), None, spec.pop("width"), **spec)
-    method.load_state_dict(state["model"])
+    try:
+        method = build_method(spec.pop("name"), spec.pop("bits"), spec.pop("backbone"), spec.pop("in_channels"),
+                              spec.pop("image_size"), spec.pop("num_classes"), None, spec.pop("width"), **spec)
+        method.load_state_dict(state["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise UsageError(f"CHECKPOINT {args.checkpoint}: its model cannot be rebuilt ({str(err).splitlines()[0]})"
+                         ) from None
     name = args.dataset or meta.get("dataset")
     if name is None:
-        raise SystemExit("the checkpoint does not name its dataset: pass --dataset")
+        raise UsageError("the checkpoint does not name its dataset: pass --dataset")
     data = _load_data(name, args.data or meta.get("data"), meta.get("seed", 0), meta.get("image_size"))
+    want = (state["spec"].get("in_channels"), state["spec"].get("image_size"))
+    if tuple(data.shape[:2]) != want:
+        raise UsageError(f"--dataset {name}: its images are {data.shape[0]} x {data.shape[1]} px (channels x side), "
+                         f"the checkpoint's model takes {want[0]} x {want[1]}")
     db, q = embed(method, data.database), embed(method, data.queries)
     k = min(args.map_at, len(data.database))
     result = {"checkpoint": args.checkpoint, "dataset": data.name, "queries": len(q), "database": len(db)}
-    levels = range(1, method.levels + 1) if hasattr(method, "levels") and args.all_lengths else [None]
+    progressive = hasattr(method, "levels")
+    if args.all_lengths and not progressive:
+        _warn(f"--all-lengths is ignored: {method.__class__.__name__} codes have one length (only dpq is progressive)")
+    levels = range(1, method.levels + 1) if progressive and args.all_lengths else [None]
     codes = method.encode(db)  # full codes once: a shorter index keeps their prefix
     for lv in levels:
         index = method.index(lv) if lv else method.index()
@@ -169,82 +384,130 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sqret", description="Deep product quantization and retrieval.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="PQ on the bundled digits, beside FAISS IndexPQ")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(func=_demo)
-    sub.add_parser("backends", help="list the op backends and why any is unavailable").set_defaults(func=_backends)
+# ------------------------------------------------------------------------------------------ parser
 
-    index = sub.add_parser("index", help="build indexes").add_subparsers(dest="index_command", required=True)
-    build = index.add_parser("build", help="train and fill a PQ or IVF-PQ index from a vector file")
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error (or SQRET_DEBUG=1)")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = _Parser(prog="sqret", description="Deep product quantization and retrieval.", formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=f"sqret {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    demo = sub.add_parser("demo", help="PQ on the bundled digits, beside FAISS IndexPQ", parents=[common],
+                          formatter_class=fmt)
+    demo.add_argument("--seed", type=int, default=0, help="random seed")
+    demo.set_defaults(func=_demo)
+    sub.add_parser("backends", help="list the op backends and why any is unavailable", parents=[common]
+                   ).set_defaults(func=_backends)
+
+    index = sub.add_parser("index", help="build and search indexes").add_subparsers(dest="index_command",
+                                                                                      required=True,
+                                                                                      parser_class=_Parser)
+    build = index.add_parser("build", help="train and fill a PQ or IVF-PQ index from a vector file",
+                             parents=[common], formatter_class=fmt)
     build.add_argument("--data", required=True, help="database vectors (.fvecs, .bvecs, .npy)")
     build.add_argument("--index", required=True, help="output index file")
-    build.add_argument("--m", type=int, required=True, help="sub-quantizers (code bytes at 8 bits)")
-    build.add_argument("--nbits", type=int, default=8, choices=(4, 8))
-    build.add_argument("--ivf", type=int, default=0, metavar="NLIST", help="inverted lists (0: flat PQ)")
-    build.add_argument("--metric", default="l2", choices=("l2", "ip"))
-    build.add_argument("--train-size", type=int, default=100_000, help="vectors sampled for training")
-    build.add_argument("--iters", type=int, default=25, help="k-means iterations")
-    build.add_argument("--chunk", type=int, default=100_000, help="vectors encoded per step")
-    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("-M", "--m", dest="m", type=positive_int, required=True,
+                       help="sub-quantizers (code bytes at 8 bits); must divide d")
+    build.add_argument("--nbits", type=int, default=8, choices=(4, 8), help="bits per sub-quantizer code")
+    build.add_argument("--nlist", "--ivf", dest="nlist", type=nonnegative_int, default=0, metavar="NLIST",
+                       help="inverted lists (0: flat PQ)")
+    build.add_argument("--metric", default="l2", choices=("l2", "ip"), help="distance")
+    build.add_argument("--train-size", type=positive_int, default=100_000, help="vectors sampled for training")
+    build.add_argument("--iters", type=positive_int, default=25, help="k-means iterations")
+    build.add_argument("--chunk", type=positive_int, default=100_000, help="vectors encoded per step")
+    build.add_argument("--seed", type=int, default=0, help="random seed of the training sample and k-means")
     build.set_defaults(func=_index_build)
 
     from .data.images import DATASETS
     from .methods import METHODS
     from .models import BACKBONES
 
-    tr = sub.add_parser("train", help="train a deep quantization method; prints its retrieval mAP (torchrun: DDP)")
-    tr.add_argument("--method", default="spq", choices=sorted(METHODS))
-    tr.add_argument("--dataset", default="digits", choices=DATASETS)
+    tr = sub.add_parser("train", help="train a deep quantization method; prints its retrieval mAP (torchrun: DDP)",
+                        parents=[common], formatter_class=fmt)
+    tr.add_argument("--method", default="spq", choices=sorted(METHODS), help="recipe")
+    tr.add_argument("--dataset", default="digits", choices=DATASETS, help="data set")
     tr.add_argument("--data", help="dataset location (default: $SQRET_DATA or ../shared/data)")
-    tr.add_argument("--image-size", type=int, help="resize folder images to this side")
-    tr.add_argument("--bits", type=int, default=32, help="code length")
-    tr.add_argument("--backbone", default="small", choices=BACKBONES)
+    tr.add_argument("--image-size", type=positive_int, help="resize folder images to this side")
+    tr.add_argument("--bits", type=positive_int, default=32, help="code length")
+    tr.add_argument("--backbone", default="small", choices=BACKBONES, help="feature network")
     tr.add_argument("--weights", help="local pretrained backbone weights (resnet18/resnet50/vgg16)")
-    tr.add_argument("--width", type=int, default=32, help="channels of the small CNN")
-    tr.add_argument("--epochs", type=int, default=10)
-    tr.add_argument("--batch-size", type=int, default=128, help="global batch (split over torchrun ranks)")
-    tr.add_argument("--lr", type=float, default=None, help="default: the method's")
-    tr.add_argument("--train-size", type=int, help="train on a random subset of N training images")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--width", type=positive_int, default=32, help="channels of the small CNN")
+    tr.add_argument("--epochs", type=positive_int, default=10, help="epochs in all (also when resuming)")
+    tr.add_argument("--batch-size", type=positive_int, default=128, help="global batch (split over torchrun ranks)")
+    tr.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: the method's)")
+    tr.add_argument("--train-size", type=positive_int, help="train on a random subset of N training images")
+    tr.add_argument("--seed", type=int, default=0, help="random seed")
     tr.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     tr.add_argument("--no-amp", action="store_true", help="no bfloat16 autocast on the GPU")
-    tr.add_argument("--val-every", type=int, default=0, help="validation mAP every N epochs (0: never)")
-    tr.add_argument("--map-at", type=int, default=1000, help="mAP@k of the final evaluation")
+    tr.add_argument("--val-every", type=nonnegative_int, default=0, help="validation mAP every N epochs (0: never)")
+    tr.add_argument("--map-at", type=positive_int, default=1000, help="mAP@k of the final evaluation")
     tr.add_argument("--log", help="JSON-lines log file")
     tr.add_argument("--checkpoint", help="checkpoint file (written atomically)")
-    tr.add_argument("--every", type=int, default=1, help="checkpoint every N epochs")
+    tr.add_argument("--every", type=positive_int, default=1, help="checkpoint every N epochs")
     tr.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     tr.set_defaults(func=_train)
 
-    ev = sub.add_parser("eval", help="evaluate a checkpoint of sqret train: mAP@k, precision@k, PR curve")
-    ev.add_argument("checkpoint")
+    ev = sub.add_parser("eval", help="evaluate a checkpoint of sqret train: mAP@k, precision@k, PR curve",
+                        parents=[common], formatter_class=fmt)
+    ev.add_argument("checkpoint", help="a checkpoint written by sqret train")
     ev.add_argument("--dataset", choices=DATASETS, help="default: the checkpoint's")
-    ev.add_argument("--data", help="default: the checkpoint's")
-    ev.add_argument("--map-at", type=int, default=1000)
+    ev.add_argument("--data", help="dataset location (default: the checkpoint's)")
+    ev.add_argument("--map-at", type=positive_int, default=1000, help="mAP@k")
     ev.add_argument("--symmetric", action="store_true", help="symmetric distance (queries encoded too)")
-    ev.add_argument("--pr", type=int, default=0, metavar="POINTS", help="precision-recall curve at POINTS cut-offs")
+    ev.add_argument("--pr", type=nonnegative_int, default=0, metavar="POINTS",
+                    help="precision-recall curve at POINTS cut-offs")
     ev.add_argument("--all-lengths", action="store_true", help="progressive methods (dpq): every prefix length")
     ev.set_defaults(func=_eval)
 
-    search = sub.add_parser("search", help="search an index; recall against ground truth, QPS")
-    search.add_argument("--index", required=True)
-    search.add_argument("--queries", required=True, help="query vectors (.fvecs, .bvecs, .npy)")
-    search.add_argument("-k", type=int, default=10)
-    search.add_argument("--nprobe", type=int, default=1, help="lists scanned per query (IVF)")
-    search.add_argument("--groundtruth", help="true neighbour ids (.ivecs, .npy) for recall")
-    search.add_argument("--batch", type=int, default=1000, help="queries per search call")
-    search.add_argument("--mmap", action="store_true", help="memory-map the codes instead of reading them")
-    search.add_argument("--no-verify", action="store_true", help="skip the checksums (instant open of huge files)")
-    search.set_defaults(func=_search)
+    for parent, name in ((sub, "search"), (index, "search")):
+        search = parent.add_parser(name, help="search an index; recall against ground truth, QPS", parents=[common],
+                                   formatter_class=fmt)
+        search.add_argument("--index", required=True, help="index file written by sqret index build")
+        search.add_argument("--queries", required=True, help="query vectors (.fvecs, .bvecs, .npy)")
+        search.add_argument("-k", type=positive_int, default=10, help="results per query")
+        search.add_argument("--nprobe", type=positive_int, default=None, help="lists scanned per query (IVF; 1)")
+        search.add_argument("--groundtruth", help="true neighbour ids (.ivecs, .npy) for recall")
+        search.add_argument("--batch", type=positive_int, default=1000, help="queries per search call")
+        search.add_argument("--mmap", action="store_true", help="memory-map the codes instead of reading them")
+        search.add_argument("--no-verify", action="store_true", help="skip the checksums (instant open of huge files)")
+        search.set_defaults(func=_search)
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+_USER_ERRORS = (UsageError, FileNotFoundError, PermissionError, IsADirectoryError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("SQRET_DEBUG", "") not in ("", "0")
+    where = " ".join(filter(None, ["sqret", args.command, getattr(args, "index_command", None)]))
+    try:
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.simplefilter("ignore", UserWarning)
+            return args.func(args)
+    except KeyboardInterrupt:
+        print(f"{where}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # one line for people; the traceback with --debug
+        if debug:
+            raise
+        if isinstance(err, _USER_ERRORS):
+            print(f"{where}: error: {_one_line(err)}", file=sys.stderr)
+            return 2
+        print(f"{where}: error: {type(err).__name__}: {_one_line(err)} (--debug shows the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

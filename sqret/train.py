@@ -17,6 +17,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .augment import Augment, two_views
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, spec_differences
 from .data.images import ImageSplit, to_float
 from .eval import mean_average_precision
 
@@ -41,11 +42,44 @@ class TrainConfig:
     meta: dict | None = None  # saved in the checkpoint (e.g. how to reload the dataset for sqret eval)
     progress: bool | None = None
 
+    def __post_init__(self) -> None:
+        def whole(name: str, lo: int, none: bool = False) -> None:
+            v = getattr(self, name)
+            if none and v is None:
+                return
+            if type(v) is not int or v < lo:
+                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
 
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+        whole("epochs", 1)
+        whole("batch_size", 1)
+        whole("every", 1)
+        whole("val_every", 0)
+        whole("map_at", 1)
+        whole("train_size", 1, none=True)
+        for name in ("lr", "weight_decay"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0
+                                  or (name == "lr" and v == 0)):
+                raise ValueError(f"{name} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {v!r}")
+
+
+def resumable(path: str | Path, spec: dict | None, epochs: int, map_location="cpu") -> dict:
+    """The checkpoint at path, checked to continue a run of ``spec`` (the method, code length, backbone, ...)
+    to ``epochs`` epochs; CheckpointError saying what differs, or that there is nothing left to train."""
+    state = load_checkpoint(path, map_location=map_location)
+    missing = [k for k in ("model", "optimizer", "epoch", "generator", "torch_rng") if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a training checkpoint of sqret train (no {', '.join(missing)})")
+    diff = spec_differences(state.get("spec"), spec)
+    if diff:
+        raise CheckpointError(f"--resume: {path} is of another model: " + "; ".join(diff))
+    done = state["epoch"]
+    if type(done) is not int or done < 0:
+        raise CheckpointError(f"{path}: bad epoch {done!r}")
+    if done >= epochs:
+        raise CheckpointError(f"--resume: {path} has already trained {done} epochs; ask for more than {done} epochs "
+                              "to continue (sqret eval evaluates it as it is)")
+    return state
 
 
 def _world() -> tuple[int, int]:
@@ -138,7 +172,7 @@ def train(method, data: ImageSplit, cfg: TrainConfig) -> dict:
     if cfg.resume:
         if ckpt is None or not ckpt.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
-        state = torch.load(ckpt, weights_only=False, map_location=device)
+        state = resumable(ckpt, getattr(method, "spec", None), cfg.epochs, map_location=device)
         method.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
@@ -199,7 +233,7 @@ def train(method, data: ImageSplit, cfg: TrainConfig) -> dict:
             log.write(json.dumps(record) + "\n")
             log.flush()
         if ckpt and rank == 0 and ((epoch + 1) % cfg.every == 0 or epoch + 1 == cfg.epochs):
-            _save_atomic({"model": method.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
+            save_checkpoint({"model": method.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
                           "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
                           "config": {k: v for k, v in asdict(cfg).items() if k != "augment"}, "meta": cfg.meta,
                           "spec": getattr(method, "spec", None), "dataset": data.name}, ckpt)

@@ -14,10 +14,12 @@ def _read(path: str | Path, dtype: np.dtype, mmap: bool) -> np.ndarray:
     size = path.stat().st_size
     if size == 0:
         return np.zeros((0, 0), dtype=dtype)
+    if size < 4:
+        raise ValueError(f"{path}: not a {path.suffix or 'vecs'} file ({size} bytes)")
     dim = int(np.fromfile(path, dtype=np.int32, count=1)[0])
     item = np.dtype(dtype).itemsize
     row = 4 + dim * item
-    if dim <= 0 or size % row:
+    if dim <= 0 or dim > 1 << 24 or size % row:
         raise ValueError(f"{path}: not a {path.suffix or 'vecs'} file (dimension {dim}, {size} bytes)")
     n = size // row
     raw = np.memmap(path, dtype=np.uint8, mode="r", shape=(n, row))
@@ -43,11 +45,28 @@ def read_ivecs(path: str | Path, mmap: bool = False) -> np.ndarray:
     return _read(path, np.int32, mmap)
 
 
+def read_npy(path: str | Path, mmap: bool = False) -> np.ndarray:
+    """A 2-D numeric array [n, dim] from a .npy file (no pickled objects)."""
+    try:
+        a = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as err:  # a pickled object array, or not a .npy file at all
+        raise ValueError(f"{path}: not a numeric .npy array ({str(err).splitlines()[0]})") from None
+    except EOFError:
+        raise ValueError(f"{path}: not a .npy file (empty or truncated)") from None
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{path}: not a single .npy array")
+    if a.ndim != 2:
+        raise ValueError(f"{path}: expected a 2-D array [n, dim], got shape {a.shape}")
+    if a.dtype.kind not in "fiub":
+        raise ValueError(f"{path}: expected numbers, got dtype {a.dtype}")
+    return a
+
+
 def read_vectors(path: str | Path, mmap: bool = False) -> np.ndarray:
-    """Any of .fvecs / .bvecs / .ivecs / .npy by file suffix."""
+    """Any of .fvecs / .bvecs / .ivecs / .npy by file suffix: [n, dim]."""
     path = Path(path)
     if path.suffix == ".npy":
-        return np.load(path, mmap_mode="r" if mmap else None)
+        return read_npy(path, mmap)
     if path.suffix not in _KINDS:
         raise ValueError(f"{path}: unknown vector file type (expected .fvecs, .bvecs, .ivecs or .npy)")
     return _read(path, _KINDS[path.suffix], mmap)

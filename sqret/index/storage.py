@@ -30,13 +30,14 @@ import json
 import mmap as _mmap
 import os
 import struct
-import threading
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..atomic import fsync_dir, remove_stale_temporaries, temporary_name
 
 MAGIC = b"SQRETIDX"
 FORMAT_VERSION = 1
@@ -48,7 +49,6 @@ MAX_DIRECTORY_BYTES = 64 << 20
 # dtypes a section may declare (the kind's schema then requires one exactly)
 _DTYPES = frozenset(np.dtype(t).str for t in ("<f4", "<f2", "<f8", "u1", "i1", "<i2", "<u2", "<i4", "<u4",
                                                "<i8", "<u8", "<c8"))
-_TMP_MARK = ".tmp-"
 
 
 class IndexFileError(ValueError):
@@ -65,51 +65,6 @@ def _crc(data: memoryview | bytes | np.ndarray, crc: int = 0) -> int:
 
 # ---------------------------------------------------------------------------------------------- writing
 
-_counter = itertools.count()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
-def _remove_stale_temporaries(path: Path) -> None:
-    """Delete ``.NAME.tmp-PID[-...]`` files beside path whose process PID no longer runs (a kill -9 mid-save)."""
-    prefix = f".{path.name}{_TMP_MARK}"
-    try:
-        entries = list(os.scandir(path.parent))
-    except OSError:
-        return
-    for e in entries:
-        if not e.name.startswith(prefix):
-            continue
-        pid = e.name[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            try:
-                os.unlink(e.path)
-            except OSError:
-                pass
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename in path's folder durable (best effort: not every file system allows it)."""
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class IndexWriter:
     """Write an index file section by section; use as a context manager (commits on success, leaves nothing
     behind on an exception).
@@ -123,9 +78,8 @@ class IndexWriter:
         if self.path.is_dir():
             raise IsADirectoryError(f"{self.path} is a directory")
         self.meta = meta
-        _remove_stale_temporaries(self.path)
-        unique = f"{os.getpid()}-{threading.get_ident()}-{next(_counter)}-{os.urandom(4).hex()}"
-        self.tmp = self.path.with_name(f".{self.path.name}{_TMP_MARK}{unique}")
+        remove_stale_temporaries(self.path)
+        self.tmp = temporary_name(self.path)
         self.f = open(self.tmp, "xb")
         try:
             self.f.write(b"\0" * _DATA_START)
@@ -189,7 +143,7 @@ class IndexWriter:
         except BaseException:
             self.abort()
             raise
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
 
     def abort(self) -> None:
         if not self.f.closed:

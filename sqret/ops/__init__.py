@@ -20,7 +20,6 @@ from torch import Tensor
 from . import checks, library, reference, registry
 from .checks import LUT_METRICS, METRICS, code_dtype
 from .ivf import InvertedLists, ivf_precomputed_table, ivf_search
-from .reference import pack4, unpack4
 from .registry import BackendInfo, backends, get_backend, register, select, set_backend, use_backend
 
 register(
@@ -173,6 +172,25 @@ def codeword_tables(codebooks: Tensor, metric: str = "l2") -> Tensor:
         return ip
     n = (C * C).sum(-1)
     return (n[:, :, None] + n[:, None, :] - 2 * ip).clamp_min_(0)
+
+
+def pack4(codes: Tensor) -> Tensor:
+    """Codes [N, M] with values in [0, 16) -> packed 4-bit [N, ceil(M/2)] uint8: sub-space 2j in the low
+    nibble of byte j, 2j+1 in the high nibble (odd M leaves the last high nibble 0)."""
+    checks.tensor(codes, "codes", 2, checks.CODE_DTYPES)
+    checks.code_range(codes, 16, False)
+    return reference.pack4(codes)
+
+
+def unpack4(codes: Tensor, M: int) -> Tensor:
+    """Packed 4-bit codes [N, ceil(M/2)] uint8 -> codes [N, M] uint8 (the inverse of :func:`pack4`)."""
+    checks.tensor(codes, "codes", 2, (torch.uint8,))
+    if type(M) is not int or M < 1:
+        raise ValueError(f"M must be an int >= 1, got {M!r}")
+    if codes.shape[1] != checks.packed_width(M):
+        raise ValueError(f"packed 4-bit codes for M = {M} must be [N, {checks.packed_width(M)}], "
+                         f"got {tuple(codes.shape)}")
+    return reference.unpack4(codes, M)
 
 
 @dataclass(frozen=True)

@@ -186,7 +186,7 @@ def encode(x: torch.Tensor, codebooks: torch.Tensor, metric: str) -> torch.Tenso
 def unpack4(codes: torch.Tensor, M: int) -> torch.Tensor:
     """Packed 4-bit codes [N, ceil(M/2)] uint8 -> [N, M] uint8 (sub-space 2j low nibble, 2j+1 high)."""
     both = torch.stack((codes & 15, codes >> 4), dim=-1)
-    return both.reshape(codes.shape[0], -1)[:, :M]
+    return both.reshape(codes.shape[0], 2 * codes.shape[1])[:, :M]
 
 
 def pack4(codes: torch.Tensor) -> torch.Tensor:
@@ -369,6 +369,8 @@ def ivf_search(queries, centroids, codebooks, lists, probes, k: int, metric: str
     ``lists`` an ops.InvertedLists; ``precomputed`` (an accelerator of the native backend) is unused.
     """
     codes, ids = lists.codes, lists.ids
+    cd = _compute_dtype(queries, centroids, codebooks)
+    queries, centroids, codebooks = queries.to(cd), centroids.to(cd), codebooks.to(cd)
     Q, nprobe = probes.shape
     largest = metric == "ip"
     fill = float("-inf") if largest else float("inf")
@@ -394,7 +396,7 @@ def ivf_search(queries, centroids, codebooks, lists, probes, k: int, metric: str
         if largest:
             v = v + (queries[qs] @ centroids[li]).unsqueeze(1)
         vals[qs, rank, :kk], out[qs, rank, :kk] = v.to(vals.dtype), i[pos]
-    vals, out = vals.reshape(Q, -1), out.reshape(Q, -1)
+    vals, out = vals.reshape(Q, nprobe * k), out.reshape(Q, nprobe * k)
     by_id = torch.argsort(torch.where(out < 0, torch.iinfo(torch.int64).max, out), dim=1, stable=True)
     vals, out = vals.gather(1, by_id), out.gather(1, by_id)
     best = torch.sort(vals, dim=1, stable=True, descending=largest).indices[:, :k]
