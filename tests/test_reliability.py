@@ -470,3 +470,30 @@ def test_checkpoint_byte_flips_are_noticed_or_harmless(tmp_path):
         load_checkpoint(tmp_path / "none.pt")
     with pytest.raises(CheckpointError, match="directory"):
         load_checkpoint(tmp_path)
+
+
+def test_a_kill_mid_save_leaves_a_temporary_that_the_next_save_removes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "a.sqret"
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time, numpy as np
+        from sqret.index.storage import IndexWriter
+        w = IndexWriter({str(path)!r}, {{"kind": "pq"}})
+        w.add("codes", np.zeros((1000, 8), np.uint8))
+        w.f.flush()
+        print("writing", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "writing"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(".a.sqret.tmp-")]
+    assert len(left) == 1 and not path.exists()  # the kill left its temporary, and no index
+    time.sleep(0.01)
+    index, _ = _index("pq", 4, 100)
+    index.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.sqret"] and len(load(path)) == 100

@@ -7,6 +7,8 @@ distances with one GEMM per chunk, keeping a running top-k (memory O(Q * (chunk 
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from .. import ops
@@ -27,15 +29,16 @@ class ResidualIndex:
         self.codebooks = codebooks.detach().float()[: self.levels]
         self.d = codebooks.shape[2]
         self.K = codebooks.shape[1]
-        self._codes = torch.empty(0, self.levels, dtype=ops.code_dtype(self.K))
-        self._ids = torch.empty(0, dtype=torch.int64)
+        # (codes [n, levels], ids [n]) published together: a search reads one pair (see sqret.index.base)
+        self._state = (torch.empty(0, self.levels, dtype=ops.code_dtype(self.K)), torch.empty(0, dtype=torch.int64))
+        self._lock = threading.Lock()
 
     @classmethod
     def from_quantizer(cls, quantizer, levels: int | None = None) -> ResidualIndex:
         return cls(quantizer.codebooks, levels)
 
     def __len__(self) -> int:
-        return int(self._ids.shape[0])
+        return int(self._state[1].shape[0])
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return ops.residual_encode(as_matrix(x, self.d, "x"), self.codebooks)
@@ -53,11 +56,14 @@ class ResidualIndex:
             raise ValueError(f"codes must be [n, >= {self.levels}], got shape {tuple(codes.shape)}")
         codes = codes[:, : self.levels]
         ops.checks.code_range(codes, self.K, False)
-        self._codes = torch.cat([self._codes, codes.to(self._codes.dtype)])
-        self._ids = torch.cat([self._ids, new_ids(ids, codes.shape[0], len(self))])
+        with self._lock:
+            old_codes, old_ids = self._state
+            new = new_ids(ids, codes.shape[0], len(old_ids))
+            self._state = (torch.cat([old_codes, codes.to(old_codes.dtype)]), torch.cat([old_ids, new]))
 
     def search(self, queries, k: int, *, symmetric: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(squared distances [Q, k], ids [Q, k]), nearest first; -1 / +inf past ntotal."""
+        all_codes, all_ids = self._state
         q = as_matrix(queries, self.d, "queries")
         k = ops.checks.topk_k(k)
         if symmetric:
@@ -66,11 +72,11 @@ class ResidualIndex:
         best_d = torch.full((Q, 0), float("inf"))
         best_i = torch.empty((Q, 0), dtype=torch.int64)
         qn = (q * q).sum(1, keepdim=True)
-        for a in range(0, len(self), _CHUNK):
-            x = self.decode(self._codes[a : a + _CHUNK])
+        for a in range(0, len(all_ids), _CHUNK):
+            x = self.decode(all_codes[a : a + _CHUNK])
             dist = (qn - 2 * q @ x.T + (x * x).sum(1)).clamp_min_(0)
             d = torch.cat([best_d, dist], 1)
-            i = torch.cat([best_i, self._ids[a : a + _CHUNK].expand(Q, -1)], 1)
+            i = torch.cat([best_i, all_ids[a : a + _CHUNK].expand(Q, -1)], 1)
             best_d, pos = d.topk(min(k, d.shape[1]), dim=1, largest=False, sorted=True)
             best_i = i.gather(1, pos)
         pad = k - best_d.shape[1]

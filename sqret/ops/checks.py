@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 METRICS = ("l2", "ip", "cos")
@@ -116,9 +117,18 @@ def code_range(c: torch.Tensor, K: int, packed: bool, name: str = "codes") -> No
         raise ValueError(f"{name} must lie in [0, K = {K}), found values in [{lo}, {hi}]")
 
 
+_NUMPY_FLOATS = (torch.float32, torch.float64, torch.float16)
+
+
 def finite(t: torch.Tensor, name: str) -> None:
-    """Data check: no NaN or inf in t."""
-    if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+    """Data check: no NaN or inf in t (through NumPy on the CPU: many times faster than torch.isfinite there)."""
+    if not t.is_floating_point() or not t.numel():
+        return
+    if t.is_cpu and t.dtype in _NUMPY_FLOATS and not t.requires_grad:
+        ok = bool(np.isfinite(t.numpy()).all())
+    else:
+        ok = bool(torch.isfinite(t).all())
+    if not ok:
         raise ValueError(f"{name} contains NaN or inf")
 
 

@@ -153,8 +153,8 @@ def ivf_search(
     if len(lists) != nlist:
         raise ValueError(f"need codes and ids for each of the {nlist} lists, got {len(lists)}")
     checks.tensor(probes, "probes", 2, (torch.int64, torch.int32))
-    if probes.shape[0] != queries.shape[0] or (probes.numel() and (int(probes.max()) >= nlist
-                                                                  or int(probes.min()) < -1)):
+    if probes.shape[0] != queries.shape[0] or (probes.numel() and not (int(probes.max()) < nlist
+                                                                      and int(probes.min()) >= -1)):
         raise ValueError(f"probes must be [Q = {queries.shape[0]}, nprobe] list numbers in [-1, {nlist})")
     if precomputed is not None:
         checks.tensor(precomputed, "precomputed", 3, checks.FLOATS)
