@@ -205,6 +205,7 @@ def _search(args: argparse.Namespace) -> int:
     kwargs = {"nprobe": args.nprobe or 1} if ivf else {}
     if ivf and kwargs["nprobe"] > index.nlist:
         _warn(f"--nprobe {kwargs['nprobe']} is more than nlist = {index.nlist}: every list is scanned")
+        kwargs["nprobe"] = index.nlist
     if len(index) == 0:
         _warn(f"{args.index} holds no vectors: every result is -1")
     batches = range(0, queries.shape[0], args.batch)

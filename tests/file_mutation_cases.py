@@ -18,20 +18,21 @@ import torch
 
 from sqret.index import IndexFileError, IVFPQIndex, PQIndex, load
 
-KINDS = [("pq", 8), ("pq", 4), ("ivf", 8), ("ivf", 4)]
+KINDS = [("pq", 8, {}), ("pq", 4, {}), ("ivf", 8, {}), ("ivf", 4, {}), ("ivf", 4, {"fast_scan": True}),
+         ("ivf", 8, {"by_residual": False})]
 MODES = [(mmap, verify) for mmap in (False, True) for verify in (True, False)]
 Q = torch.randn(5, 16, generator=torch.Generator().manual_seed(9))
 
 
-@pytest.fixture(scope="module", params=KINDS, ids=lambda p: f"{p[0]}{p[1]}")
+@pytest.fixture(scope="module", params=KINDS, ids=lambda p: f"{p[0]}{p[1]}{''.join(p[2])}")
 def saved(request, tmp_path_factory):
-    kind, nbits = request.param
+    kind, nbits, options = request.param
     g = torch.Generator().manual_seed(1)
     x = torch.randn(600, 16, generator=g)
-    index = PQIndex(16, 4, nbits) if kind == "pq" else IVFPQIndex(16, 6, 4, nbits)
+    index = PQIndex(16, 4, nbits) if kind == "pq" else IVFPQIndex(16, 6, 4, nbits, **options)
     index.train(x, iters=3, progress=False)
     index.add(x, ids=torch.arange(600) * 3 + 7)
-    path = tmp_path_factory.mktemp(f"{kind}{nbits}") / "index.sqret"
+    path = tmp_path_factory.mktemp(f"{kind}{nbits}{''.join(options)}") / "index.sqret"
     index.save(path)
     return path, kind, _answer(load(path))
 
@@ -125,13 +126,15 @@ def _edits(directory: dict) -> list[tuple[str, callable, bool]]:
     for key in meta:
         edits.append((f"meta without {key}", lambda d, k=key: d["meta"].pop(k), False))
     values_of = {"nbits": [4, 8, 16, 0], "M": [1, 2, 8, 3, 0, -4], "d": [8, 32, 17, 0], "ntotal": [0, 599, 601],
-                 "nlist": [1, 5, 7, 0], "kind": ["pq", "ivfpq", "hnsw", 3], "metric": ["ip", "l2", "cos"]}
+                 "nlist": [1, 5, 7, 0], "kind": ["pq", "ivfpq", "hnsw", 3], "metric": ["ip", "l2", "cos"],
+                 "fast_scan": [True, False, 1], "by_residual": [True, False, 1, "yes"], "exact": [True, False, 0, None]}
     for key, values in values_of.items():
         if key in meta:
             for v in values:
                 if v != meta[key]:
-                    edits.append((f"meta {key} = {v!r}", lambda d, k=key, v=v: d["meta"].update({k: v}),
-                                  key == "metric" and v in ("ip", "l2")))
+                    semantic = (key == "metric" and v in ("ip", "l2")) or (key in ("exact", "by_residual") and
+                                                                          type(v) is bool)
+                    edits.append((f"meta {key} = {v!r}", lambda d, k=key, v=v: d["meta"].update({k: v}), semantic))
     return edits
 
 
@@ -165,8 +168,8 @@ def test_list_offsets_and_code_bytes_with_checksums_recomputed(saved, tmp_path):
                           "beyond": lambda o: np.r_[o[:-1], o[-1] + 100], "huge": lambda o: np.r_[0, 1 << 62, o[2:]]
                           }.items():
             cases.append((name, "list_offsets", new(base).astype(np.int64).tobytes(), "error"))
-    codes = bytes(filecraft.section_bytes(raw, directory, "codes"))
-    if nbits == 4:
+    codes = bytes(filecraft.section_bytes(raw, directory, "codes" if "codes" in directory["sections"] else "blocks"))
+    if nbits == 4 and "codes" in directory["sections"]:
         high = bytearray(codes)
         high[::7] = bytes([0xF0 | (b & 15) for b in high[::7]])
         cases.append(("codes >= 16", "codes", bytes(high), "error-when-verified"))

@@ -187,10 +187,12 @@ def test_bad_input_is_an_error_not_a_crash():
     for threads_ in (1, 2):  # no queries (or no codes): nothing to do, no division by zero anywhere
         for Q, N in ((0, 5), (0, 0), (1, 0)):
             _cpu.adc_topk(x.data_ptr(), Q, 1, 1, x.data_ptr(), 1, N, 1, threads_, v.data_ptr(), i.data_ptr())
-            _cpu.adc_topk_fastscan(x.data_ptr(), Q, 1, x.data_ptr(), N, 1, threads_, v.data_ptr(), i.data_ptr())
+            for exact in (True, False):
+                _cpu.adc_topk_fastscan(x.data_ptr(), Q, 1, x.data_ptr(), N, 1, threads_, v.data_ptr(), i.data_ptr(),
+                                       exact)
             for code_bytes in (0, 1):
                 _cpu.pq_search(x.data_ptr(), Q, x.data_ptr(), 1, 16, 1, 0, True, x.data_ptr(), code_bytes, N, 1,
-                               threads_, v.data_ptr(), i.data_ptr())
+                               threads_, v.data_ptr(), i.data_ptr(), True)
             if Q:  # the last call negated (largest first): an empty result is -inf, id -1
                 assert v.item() == -math.inf and i.item() == -1
     with sqret.use_backend("cpu_native"), pytest.raises(ValueError, match="codes must lie"):

@@ -109,7 +109,7 @@ def test_corrupted_truncated_and_foreign_files(tmp_path):
     newer = bytearray(raw)
     newer[8:12] = (storage.FORMAT_VERSION + 1).to_bytes(4, "little")
     (tmp_path / "newer.sqret").write_bytes(newer)
-    with pytest.raises(IndexFileError, match="format version 2"):
+    with pytest.raises(IndexFileError, match=f"format version {storage.FORMAT_VERSION + 1}"):
         load(tmp_path / "newer.sqret")
     dirbad = bytearray(raw)
     dirbad[-3] ^= 0x01

@@ -65,6 +65,14 @@ bool has_nan(const float* p, int64_t n) {
   return g_simd == Simd::scalar ? has_nan_scalar(p, n) : has_nan_avx2(p, n);
 }
 
+// The largest exponent field all ones: NaN or inf (an integer max, which vectorizes).
+__attribute__((target_clones("avx2", "default"))) bool has_nonfinite(const float* p, int64_t n) {
+  const uint32_t* bits = reinterpret_cast<const uint32_t*>(p);
+  uint32_t top = 0;
+  for (int64_t i = 0; i < n; ++i) top = std::max(top, bits[i] & 0x7f800000u);
+  return top == 0x7f800000u;
+}
+
 void set_simd(Simd s) {
   if (static_cast<int>(s) > static_cast<int>(best_simd()))
     throw std::invalid_argument(std::string("this CPU does not support ") + simd_name(s));
@@ -230,7 +238,7 @@ template void adc_topk_codes<int32_t>(const float*, int64_t, int64_t, int64_t, c
 
 void pq_search(const float* x, int64_t Q, const float* codebooks, int64_t M, int64_t K, int64_t d, int metric,
                bool negate, const void* codes, int code_bytes, int64_t N, int64_t k, int nthreads, float* out_d,
-               int64_t* out_i) {
+               int64_t* out_i, bool exact) {
   if (code_bytes == 0 && K != 16) throw std::invalid_argument("pq_search: fast-scan codes need K = 16");
   // the calling thread's buffer, reused across calls: a fresh one of a kilobyte or more costs a consolidation of
   // malloc's fast bins each call, which the Python around it refills
@@ -244,7 +252,7 @@ void pq_search(const float* x, int64_t Q, const float* codebooks, int64_t M, int
   const float* L = lut.data();
   switch (code_bytes) {
     case 0:
-      adc_topk_fastscan(L, Q, M, static_cast<const uint8_t*>(codes), N, k, nthreads, out_d, out_i);
+      adc_topk_fastscan(L, Q, M, static_cast<const uint8_t*>(codes), N, k, nthreads, out_d, out_i, exact);
       break;
     case 1:
       adc_topk_codes(L, Q, M, K, static_cast<const uint8_t*>(codes), N, k, nthreads, out_d, out_i);

@@ -1,23 +1,30 @@
 // 4-bit fast scan: per block of 64 codes, 16-entry uint8 LUTs in SIMD registers (shuffle lookup), uint16
-// accumulators, then an exact float re-rank of every code whose lower bound can still enter the top-k.
+// accumulators; then either an exact float re-rank of every code whose lower bound can still enter the top-k
+// (exact mode: the results equal the exact scan) or the quantized sums themselves (approximate mode, as
+// FAISS's and ScaNN's fast scans return). Flat (adc_topk_fastscan) and over inverted lists (ivf_fastscan).
 //
 // Layout: block b, sub-space m is a row of 32 bytes; byte j holds vector 64b+j in its low nibble and vector
 // 64b+32+j in its high nibble. One row fills a 256-bit register (AVX2), two fill a 512-bit one (AVX-512),
 // so the sums of a block need at most one fold of register halves.
 //
 // Exactness: the LUT of sub-space m is quantized as L[m][j] ~ min_m + a * q[m][j] with one scale a for all
-// sub-spaces, so |L - (min_m + a q)| <= a / 2 and the exact distance d >= bias + a * Qsum - emax with
-// emax = M a / 2 (+ a margin for float rounding). A code is re-ranked exactly when that lower bound exceeds
-// neither the current k-th best exact distance nor U = bias + a Qk + emax, where Qk bounds the k-th smallest
-// quantized sum seen (GroupMins); all others provably cannot enter the top-k.
+// sub-spaces. The rounding errors e[m][j] = L[m][j] - min_m - a q[m][j] are known, so for every code the
+// exact distance d lies in [bias + a Qsum + elo, bias + a Qsum + ehi], elo / ehi the sums over sub-spaces of
+// the smallest / largest error of their entries (widened for float rounding). Where the tables' ranges are
+// skewed across sub-spaces (PCA-like data), most sub-spaces quantize almost exactly and the bounds are far
+// tighter than the worst case M a / 2. A code is re-ranked exactly when its lower bound exceeds neither the
+// current k-th best exact distance nor U = bias + a Qk + ehi, where Qk bounds the k-th smallest quantized sum
+// seen (GroupMins); all others provably cannot enter the top-k.
 //
 // Passes: per tile of 128 KB of codes, (1) the quantized sums of every code (two queries at a time on
-// AVX-512), (2) the cap from the group minima, (3) the exact re-rank of the codes under it, in ascending ids.
+// AVX-512), (2) the cap from the group minima, (3) the exact re-rank (or the approximate distances) of the
+// codes under it, in ascending ids.
 #include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
@@ -60,48 +67,107 @@ __attribute__((target("avx2"))) inline float hmax(__m256 v) {
 }
 
 struct QuantLut {
-  std::vector<uint8_t> q;  // [M][32]: each sub-space's 16 entries twice (one per 128-bit lane), + padding
-  double a = 1.0, inv_a = 1.0, bias = 0.0, emax = 0.0;
+  std::vector<uint8_t> q;   // [M][32]: each sub-space's 16 entries (low bytes) twice (one per 128-bit lane)
+  std::vector<uint8_t> qh;  // [S][32]: the high bytes of the split sub-spaces' entries, likewise
+  std::vector<int64_t> split;  // the split sub-spaces (entries of 16 bits: their range is over 255 a)
+  double a = 1.0, inv_a = 1.0, bias = 0.0;
+  // for every code: exact distance - (bias + a Qsum) in [elo, ehi] (the float slack included)
+  double elo = 0.0, ehi = 0.0;
 
-  // AVX2 (only the SIMD scans use it). Entries are quantized in float: (L - min) * (1 / a) is within
-  // 3 * 2^-24 * 255 < 1e-4 of the exact (L - min) / a, which the bound's 0.5 + 1e-4 per sub-space covers.
-  __attribute__((target("avx2"))) QuantLut(const float* L, int64_t M) : q(static_cast<size_t>(M * 32 + 64), 0) {
-    std::vector<float> mins(M);
-    float range = 0.f, absmax_sum = 0.f;
+  // The scale: one a for all sub-spaces, entries q[m][j] = round((L[m][j] - min_m) / a), of 8 bits, or of 16
+  // bits in at most kMaxSplit sub-spaces whose range exceeds 255 a (their high bytes summed apart and added
+  // back as 256 x, saturating: no sum ever reaches 2^16, as a >= (sum of the ranges) / 60000). Skewed ranges
+  // (one sub-space of PCA-like data far wider than the rest) then no longer set a for all: a shrinks to the
+  // (kMaxSplit + 1)-th largest range / 255, and the bounds tighten as much. Split only when a shrinks 2x.
+  static constexpr int64_t kMaxSplit = 8;
+
+  QuantLut() = default;
+  QuantLut(const float* L, int64_t M) { assign(L, M); }
+
+  // The quantized tables of L [M][16] (reusing this object's buffers). AVX2 (only the SIMD scans use it).
+  // Entries are quantized in float; the errors are then measured from the quantized values (so the float
+  // quantization itself needs no slack), in float: the slack covers their rounding and the float rounding
+  // of the exact sums.
+  __attribute__((target("avx2"))) void assign(const float* L, int64_t M) {
+    q.resize(static_cast<size_t>(M * 32 + 64));
+    split.clear();
+    a = inv_a = 1.0, bias = elo = ehi = 0.0;
+    thread_local std::vector<float> mins, ranges, order;
+    mins.resize(M), ranges.resize(M);
+    float absmax_sum = 0.f;
+    double range_sum = 0.0;
     const __m256 sign = _mm256_set1_ps(-0.f);
     for (int64_t m = 0; m < M; ++m) {
       const __m256 lo = _mm256_loadu_ps(L + m * 16), hi = _mm256_loadu_ps(L + m * 16 + 8);
       const float mn = hmin(_mm256_min_ps(lo, hi)), mx = hmax(_mm256_max_ps(lo, hi));
       absmax_sum += hmax(_mm256_max_ps(_mm256_andnot_ps(sign, lo), _mm256_andnot_ps(sign, hi)));
-      mins[m] = mn;
+      mins[m] = mn, ranges[m] = mx - mn;
       bias += mn;
-      range = std::max(range, mx - mn);
+      range_sum += mx - mn;
     }
-    a = range > 0 ? static_cast<double>(range) / 255.0 : 1.0;
+    const int64_t S = std::min(kMaxSplit, M - 1);
+    float widest = 0.f, rest = 0.f;  // the largest range, and the (S + 1)-th largest
+    if (M) widest = *std::max_element(ranges.begin(), ranges.end());
+    int64_t wide = 0;  // ranges over half the widest: more than S of them, and a split cannot halve a
+    for (int64_t m = 0; m < M; ++m) wide += ranges[m] * 2.f > widest;
+    if (S > 0 && wide <= S) {
+      order.assign(ranges.begin(), ranges.end());
+      std::nth_element(order.begin(), order.begin() + S, order.end(), std::greater<float>());
+      rest = order[S];
+    } else {
+      rest = widest;  // no split
+    }
+    double a_split = std::max(static_cast<double>(rest) / 255.0, range_sum / 60000.0);
+    a = widest > 0 ? static_cast<double>(widest) / 255.0 : 1.0;
+    if (S > 0 && a_split > 0 && a_split * 2.0 <= a) a = a_split;
+    else a_split = 0.0;
     inv_a = 1.0 / a;
-    const __m256 s = _mm256_set1_ps(static_cast<float>(inv_a)), top = _mm256_set1_ps(255.f);
-    for (int64_t m = 0; m < M; ++m) {
-      const __m256 mn = _mm256_set1_ps(mins[m]);
-      __m256i lo = _mm256_cvtps_epi32(_mm256_min_ps(top, _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(L + m * 16), mn), s)));
-      __m256i hi =
-          _mm256_cvtps_epi32(_mm256_min_ps(top, _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(L + m * 16 + 8), mn), s)));
-      __m256i w = _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xd8);  // 16 uint16 in order
-      __m128i b = _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(&q[m * 32]), b);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(&q[m * 32 + 16]), b);
+    const float af = static_cast<float>(a), top8 = 255.f;
+    for (int64_t m = 0; m < M && a_split > 0; ++m)
+      if (ranges[m] * static_cast<float>(inv_a) > top8) split.push_back(m);
+    qh.resize(split.size() * 32 + 64);
+    const __m256 s = _mm256_set1_ps(static_cast<float>(inv_a)), av = _mm256_set1_ps(af);
+    const __m256i low8 = _mm256_set1_epi32(0xff);
+    for (int64_t m = 0, si = 0; m < M; ++m) {
+      const bool wide = si < static_cast<int64_t>(split.size()) && split[si] == m;
+      const __m256 mn = _mm256_set1_ps(mins[m]), top = _mm256_set1_ps(wide ? 65535.f : top8);
+      const __m256 l0 = _mm256_loadu_ps(L + m * 16), l1 = _mm256_loadu_ps(L + m * 16 + 8);
+      __m256i lo = _mm256_cvtps_epi32(_mm256_min_ps(top, _mm256_mul_ps(_mm256_sub_ps(l0, mn), s)));
+      __m256i hi = _mm256_cvtps_epi32(_mm256_min_ps(top, _mm256_mul_ps(_mm256_sub_ps(l1, mn), s)));
+      // errors of the entries as quantized: L - (min + a q)
+      const __m256 e0 = _mm256_sub_ps(_mm256_sub_ps(l0, mn), _mm256_mul_ps(av, _mm256_cvtepi32_ps(lo)));
+      const __m256 e1 = _mm256_sub_ps(_mm256_sub_ps(l1, mn), _mm256_mul_ps(av, _mm256_cvtepi32_ps(hi)));
+      elo += hmin(_mm256_min_ps(e0, e1));
+      ehi += hmax(_mm256_max_ps(e0, e1));
+      store_bytes(_mm256_and_si256(lo, low8), _mm256_and_si256(hi, low8), &q[m * 32]);
+      if (wide) store_bytes(_mm256_srli_epi32(lo, 8), _mm256_srli_epi32(hi, 8), &qh[si++ * 32]);
     }
-    // rounding of the quantization (a/2 per sub-space, + the float slack above) + float32 rounding of the
-    // exact sum and of the bound
-    emax = M * a * (0.5 + 1e-4) + 4.0 * M * 1.2e-7 * (absmax_sum + std::fabs(bias)) + 1e-30;
+    // float rounding: of the measured errors (a few ulps of each sub-space's magnitude), of the exact sum and
+    // of the bound itself
+    const double slack = 4.0 * M * 1.2e-7 * (absmax_sum + std::fabs(bias) + range_sum + 255.0 * a) + 1e-30;
+    elo -= slack;
+    ehi += slack;
   }
 
-  // Largest Qsum whose lower bound can still enter a top-k whose k-th best is thr.
-  inline int qthreshold(const TopK& tk) const {
+  // 16 int32 values in 0..255 (8 + 8 lanes) as 16 bytes, stored twice (both 128-bit lanes of a shuffle table).
+  __attribute__((target("avx2"))) static void store_bytes(__m256i lo, __m256i hi, uint8_t* out) {
+    __m256i w = _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xd8);  // 16 uint16 in order
+    __m128i b = _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), b);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16), b);
+  }
+
+  // Largest Qsum whose lower bound can still enter a top-k whose k-th best is thr (exact mode), or whose
+  // quantized distance bias + a Qsum can (approximate mode: lower = 0).
+  inline int qthreshold(const TopK& tk, double lower) const {
     if (!tk.full()) return 65535;
-    double t = std::floor((static_cast<double>(tk.threshold()) - bias + emax) * inv_a) + 1.0;
+    double t = std::floor((static_cast<double>(tk.threshold()) - bias - lower) * inv_a) + 1.0;
     if (!(t < 65535.0)) return 65535;  // also +inf / NaN
     return t < 0 ? -1 : static_cast<int>(t);
   }
+
+  // The quantized distance of a quantized sum (approximate mode).
+  inline float approx(int qsum) const { return static_cast<float>(bias + a * qsum); }
 };
 
 // Exact distances of the 16 codes 16g..16g+15 of a block (g = 0..3), summed over sub-spaces in order
@@ -142,37 +208,59 @@ __attribute__((target("avx2"))) void exact16_avx2(const float* L, int64_t M, con
 
 using Exact16 = void (*)(const float*, int64_t, const uint8_t*, int, float*);
 
-// Bits j (0..15) where out[j] < thr: branchless (the compiler vectorizes it).
-inline uint32_t below(const float* out, float thr) {
+// Lane (in the lane order of store_sums) of code j of a block.
+inline int lane_of(int j) { return ((j >> 5) * 2 + (j & 1)) * 16 + ((j & 31) >> 1); }
+
+// Bits j (0..15) where out[j] < thr (or <= thr when OrEqual): branchless (the compiler vectorizes it).
+template <bool OrEqual>
+inline uint32_t admitted(const float* out, float thr) {
   uint32_t bits = 0;
-  for (int j = 0; j < 16; ++j) bits |= static_cast<uint32_t>(out[j] < thr) << j;
+  for (int j = 0; j < 16; ++j) bits |= static_cast<uint32_t>(OrEqual ? out[j] <= thr : out[j] < thr) << j;
   return bits;
 }
 
-// Offer the candidates of one block (mask bit j: code j may enter), in ascending ids. Exact distances are
-// computed 16 at a time for the groups that hold candidates; the exact test against the current k-th best
-// is the admission test (a code whose lower bound has since passed the threshold fails it too), done for
-// the 16 at once and redone only when the threshold moves.
-inline void rerank(uint64_t mask, const QuantLut& ql, const float* L, int64_t M, const uint8_t* blk, int64_t base,
-                   int64_t N, TopK& tk, int& qthr, int qcap, Exact16 exact16) {
-  alignas(64) float exact[16];
+// The distances of codes 16g..16g+15 of a block: exact (the float LUT) or approximate (the quantized sums).
+struct BlockDist {
+  const QuantLut& ql;
+  const float* L;
+  int64_t M;
+  const uint8_t* blk;
+  const uint16_t* sums;  // the block's 64 sums, in lane order
+  Exact16 exact16;
+  bool exact;
+
+  inline void operator()(int g, float* out) const {
+    if (exact) return exact16(L, M, blk, g, out);
+    for (int j = 0; j < 16; ++j) out[j] = ql.approx(sums[lane_of(16 * g + j)]);
+  }
+};
+
+// Offer the candidates of one block (mask bit j: code j may enter); their distances are computed 16 at a
+// time for the groups that hold candidates, and the test against the current k-th best is the admission
+// test (a code whose bound has since passed the threshold fails it too), redone only when the threshold
+// moves. AnyOrder: the offers' ids are not ascending (inverted lists), so a distance equal to the threshold
+// may still win on its id. ids: the labels of positions base.. (nullptr: the positions themselves).
+template <bool AnyOrder>
+inline void offer_block(uint64_t mask, const BlockDist& dist, int64_t base, int64_t N, const int64_t* ids, TopK& tk,
+                        int& qthr, int qcap, double lower) {
+  alignas(64) float d16[16];
   for (int g = 0; g < 4 && mask; ++g, mask >>= 16) {
     uint32_t m16 = static_cast<uint32_t>(mask & 0xffffu);
     if (!m16) continue;
     const int64_t first = base + g * 16;
     if (first >= N) return;
     if (N - first < 16) m16 &= (1u << (N - first)) - 1;  // padding past N
-    exact16(L, M, blk, g, exact);
+    dist(g, d16);
     float thr = tk.threshold();
-    uint32_t adm = tk.full() ? m16 & below(exact, thr) : m16;  // not full: everything enters, +inf included
+    uint32_t adm = tk.full() ? m16 & admitted<AnyOrder>(d16, thr) : m16;  // not full: everything enters
     while (adm) {
       int j = __builtin_ctz(adm);
-      tk.push(exact[j], first + j);
+      tk.push(d16[j], ids ? ids[first + j] : first + j);
       adm &= adm - 1;
       if (tk.threshold() != thr) {  // a shrink moved the k-th best
         thr = tk.threshold();
-        adm &= below(exact, thr);
-        qthr = std::min(ql.qthreshold(tk), qcap);
+        adm &= admitted<AnyOrder>(d16, thr);
+        qthr = std::min(dist.ql.qthreshold(tk, lower), qcap);
       }
     }
   }
@@ -208,13 +296,30 @@ __attribute__((target("avx2"))) inline void fix_even(Sums& s) {
   s.e_hi = _mm256_sub_epi16(s.e_hi, _mm256_slli_epi16(s.o_hi, 8));
 }
 
+// The high bytes of the split sub-spaces added to the sums s (fixed even sums), as 256 x each, saturating.
+__attribute__((target("avx2"))) inline void add_high(Sums& s, const QuantLut& ql, const uint8_t* blk) {
+  if (ql.split.empty()) return;
+  Sums h{_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+  for (size_t i = 0; i < ql.split.size(); ++i)
+    add_row(h, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + ql.split[i] * kRow)),
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&ql.qh[i * 32])));
+  fix_even(h);
+  const __m256i top = _mm256_set1_epi16(255);
+  s.e_lo = _mm256_adds_epu16(s.e_lo, _mm256_slli_epi16(_mm256_min_epu16(h.e_lo, top), 8));
+  s.o_lo = _mm256_adds_epu16(s.o_lo, _mm256_slli_epi16(_mm256_min_epu16(h.o_lo, top), 8));
+  s.e_hi = _mm256_adds_epu16(s.e_hi, _mm256_slli_epi16(_mm256_min_epu16(h.e_hi, top), 8));
+  s.o_hi = _mm256_adds_epu16(s.o_hi, _mm256_slli_epi16(_mm256_min_epu16(h.o_hi, top), 8));
+}
+
 // The quantized sums of one block, one row at a time (AVX2).
-__attribute__((target("avx2"))) inline Sums block_sums(const uint8_t* tab, const uint8_t* blk, int64_t M) {
+__attribute__((target("avx2"))) inline Sums block_sums(const QuantLut& ql, const uint8_t* blk, int64_t M) {
   Sums s{_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+  const uint8_t* tab = ql.q.data();
   for (int64_t m = 0; m < M; ++m)
     add_row(s, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + m * kRow)),
             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tab + m * 32)));
   fix_even(s);
+  add_high(s, ql, blk);
   return s;
 }
 
@@ -242,9 +347,9 @@ __attribute__((target("avx2"))) inline void store_sums(uint16_t* out, const Sums
 
 // Pass 1 over a tile: the quantized sums of blocks [c0, c1) into sums (64 per block, in lane order: codes
 // 0, 2, .., 30 | 1, 3, .., 31 | 32, 34, .., 62 | 33, 35, .., 63).
-__attribute__((target("avx2"))) void tile_sums_avx2(const uint8_t* tab, int64_t M, const uint8_t* blocks, int64_t c0,
+__attribute__((target("avx2"))) void tile_sums_avx2(const QuantLut& ql, int64_t M, const uint8_t* blocks, int64_t c0,
                                                     int64_t c1, uint16_t* sums) {
-  for (int64_t b = c0; b < c1; ++b) store_sums(sums + (b - c0) * kB, block_sums(tab, blocks + b * M * kRow, M));
+  for (int64_t b = c0; b < c1; ++b) store_sums(sums + (b - c0) * kB, block_sums(ql, blocks + b * M * kRow, M));
 }
 
 __attribute__((target("avx512f,avx2"))) inline __m256i fold(__m512i v) {
@@ -252,10 +357,10 @@ __attribute__((target("avx512f,avx2"))) inline __m256i fold(__m512i v) {
 }
 
 // Two rows per 512-bit register (sub-spaces m, m+1 in its halves), one fold of the halves per block; NQ
-// queries at once (tables tab[0..NQ), sums into sums[0..NQ)), so that a row of codes is loaded and split
+// queries at once (tables ql[0..NQ), sums into sums[0..NQ)), so that a row of codes is loaded and split
 // into nibbles once for all of them.
 template <int NQ>
-__attribute__((target("avx512f,avx512bw,avx2"))) void tile_sums_avx512(const uint8_t* const* tab, int64_t M,
+__attribute__((target("avx512f,avx512bw,avx2"))) void tile_sums_avx512(const QuantLut* const* ql, int64_t M,
                                                                        const uint8_t* blocks, int64_t c0, int64_t c1,
                                                                        uint16_t* const* sums) {
   const __m512i low4 = _mm512_set1_epi8(0x0f);
@@ -269,7 +374,7 @@ __attribute__((target("avx512f,avx512bw,avx2"))) void tile_sums_avx512(const uin
       const __m512i raw = _mm512_loadu_si512(blk + m * kRow);
       const __m512i lo = _mm512_and_si512(raw, low4), hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4);
       for (int q = 0; q < NQ; ++q) {
-        const __m512i t2 = _mm512_loadu_si512(tab[q] + m * 32);
+        const __m512i t2 = _mm512_loadu_si512(ql[q]->q.data() + m * 32);
         const __m512i sl = _mm512_shuffle_epi8(t2, lo), sh = _mm512_shuffle_epi8(t2, hi);
         acc[q][0] = _mm512_add_epi16(acc[q][0], sl);
         acc[q][1] = _mm512_add_epi16(acc[q][1], _mm512_srli_epi16(sl, 8));
@@ -281,8 +386,9 @@ __attribute__((target("avx512f,avx512bw,avx2"))) void tile_sums_avx512(const uin
       Sums s{fold(acc[q][0]), fold(acc[q][1]), fold(acc[q][2]), fold(acc[q][3])};
       if (M2 < M)
         add_row(s, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + M2 * kRow)),
-                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tab[q] + M2 * 32)));
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql[q]->q.data() + M2 * 32)));
       fix_even(s);
+      add_high(s, *ql[q], blk);
       store_sums(sums[q] + (b - c0) * kB, s);
     }
   }
@@ -291,8 +397,8 @@ __attribute__((target("avx512f,avx512bw,avx2"))) void tile_sums_avx512(const uin
 // Upper bound on the k-th smallest quantized sum seen, from group minima: the codes seen are split into G
 // groups (lane of a block x block number mod G / 64) and each group keeps its minimum. The minima are sums
 // of G distinct codes, so the k-th smallest of them (k <= G) is at least the k-th smallest sum: k codes have
-// exact distances <= bias + a Qk + emax =: U, and a code whose lower bound bias + a Qsum - emax exceeds U
-// cannot enter the top-k. The top-k codes mostly sit in distinct groups, so the bound is nearly tight.
+// exact distances <= bias + a Qk + ehi =: U, and a code whose lower bound bias + a Qsum + elo exceeds U
+// cannot enter the top-k (in approximate mode, a code whose sum exceeds Qk cannot). The top-k codes mostly sit in distinct groups, so the bound is nearly tight.
 class GroupMins {
  public:
   static constexpr int64_t kMaxGroups = 4 * kB;
@@ -321,8 +427,9 @@ class GroupMins {
     }
   }
 
-  // Largest Qsum worth an exact look (65535: no cap, while fewer than k groups hold a code, or k > G).
-  __attribute__((target("avx2,bmi2,popcnt"))) int cap(const QuantLut& ql) {
+  // Largest Qsum worth a look (65535: no cap, while fewer than k groups hold a code, or k > G): exact mode,
+  // the codes whose lower bound is <= U; approximate mode, the codes whose quantized sum is <= Qk.
+  __attribute__((target("avx2,bmi2,popcnt"))) int cap(const QuantLut& ql, bool exact) {
     if (!groups_) return 65535;
     int lo = 0, hi = kth_;  // the smallest t with #{mins <= t} >= k, by bisection; minima only decrease
     while (lo < hi) {
@@ -336,7 +443,8 @@ class GroupMins {
     }
     kth_ = lo;
     if (lo == 65535) return 65535;
-    const double c = lo + std::floor(2.0 * ql.emax * ql.inv_a) + 1.0;
+    if (!exact) return lo;
+    const double c = lo + std::floor((ql.ehi - ql.elo) * ql.inv_a) + 1.0;
     return c < 65535.0 ? static_cast<int>(c) : 65535;
   }
 
@@ -346,23 +454,39 @@ class GroupMins {
   int kth_ = 65535;  // the last cap's k-th smallest minimum
 };
 
-// Lane (in the lane order of store_sums) of code j of a block.
-inline int lane_of(int j) { return ((j >> 5) * 2 + (j & 1)) * 16 + ((j & 31) >> 1); }
+// The 64-bit mask (code order) of a block's codes whose sum is <= t; sums in lane order.
+__attribute__((target("avx2,bmi2"))) inline uint64_t block_mask(const uint16_t* sums, int t) {
+  const __m256i* s = reinterpret_cast<const __m256i*>(sums);
+  const __m256i v0 = _mm256_loadu_si256(s), v1 = _mm256_loadu_si256(s + 1), v2 = _mm256_loadu_si256(s + 2),
+                v3 = _mm256_loadu_si256(s + 3);
+  const __m256i tv = _mm256_set1_epi16(static_cast<short>(static_cast<uint16_t>(t)));
+  if (!le_mask(_mm256_min_epu16(_mm256_min_epu16(v0, v1), _mm256_min_epu16(v2, v3)), tv)) return 0;
+  return interleave(le_mask(v0, tv), le_mask(v1, tv), le_mask(v2, tv), le_mask(v3, tv));
+}
 
-// Pass 2 over a tile: the codes whose quantized sums pass the cap (and the exact top-k's own bound) are
-// re-ranked exactly, block by block in ascending ids.
-__attribute__((target("avx2,bmi2"))) void rerank_tile(const QuantLut& ql, const float* L, TopK& tk, int qcap,
-                                                      int64_t M, const uint8_t* blocks, int64_t c0, int64_t c1,
-                                                      int64_t N, const uint16_t* sums, Exact16 exact16) {
-  int qthr = std::min(ql.qthreshold(tk), qcap);
+// Pass 2 over a tile: the codes whose quantized sums pass the cap (and the top-k's own bound) are offered,
+// block by block in ascending ids.
+void offer_tile(const QuantLut& ql, const float* L, TopK& tk, int qcap, int64_t M, const uint8_t* blocks, int64_t c0,
+                int64_t c1, int64_t N, const uint16_t* sums, Exact16 exact16, bool exact) {
+  const double lower = exact ? ql.elo : 0.0;
+  int qthr = std::min(ql.qthreshold(tk, lower), qcap);
   for (int64_t b = c0; b < c1 && qthr >= 0; ++b) {
-    const __m256i* s = reinterpret_cast<const __m256i*>(sums + (b - c0) * kB);
-    const __m256i v0 = _mm256_loadu_si256(s), v1 = _mm256_loadu_si256(s + 1), v2 = _mm256_loadu_si256(s + 2),
-                  v3 = _mm256_loadu_si256(s + 3);
-    const __m256i t = _mm256_set1_epi16(static_cast<short>(static_cast<uint16_t>(qthr)));
-    if (!le_mask(_mm256_min_epu16(_mm256_min_epu16(v0, v1), _mm256_min_epu16(v2, v3)), t)) continue;
-    uint64_t mask = interleave(le_mask(v0, t), le_mask(v1, t), le_mask(v2, t), le_mask(v3, t));
-    rerank(mask, ql, L, M, blocks + b * M * kRow, b * kB, N, tk, qthr, qcap, exact16);
+    const uint16_t* bs = sums + (b - c0) * kB;
+    const uint64_t mask = block_mask(bs, qthr);
+    if (!mask) continue;
+    const uint8_t* blk = blocks + b * M * kRow;
+    offer_block<false>(mask, BlockDist{ql, L, M, blk, bs, exact16, exact}, b * kB, N, nullptr, tk, qthr, qcap, lower);
+  }
+}
+
+// The 64 sums of one block (lane order) for one table, on the active SIMD level.
+inline void one_block_sums(Simd simd, const QuantLut& ql, int64_t M, const uint8_t* blk, uint16_t* out) {
+  if (simd == Simd::avx512) {
+    const QuantLut* tabs[1] = {&ql};
+    uint16_t* outs[1] = {out};
+    tile_sums_avx512<1>(tabs, M, blk, 0, 1, outs);
+  } else {
+    tile_sums_avx2(ql, M, blk, 0, 1, out);
   }
 }
 
@@ -398,7 +522,7 @@ void unpack_fastscan(const uint8_t* blocks, int64_t N, int64_t M, uint8_t* packe
 }
 
 void adc_topk_fastscan(const float* lut, int64_t Q, int64_t M, const uint8_t* blocks, int64_t N, int64_t k,
-                       int nthreads, float* out_d, int64_t* out_i) {
+                       int nthreads, float* out_d, int64_t* out_i, bool exact) {
   if (Q < 0 || M < 1 || N < 0 || k < 1) throw std::invalid_argument("adc_topk_fastscan: bad sizes");
   nthreads = std::max(1, nthreads);
   const Simd simd = M > 257 ? Simd::scalar : active_simd();  // uint16 accumulators hold M * 255
@@ -419,7 +543,7 @@ void adc_topk_fastscan(const float* lut, int64_t Q, int64_t M, const uint8_t* bl
     std::vector<TopK>& heaps = partial[t];
     heaps.reserve(q1 - q0);
     for (int64_t q = q0; q < q1; ++q) heaps.emplace_back(kk);
-    if (simd == Simd::scalar) {
+    if (simd == Simd::scalar) {  // no quantized tables here: exact distances in either mode
       for (int64_t j = 0; j < q1 - q0; ++j) scan_scalar(lut + (q0 + j) * M * 16, M, blocks, blk0, blk1, n1, heaps[j]);
       return;
     }
@@ -434,25 +558,118 @@ void adc_topk_fastscan(const float* lut, int64_t Q, int64_t M, const uint8_t* bl
     uint16_t* const sums = scratch.data();
     for (int64_t c0 = blk0; c0 < blk1; c0 += BB) {  // a tile of blocks, hot in cache, for every query
       const int64_t c1 = std::min(blk1, c0 + BB), last_valid = n1 - (c1 - 1) * kB;
-      for (int64_t j = 0; j < q1 - q0;) {  // two passes: the tile's quantized sums, then the re-rank
+      for (int64_t j = 0; j < q1 - q0;) {  // two passes: the tile's quantized sums, then the offers
         const int nq = simd == Simd::avx512 && j + 1 < q1 - q0 ? 2 : 1;
-        const uint8_t* tabs[2] = {qluts[j].q.data(), qluts[j + nq - 1].q.data()};
+        const QuantLut* tabs[2] = {&qluts[j], &qluts[j + nq - 1]};
         uint16_t* bufs[2] = {sums, sums + tile};
-        if (simd == Simd::avx2) tile_sums_avx2(tabs[0], M, blocks, c0, c1, bufs[0]);
+        if (simd == Simd::avx2) tile_sums_avx2(*tabs[0], M, blocks, c0, c1, bufs[0]);
         else if (nq == 2) tile_sums_avx512<2>(tabs, M, blocks, c0, c1, bufs);
         else tile_sums_avx512<1>(tabs, M, blocks, c0, c1, bufs);
         for (int i = 0; i < nq; ++i, ++j) {
           uint16_t* own = bufs[i];
           for (int64_t v = last_valid; v < kB; ++v) own[(c1 - 1 - c0) * kB + lane_of(static_cast<int>(v))] = 0xffff;
           mins[j].add(own, c0, c1);
-          rerank_tile(qluts[j], lut + (q0 + j) * M * 16, heaps[j], mins[j].cap(qluts[j]), M, blocks, c0, c1, n1,
-                      own, exact16);
+          offer_tile(qluts[j], lut + (q0 + j) * M * 16, heaps[j], mins[j].cap(qluts[j], exact), M, blocks, c0, c1,
+                     n1, own, exact16, exact);
         }
       }
     }
   });
   if (nan.load()) throw std::invalid_argument("lut contains NaN");
   merge_partial(p, Q, k, partial, out_d, out_i, nthreads);
+}
+
+void ivf_fastscan(const float* queries, int64_t Q, int64_t d, const float* centroids, const float* codebooks,
+                  int64_t M, const int64_t* list_blocks, const int64_t* list_ids, const int64_t* list_sizes,
+                  const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed, bool residual,
+                  bool exact, int nthreads, float* out_d, int64_t* out_i) {
+  if (Q < 0 || d < 1 || M < 1 || d % M || M > 257 || nprobe < 1 || k < 1 || (metric != 0 && metric != 1))
+    throw std::invalid_argument("ivf_fastscan: bad sizes or metric");
+  const int64_t dsub = d / M, K = 16;
+  const Simd simd = active_simd();
+  Transposed t(codebooks, M, K, dsub, false);
+  const float sign = metric == 0 ? 1.f : -1.f;  // the heap keeps the smallest: ip tables and base negated
+  const Exact16 exact16 = simd == Simd::avx512 ? exact16_avx512 : exact16_avx2;
+  std::atomic<bool> nan{false};
+#pragma omp parallel num_threads(team(nthreads, Q))
+  {
+    std::vector<float> qr(static_cast<size_t>(M * K)), L(static_cast<size_t>(M * K)), resid(static_cast<size_t>(d));
+    alignas(64) uint16_t sums[kB];
+    TopK tk(k);
+    QuantLut shared, own;  // !residual: one quantized table for every list; residual: one per list
+#pragma omp for schedule(dynamic)
+    for (int64_t q = 0; q < Q; ++q) {
+      const float* x = queries + q * d;
+      tk.reset();
+      if (!residual) {
+        for (int64_t m = 0; m < M; ++m) lut_row(x + m * dsub, t.Ct.data() + m * dsub * K, dsub, K, metric, &L[m * K]);
+        if (metric == 1)
+          for (int64_t i = 0; i < M * K; ++i) L[i] = -L[i];
+        if (has_nonfinite(L.data(), M * K)) {
+          nan.store(true, std::memory_order_relaxed);
+          continue;
+        }
+        if (simd != Simd::scalar) shared.assign(L.data(), M);
+      } else if (metric == 1 || precomputed) {  // <q_m, r_mk>: the ip table, or the query term of the l2 one
+        for (int64_t m = 0; m < M; ++m) lut_row(x + m * dsub, t.Ct.data() + m * dsub * K, dsub, K, 1, &qr[m * K]);
+        if (has_nonfinite(qr.data(), M * K)) {
+          nan.store(true, std::memory_order_relaxed);
+          continue;
+        }
+      }
+      for (int64_t p = 0; p < nprobe; ++p) {
+        const int64_t l = probes[q * nprobe + p];
+        if (l < 0 || list_sizes[l] == 0) continue;
+        const uint8_t* blocks = reinterpret_cast<const uint8_t*>(list_blocks[l]);
+        const int64_t* ids = reinterpret_cast<const int64_t*>(list_ids[l]);
+        const int64_t n = list_sizes[l], nb = (n + kB - 1) / kB;
+        if (residual) {
+          const float* c = centroids + l * d;
+          float base = 0.f;
+          if (metric == 0 && precomputed) {
+            // ||q - c - r||^2 = ||q - c||^2 + (||r||^2 + 2 <c, r>) - 2 <q, r>: the middle term is per list
+            axpy_table(precomputed + l * M * K, qr.data(), -2.f, M * K, L.data());
+            for (int64_t j = 0; j < d; ++j) base += (x[j] - c[j]) * (x[j] - c[j]);
+          } else if (metric == 0) {
+            for (int64_t j = 0; j < d; ++j) resid[j] = x[j] - c[j];
+            for (int64_t m = 0; m < M; ++m)
+              lut_row(&resid[m * dsub], t.Ct.data() + m * dsub * K, dsub, K, 0, &L[m * K]);
+          } else {
+            for (int64_t j = 0; j < d; ++j) base += x[j] * c[j];
+            for (int64_t i = 0; i < M * K; ++i) L[i] = -qr[i];
+            base = -base;
+          }
+          for (int64_t j = 0; j < K; ++j) L[j] += base;  // the list's base term in sub-space 0: bias carries it
+          if (!std::isfinite(base) || has_nonfinite(L.data(), M * K)) {
+            nan.store(true, std::memory_order_relaxed);
+            continue;
+          }
+          if (simd != Simd::scalar) own.assign(L.data(), M);
+        }
+        if (simd == Simd::scalar) {  // exact distances in either mode
+          for (int64_t b = 0; b < nb; ++b)
+            for (int j = 0; j < kB && b * kB + j < n; ++j) {
+              const float dj = exact_in_block(L.data(), M, blocks + b * M * kRow, j);
+              if (tk.admits_any(dj)) tk.push(dj, ids[b * kB + j]);
+            }
+          continue;
+        }
+        const QuantLut& ql = residual ? own : shared;
+        const double lower = exact ? ql.elo : 0.0;
+        int qthr = ql.qthreshold(tk, lower);
+        for (int64_t b = 0; b < nb && qthr >= 0; ++b) {
+          const uint8_t* blk = blocks + b * M * kRow;
+          one_block_sums(simd, ql, M, blk, sums);
+          const uint64_t mask = block_mask(sums, qthr);
+          if (mask)
+            offer_block<true>(mask, BlockDist{ql, L.data(), M, blk, sums, exact16, exact}, b * kB, n, ids, tk, qthr,
+                              65535, lower);
+        }
+      }
+      tk.write_sorted(sign, out_d + q * k, out_i + q * k);
+    }
+  }
+  if (nan.load()) throw std::invalid_argument("ivf_fastscan: the distance tables contain NaN or inf");
 }
 
 }  // namespace sqret

@@ -86,8 +86,8 @@ void scan(const float* L, int64_t M, int64_t K, const uint8_t* codes, const int6
 
 void ivf_search(const float* queries, int64_t Q, int64_t d, const float* centroids, const float* codebooks,
                 int64_t M, int64_t K, const int64_t* list_codes, const int64_t* list_ids, const int64_t* list_sizes,
-                const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed, int nthreads,
-                float* out_d, int64_t* out_i) {
+                const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed, bool residual,
+                int nthreads, float* out_d, int64_t* out_i) {
   if (Q < 0 || d < 1 || M < 1 || d % M || K < 1 || K > 256 || nprobe < 1 || k < 1 || (metric != 0 && metric != 1))
     throw std::invalid_argument("ivf_search: bad sizes or metric");
   const int64_t dsub = d / M;
@@ -96,11 +96,14 @@ void ivf_search(const float* queries, int64_t Q, int64_t d, const float* centroi
 #pragma omp parallel num_threads(team(nthreads, Q))
   {
     std::vector<float> lut(static_cast<size_t>(M * K)), qr(static_cast<size_t>(M * K)), resid(static_cast<size_t>(d));
+    TopK tk(k);
 #pragma omp for schedule(dynamic)
     for (int64_t q = 0; q < Q; ++q) {
       const float* x = queries + q * d;
-      TopK tk(k);
-      if (metric == 1 || precomputed)  // <q_m, r_mk>: the ip LUT, or the query term of the l2 decomposition
+      tk.reset();
+      if (!residual)  // codes of the vectors themselves: one table for every list
+        for (int64_t m = 0; m < M; ++m) lut_row(x + m * dsub, t.Ct.data() + m * dsub * K, dsub, K, metric, &lut[m * K]);
+      else if (metric == 1 || precomputed)  // <q_m, r_mk>: the ip LUT, or the query term of the l2 decomposition
         for (int64_t m = 0; m < M; ++m)
           lut_row(x + m * dsub, t.Ct.data() + m * dsub * K, dsub, K, 1, (metric == 1 ? &lut[0] : &qr[0]) + m * K);
       for (int64_t p = 0; p < nprobe; ++p) {
@@ -108,7 +111,8 @@ void ivf_search(const float* queries, int64_t Q, int64_t d, const float* centroi
         if (l < 0 || list_sizes[l] == 0) continue;
         const float* c = centroids + l * d;
         float base = 0.f;
-        if (metric == 0 && precomputed) {
+        if (!residual) {
+        } else if (metric == 0 && precomputed) {
           // ||q - c - r||^2 = ||q - c||^2 + (||r||^2 + 2 <c, r>) - 2 <q, r>: the middle term is per list
           const float* pre = precomputed + l * M * K;
           axpy_table(pre, qr.data(), -2.f, M * K, lut.data());
@@ -123,15 +127,35 @@ void ivf_search(const float* queries, int64_t Q, int64_t d, const float* centroi
         scan(lut.data(), M, K, reinterpret_cast<const uint8_t*>(list_codes[l]),
              reinterpret_cast<const int64_t*>(list_ids[l]), list_sizes[l], base, sign, tk);
       }
-      std::vector<Cand> best(tk.begin(), tk.end());
-      best_k(best, k);
-      const int64_t n = static_cast<int64_t>(best.size());
-      for (int64_t r = 0; r < k; ++r) {
-        out_d[q * k + r] = r < n ? sign * best[r].d : sign * std::numeric_limits<float>::infinity();
-        out_i[q * k + r] = r < n ? best[r].id : -1;
-      }
+      tk.write_sorted(sign, out_d + q * k, out_i + q * k);
     }
   }
+}
+
+void smallest_k_rows(const float* dist, int64_t Q, int64_t n, int64_t k, int64_t* out, int nthreads) {
+  if (Q < 0 || n < 0 || k < 1 || k > n) throw std::invalid_argument("smallest_k_rows: bad sizes");
+  for_tasks(team(nthreads, Q / 64 + 1), Q, [&](int64_t q) {
+    // insertion into a sorted buffer of the k best, behind one predictable test against the k-th (positions
+    // ascend, so an equal value never displaces an earlier one: ties by position)
+    const float* row = dist + q * n;
+    thread_local std::vector<float> bv;
+    thread_local std::vector<int64_t> bi;
+    bv.resize(static_cast<size_t>(k)), bi.resize(static_cast<size_t>(k));
+    int64_t held = 0;
+    float thr = std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < n; ++j) {
+      const float v = row[j];
+      if (held == k && !(v < thr)) continue;
+      int64_t at = held < k ? held++ : k - 1;
+      while (at > 0 && v < bv[at - 1]) {
+        bv[at] = bv[at - 1], bi[at] = bi[at - 1];
+        --at;
+      }
+      bv[at] = v, bi[at] = j;
+      if (held == k) thr = bv[k - 1];
+    }
+    std::copy(bi.begin(), bi.begin() + k, out + q * k);
+  });
 }
 
 }  // namespace sqret

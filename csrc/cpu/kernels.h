@@ -37,8 +37,9 @@ void for_tasks(int threads, int64_t n, F&& body) {
   for (int64_t t = 0; t < n; ++t) body(t);
 }
 
-// Whether any of p[0..n) is NaN (AVX2 when the CPU has it).
+// Whether any of p[0..n) is NaN (AVX2 when the CPU has it); NaN or inf.
 bool has_nan(const float* p, int64_t n);
+bool has_nonfinite(const float* p, int64_t n);
 
 struct TaskPlan {
   int64_t qblock, qblocks, parts, part_len;
@@ -59,10 +60,20 @@ constexpr int kFastScanBlock = 64;
 void pack_fastscan(const uint8_t* packed, int64_t N, int64_t M, uint8_t* blocks, int nthreads);
 void unpack_fastscan(const uint8_t* blocks, int64_t N, int64_t M, uint8_t* packed, int nthreads);
 
-// 4-bit fast scan over blocks: quantized uint8 LUTs in SIMD registers, uint16 accumulators, exact re-rank
-// of every candidate whose lower bound can enter the top-k, so the results equal the exact scan.
+// 4-bit fast scan over blocks: quantized uint8 LUTs in SIMD registers, uint16 accumulators; exact: a re-rank
+// of every candidate whose lower bound can enter the top-k, so the results equal the exact scan; otherwise the
+// quantized distances (bias + a * sum of the quantized entries; exact ones on a CPU without AVX2).
 void adc_topk_fastscan(const float* lut, int64_t Q, int64_t M, const uint8_t* blocks, int64_t N, int64_t k,
-                       int nthreads, float* out_d, int64_t* out_i);
+                       int nthreads, float* out_d, int64_t* out_i, bool exact = true);
+
+// IVF-PQ fast scan: 4-bit codes of each list in fast-scan blocks (list_blocks: addresses of [ceil(n_l/64), M, 32]
+// uint8), per (query, list) the LUT of the residual (as ivf_search: precomputed tables for l2 when given, ip
+// as <q, c_l> + LUT(q)) quantized once, the SIMD scan of the list's blocks, one top-k per query over all
+// probed lists (ties by smaller id). exact as adc_topk_fastscan.
+void ivf_fastscan(const float* queries, int64_t Q, int64_t d, const float* centroids, const float* codebooks,
+                  int64_t M, const int64_t* list_blocks, const int64_t* list_ids, const int64_t* list_sizes,
+                  const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed, bool residual,
+                  bool exact, int nthreads, float* out_d, int64_t* out_i);
 
 // Codebooks [M][K][d] transposed to [M][d][K] (vectorizable over the K codewords), and norms [M][K] if asked.
 struct Transposed {
@@ -81,10 +92,15 @@ void axpy_table(const float* pre, const float* qr, float alpha, int64_t n, float
 // list_codes / list_ids: addresses of each list's arrays; probes [Q, nprobe] list numbers (-1: none).
 // metric 0 = l2 (smallest first), 1 = ip (largest first). Ties by smaller id. precomputed (l2, may be null):
 // [nlist, M, K] = ||r_mk||^2 + 2 <c_l,m, r_mk>, so a list's LUT costs M*K additions instead of d*K products.
+// residual false: codes of the vectors themselves (FAISS's by_residual = false): one table per query for all lists.
 void ivf_search(const float* queries, int64_t Q, int64_t d, const float* centroids, const float* codebooks,
                 int64_t M, int64_t K, const int64_t* list_codes, const int64_t* list_ids, const int64_t* list_sizes,
-                const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed, int nthreads,
-                float* out_d, int64_t* out_i);
+                const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed, bool residual,
+                int nthreads, float* out_d, int64_t* out_i);
+
+// Per row of dist [Q, n]: the positions of its k smallest values (ties by position), sorted: out [Q, k] int64.
+// (The coarse quantizer's probes: n centroid distances per query, k = nprobe.)
+void smallest_k_rows(const float* dist, int64_t Q, int64_t n, int64_t k, int64_t* out, int nthreads);
 
 // Distance tables out [Q, M, K] for x [Q, M*d]: metric 0 = l2 (squared), 1 = ip, 2 = l2_sqrt.
 void build_lut(const float* x, int64_t Q, const float* codebooks, int64_t M, int64_t K, int64_t d, int metric,
@@ -92,10 +108,11 @@ void build_lut(const float* x, int64_t Q, const float* codebooks, int64_t M, int
 
 // ADC search from raw queries in one call: the distance tables of x [Q, M*d] (metric as build_lut, negated
 // when `negate`: largest first, and the results negated back) are built here, then scanned.
-// code_bytes 1 / 2 / 4: codes [N, M]; 0: fast-scan blocks holding N 4-bit codes (K = 16).
+// code_bytes 1 / 2 / 4: codes [N, M]; 0: fast-scan blocks holding N 4-bit codes (K = 16), scored exactly or
+// approximately (exact).
 void pq_search(const float* x, int64_t Q, const float* codebooks, int64_t M, int64_t K, int64_t d, int metric,
                bool negate, const void* codes, int code_bytes, int64_t N, int64_t k, int nthreads, float* out_d,
-               int64_t* out_i);
+               int64_t* out_i, bool exact = true);
 
 // Nearest codeword per sub-space: x [N, M*d] float32, codebooks [M, K, d] float32. metric 0 = l2 (argmin
 // squared distance), 1 = ip (argmax dot). Ties go to the smaller index. codes written as int32 [N, M].

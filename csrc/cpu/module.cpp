@@ -32,7 +32,7 @@ static Simd parse_simd(const std::string& s) {
 // function that reads its 15 integers straight from the argument vector, without pybind11's dispatcher (which
 // costs ~0.4 us for 15 arguments). Errors map as pybind11 maps them.
 static PyObject* pq_search_fastcall(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  constexpr Py_ssize_t kArgs = 15;
+  constexpr Py_ssize_t kArgs = 16;
   if (nargs != kArgs) {
     PyErr_Format(PyExc_TypeError, "pq_search takes %d arguments (%zd given)", static_cast<int>(kArgs), nargs);
     return nullptr;
@@ -53,7 +53,7 @@ static PyObject* pq_search_fastcall(PyObject*, PyObject* const* args, Py_ssize_t
   try {
     pq_search(ptr<const float>(addr(0)), a[1], ptr<const float>(addr(2)), a[3], a[4], a[5], static_cast<int>(a[6]),
               a[7] != 0, ptr<const void>(addr(8)), static_cast<int>(a[9]), a[10], a[11], static_cast<int>(a[12]),
-              ptr<float>(addr(13)), ptr<int64_t>(addr(14)));
+              ptr<float>(addr(13)), ptr<int64_t>(addr(14)), a[15] != 0);
   } catch (const std::invalid_argument& e) {
     error = e.what(), kind = PyExc_ValueError;
   } catch (const std::bad_alloc&) {
@@ -166,14 +166,15 @@ static PyObject* bind_torch(PyObject*, PyObject* const* args, Py_ssize_t nargs) 
   Py_RETURN_NONE;
 }
 
-// search_whole(queries, codebooks, codes, n, k, metric, negate, nthreads, labels) -> (values, ids) or None.
+// search_whole(queries, codebooks, codes, n, k, metric, negate, nthreads, labels, check_finite, exact)
+// -> (values, ids) or None.
 // queries [Q, M*d] and codebooks [M, K, d] float32; codes: fast-scan blocks [ceil(n/64), M, 32] uint8 holding
 // n >= 0 codes (K = 16), or n = -1 and codes [N, M] uint8 with K = 256 (every byte a valid code). k >= 1.
 // labels: None (ids are positions) or int64 [N], the id of each position. check_finite: decline when the
-// queries or codebooks hold NaN or inf (the checked path then raises).
+// queries or codebooks hold NaN or inf (the checked path then raises). exact: the 4-bit scoring mode.
 static PyObject* search_whole(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 10) {
-    PyErr_SetString(PyExc_TypeError, "search_whole takes 10 arguments");
+  if (nargs != 11) {
+    PyErr_SetString(PyExc_TypeError, "search_whole takes 11 arguments");
     return nullptr;
   }
   if (!torch_.tensor) {
@@ -224,7 +225,7 @@ static PyObject* search_whole(PyObject*, PyObject* const* args, Py_ssize_t nargs
       pq_search(reinterpret_cast<const float*>(qa), Q, reinterpret_cast<const float*>(ca), M, K, d,
                 static_cast<int>(metric), num[3] != 0, reinterpret_cast<const void*>(N && ba ? ba : 1),
                 n >= 0 ? 0 : 1, N, k, static_cast<int>(nthreads), reinterpret_cast<float*>(va),
-                reinterpret_cast<int64_t*>(ia));
+                reinterpret_cast<int64_t*>(ia), PyObject_IsTrue(args[10]) != 0);
       if (la) {  // positions -> labels (-1 stays: no code)
         const int64_t* labels = reinterpret_cast<const int64_t*>(la);
         int64_t* out = reinterpret_cast<int64_t*>(ia);
@@ -255,13 +256,14 @@ static PyMethodDef bind_torch_def = {"bind_torch", fastcall(bind_torch), METH_FA
                                      "bind_torch(torch.Tensor, float32, uint8, int64, torch.empty)"};
 static PyMethodDef search_whole_def = {
     "search_whole", fastcall(search_whole), METH_FASTCALL,
-    "search_whole(queries, codebooks, codes, n, k, metric, negate, nthreads, labels, check_finite) -> (values, ids), "
+    "search_whole(queries, codebooks, codes, n, k, metric, negate, nthreads, labels, check_finite, exact) -> "
+    "(values, ids), "
     "or None where the "
     "arguments are not float32 / uint8 contiguous CPU tensors of matching shapes (the checked path runs then)"};
 
 static PyMethodDef pq_search_def = {
     "pq_search", fastcall(pq_search_fastcall), METH_FASTCALL,
-    "pq_search(x, Q, codebooks, M, K, d, metric, negate, codes, code_bytes, N, k, nthreads, out_d, out_i): ADC "
+    "pq_search(x, Q, codebooks, M, K, d, metric, negate, codes, code_bytes, N, k, nthreads, out_d, out_i, exact): ADC "
     "search from raw queries, tables of x [Q, M*d] built and scanned in one call; code_bytes 0 = fast-scan blocks; "
     "results in the metric's sign (negate: largest first)"};
 
@@ -306,24 +308,44 @@ PYBIND11_MODULE(_cpu, m) {
   m.def(
       "adc_topk_fastscan",
       [](uintptr_t lut, int64_t Q, int64_t M, uintptr_t blocks, int64_t N, int64_t k, int nthreads,
-         uintptr_t out_d, uintptr_t out_i) {
+         uintptr_t out_d, uintptr_t out_i, bool exact) {
         py::gil_scoped_release release;
         adc_topk_fastscan(ptr<const float>(lut), Q, M, ptr<const uint8_t>(blocks), N, k, nthreads, ptr<float>(out_d),
-                          ptr<int64_t>(out_i));
+                          ptr<int64_t>(out_i), exact);
       },
-      "4-bit fast scan + exact re-rank: lut [Q, M, 16] float32, blocks [ceil(N/64), M, 32]");
+      "4-bit fast scan, exact re-rank or quantized distances: lut [Q, M, 16] float32, blocks [ceil(N/64), M, 32]");
+  m.def(
+      "ivf_fastscan",
+      [](uintptr_t queries, int64_t Q, int64_t d, uintptr_t centroids, uintptr_t codebooks, int64_t M,
+         uintptr_t list_blocks, uintptr_t list_ids, uintptr_t list_sizes, uintptr_t probes, int64_t nprobe, int64_t k,
+         int metric, uintptr_t precomputed, bool residual, bool exact, int nthreads, uintptr_t out_d,
+         uintptr_t out_i) {
+        py::gil_scoped_release release;
+        ivf_fastscan(ptr<const float>(queries), Q, d, ptr<const float>(centroids), ptr<const float>(codebooks), M,
+                     ptr<const int64_t>(list_blocks), ptr<const int64_t>(list_ids), ptr<const int64_t>(list_sizes),
+                     ptr<const int64_t>(probes), nprobe, k, metric, reinterpret_cast<const float*>(precomputed),
+                     residual, exact, nthreads, ptr<float>(out_d), ptr<int64_t>(out_i));
+      },
+      "IVF-PQ fast scan over 4-bit lists in fast-scan blocks; out [Q, k]");
   m.def(
       "ivf_search",
       [](uintptr_t queries, int64_t Q, int64_t d, uintptr_t centroids, uintptr_t codebooks, int64_t M, int64_t K,
          uintptr_t list_codes, uintptr_t list_ids, uintptr_t list_sizes, uintptr_t probes, int64_t nprobe, int64_t k,
-         int metric, uintptr_t precomputed, int nthreads, uintptr_t out_d, uintptr_t out_i) {
+         int metric, uintptr_t precomputed, bool residual, int nthreads, uintptr_t out_d, uintptr_t out_i) {
         py::gil_scoped_release release;
         ivf_search(ptr<const float>(queries), Q, d, ptr<const float>(centroids), ptr<const float>(codebooks), M, K,
                    ptr<const int64_t>(list_codes), ptr<const int64_t>(list_ids), ptr<const int64_t>(list_sizes),
                    ptr<const int64_t>(probes), nprobe, k, metric, reinterpret_cast<const float*>(precomputed),
-                   nthreads, ptr<float>(out_d), ptr<int64_t>(out_i));
+                   residual, nthreads, ptr<float>(out_d), ptr<int64_t>(out_i));
       },
       "IVF-PQ search: per query, LUTs of the probed lists and a scan of their codes; out [Q, k]");
+  m.def(
+      "smallest_k_rows",
+      [](uintptr_t dist, int64_t Q, int64_t n, int64_t k, uintptr_t out, int nthreads) {
+        py::gil_scoped_release release;
+        smallest_k_rows(ptr<const float>(dist), Q, n, k, ptr<int64_t>(out), nthreads);
+      },
+      "positions of the k smallest values of each row of dist [Q, n] float32, sorted, ties by position");
   m.def(
       "build_lut",
       [](uintptr_t x, int64_t Q, uintptr_t codebooks, int64_t M, int64_t K, int64_t d, int metric, uintptr_t out,

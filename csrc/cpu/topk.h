@@ -84,6 +84,7 @@ class TopK {
   inline bool admits_any(float d) const { return !full_ || d <= thr_; }
   inline float threshold() const { return full_ ? thr_ : std::numeric_limits<float>::infinity(); }
   inline bool full() const { return full_; }
+  inline int64_t k() const { return k_; }
 
   inline void offer(float d, int64_t id) {
     if (admits(d)) push(d, id);
@@ -101,6 +102,24 @@ class TopK {
   // All candidates held (a superset of the k best; unsorted).
   const Cand* begin() const { return buf_.data(); }
   const Cand* end() const { return buf_.data() + n_; }
+
+  // Empty again for a new query, keeping the buffer (no allocation per query).
+  void reset() {
+    n_ = 0;
+    full_ = false;
+    thr_ = std::numeric_limits<float>::infinity();
+  }
+
+  // The k best, sorted by (distance, id), written as sign * distance and id, padded with sign * inf and -1.
+  // Sorts the reservoir in place (at most 2k + 16 candidates): the reservoir is spent.
+  void write_sorted(float sign, float* out_d, int64_t* out_i) {
+    std::sort(buf_.begin(), buf_.begin() + n_, better);
+    const int64_t n = std::min<int64_t>(k_, static_cast<int64_t>(n_));
+    for (int64_t r = 0; r < k_; ++r) {
+      out_d[r] = r < n ? sign * buf_[r].d : sign * std::numeric_limits<float>::infinity();
+      out_i[r] = r < n ? buf_[r].id : -1;
+    }
+  }
 
  private:
   // In place, no allocation: the k best by (distance, id) to the front; the k-th of them is the threshold

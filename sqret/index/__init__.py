@@ -15,13 +15,21 @@ _KINDS = {"pq": PQIndex, "ivfpq": IVFPQIndex}
 
 def load(path: str | Path, mmap: bool = False, verify: bool = True) -> PQIndex | IVFPQIndex:
     """Read an index written by ``save``. ``mmap=True`` maps the codes and ids instead of reading them (the
-    index is then read-only and searched by streaming); ``verify`` checks every section's CRC-32 (a full
-    read: pass False to open a huge memory-mapped index instantly)."""
+    index is then read-only and searched by streaming); ``verify`` checks every section's CRC-32 and the
+    code and id ranges (a full read: pass False to open a huge memory-mapped index instantly)."""
     f = IndexFile(path, mmap=mmap, verify=verify)
-    kind = f.meta.get("kind")
-    if kind not in _KINDS:
-        raise IndexFileError(f"{path}: unknown index kind {kind!r}")
-    return _KINDS[kind]._from_file(f)
+    meta = f.meta_reader()
+    cls = kind_of(f, meta)
+    f.expect(cls._schema(f, meta, ""))
+    return cls._read(f, meta, "")
+
+
+def kind_of(f: IndexFile, meta) -> type:
+    """The index class of a (possibly nested) meta object, by its 'kind' field."""
+    kind = meta.raw.get("kind")
+    if type(kind) is not str or kind not in _KINDS:
+        raise IndexFileError(f"{f.path}: unknown index kind {kind!r} (meta field {meta.name('kind')})")
+    return _KINDS[kind]
 
 
 def _typed_load(cls):

@@ -9,11 +9,13 @@ state keeps its arrays alive (the native scan reads them without the GIL) until 
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
 from .. import ops
-from .storage import IndexFile, IndexFileError
+from .storage import IndexFile, IndexFileError, Meta
 
 INDEX_METRICS = ("l2", "ip")
 _INT64_MAX = (1 << 63) - 1
@@ -97,6 +99,12 @@ def _is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
+def check_flag(v, name: str) -> bool:
+    if type(v) is not bool:
+        raise TypeError(f"{name} must be True or False, got {v!r}")
+    return v
+
+
 def check_k(k) -> int:
     """k as an int >= 1 (numpy integers accepted)."""
     return ops.checks.topk_k(int(k) if isinstance(k, np.integer) else k)
@@ -117,13 +125,12 @@ def remove_mask(ids: torch.Tensor, remove) -> torch.Tensor:
     return torch.isin(ids, as_ids(remove, "ids to remove").reshape(-1))
 
 
-def meta_pq(f: IndexFile) -> tuple[int, int, int, str, int]:
+def meta_pq(f: IndexFile, m: Meta) -> tuple[int, int, int, str, int]:
     """(d, M, nbits, metric, ntotal) from a file's meta, each checked (IndexFileError naming the field)."""
-    m = f.meta_reader()
     d, M = m.int("d", 1, 1 << 20), m.int("M", 1, 1 << 16)
     nbits, metric, ntotal = m.choice("nbits", (4, 8)), m.choice("metric", INDEX_METRICS), m.int("ntotal", 0)
     if d % M:
-        raise IndexFileError(f"{f.path}: meta field 'M' = {M} does not divide 'd' = {d}")
+        raise IndexFileError(f"{f.path}: meta field {m.name('M')} = {M} does not divide {m.name('d')} = {d}")
     return d, M, nbits, metric, ntotal
 
 
@@ -135,9 +142,9 @@ def verified_codes(f: IndexFile, codes: np.ndarray, K: int, name: str = "codes")
             raise IndexFileError(f"{f.path}: section {name!r} holds code {hi}, outside [0, K = {K})")
 
 
-def verified_ids(f: IndexFile, ids: np.ndarray) -> None:
+def verified_ids(f: IndexFile, ids: np.ndarray, name: str = "ids") -> None:
     if f.verifies and ids.size and int(_chunked_min(ids)) < 0:
-        raise IndexFileError(f"{f.path}: section 'ids' holds negative ids")
+        raise IndexFileError(f"{f.path}: section {name!r} holds negative ids")
 
 
 def finite_section(f: IndexFile, a: np.ndarray, name: str) -> torch.Tensor:
@@ -159,3 +166,125 @@ def _chunked_max(a: np.ndarray):
 def _chunked_min(a: np.ndarray):
     flat = a.reshape(-1)
     return min(flat[i : i + _STEP].min() for i in range(0, flat.size, _STEP))
+
+
+class Index:
+    """What every index kind shares: one immutable state (``self._state``) that a search reads once, mutations
+    that compute the next state under ``self._lock`` and publish it whole (``_set_state``), persistence.
+
+    A kind implements the pure state functions: ``_count(s)``, ``_search_in(s, q, k, **params)``,
+    ``_add_to(s, x, ids)`` (x float32 [n, d], finite; ids int64 [n] or None: ntotal, ntotal + 1, ...),
+    ``_remove_from(s, ids) -> (s, removed)``, ``_emptied(s)``, ``_trained(s)``, ``_train(x, ...) -> s`` and,
+    for files, ``_meta(s)``, ``_write(s, w, prefix, progress)``, ``_schema(f, meta, prefix)`` and
+    ``_read(f, meta, prefix)``. Composite kinds (a rotation in front, a refinement behind) hold their base's
+    state inside theirs and publish both, so that a search of the composite sees one state of everything.
+    """
+
+    kind = "index"
+    d: int
+    metric: str
+
+    def _init_index(self) -> None:
+        self._lock = threading.Lock()  # writers only
+        self.readonly = False
+
+    # ------------------------------------------------------------------ state protocol (per kind)
+
+    def _count(self, s) -> int:
+        raise NotImplementedError
+
+    def _trained(self, s) -> bool:
+        raise NotImplementedError
+
+    def _sources(self, s) -> list:
+        """The memory-mapped files the state's arrays map (checked unchanged before each use)."""
+        return []
+
+    def _set_state(self, s) -> None:
+        self._state = s
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def is_trained(self) -> bool:
+        return self._trained(self._state)
+
+    def __len__(self) -> int:
+        return self._count(self._state)
+
+    @property
+    def ntotal(self) -> int:
+        return len(self)
+
+    def _editable(self) -> None:
+        if self.readonly:
+            raise RuntimeError("the index was loaded with mmap=True and is read-only; load it without mmap to edit")
+
+    def _ready(self):
+        s = self._state
+        if not self._trained(s):
+            raise RuntimeError("the index is not trained: call train() first")
+        for f in self._sources(s):
+            f.check_unchanged()
+        return s
+
+    def search(self, queries, k: int, **params) -> tuple[torch.Tensor, torch.Tensor]:
+        """(distances [Q, k] float32, ids [Q, k] int64), best first; -1 / +inf (-inf for ip) past ntotal.
+        Keyword parameters depend on the kind (nprobe, k_factor, exact, ...)."""
+        s = self._ready()  # one consistent state for the whole search
+        return self._search_in(s, as_matrix(queries, self.d, "queries", finite=self._checks_queries),
+                               check_k(k), **params)
+
+    _checks_queries = True  # False where the scan checks the queries itself (natively)
+
+    def add(self, x, ids=None) -> None:
+        """Add x [n, d] with int64 ids >= 0 (default: ntotal, ntotal + 1, ...). Nothing changes when it raises."""
+        self._editable()
+        if not self._trained(self._state):
+            raise RuntimeError("the index is not trained: call train() first")
+        x = as_matrix(x, self.d, "x")
+        given = None if ids is None else new_ids(ids, x.shape[0], 0)
+        with self._lock:
+            self._set_state(self._add_to(self._state, x, given))
+
+    def remove(self, ids) -> int:
+        """Remove every entry whose id is in ids; returns how many were removed."""
+        self._editable()
+        gone = as_ids(ids, "ids to remove").reshape(-1)
+        with self._lock:
+            s, n = self._remove_from(self._state, gone)
+            if n:
+                self._set_state(s)
+            return n
+
+    def reset(self) -> None:
+        """Remove every entry (what was trained stays)."""
+        self._editable()
+        with self._lock:
+            self._set_state(self._emptied(self._state))
+
+    def train(self, x, *, iters: int = 25, seed: int = 0, progress: bool | None = None):
+        """Learn the quantizers (and rotation) from x [n, d]; the index must be empty."""
+        self._editable()
+        self._require_empty("train")
+        x = as_matrix(x, self.d, "x")
+        s = self._train(x, iters=iters, seed=seed, progress=progress)
+        with self._lock:
+            self._require_empty("train")
+            self._set_state(s)
+        return self
+
+    def _require_empty(self, what: str) -> None:
+        n = self._count(self._state)
+        if n:
+            raise RuntimeError(f"cannot {what} an index that holds {n} codes encoded with the current quantizers: "
+                               "reset() it first, or build a new index")
+
+    def save(self, path, progress: bool | None = None) -> None:
+        """Write the index atomically (see sqret.index.storage for the format); safe while other threads
+        search or mutate (it writes one state)."""
+        s = self._ready()
+        from .storage import IndexWriter
+
+        with IndexWriter(path, self._meta(s)) as w:
+            self._write(s, w, "", progress)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,20 +11,20 @@ from tqdm.auto import tqdm
 from .. import ops
 from ..cluster import train_pq
 from .base import (
+    Index,
     as_ids,
     as_matrix,
     check_codebooks,
-    check_k,
+    check_flag,
     check_metric,
     check_pq,
     finite_section,
     meta_pq,
     new_ids,
-    remove_mask,
     verified_codes,
     verified_ids,
 )
-from .storage import IndexFile, IndexFileError, IndexWriter
+from .storage import IndexFile, IndexFileError, Meta
 
 
 @dataclass(frozen=True, eq=False)
@@ -41,33 +39,112 @@ class _State:
     cache: dict = field(default_factory=dict)
 
 
-class IVFPQIndex:
-    """Inverted-file index with PQ-encoded residuals (as FAISS IndexIVFPQ, by_residual=True).
+class IVFPQIndex(Index):
+    """Inverted-file index with PQ-encoded residuals (as FAISS IndexIVFPQ; ``by_residual=False`` encodes the
+    vectors themselves, so one table per query serves every list); with ``fast_scan=True`` and nbits = 4 as
+    IndexIVFPQFastScan: each list's codes in the fast-scan block layout, scanned with SIMD shuffles, scored
+    ``exact``-ly or by their quantized distances.
 
     ``search(q, k, nprobe)`` scans the nprobe lists whose centroids are nearest to each query; for l2 the
-    LUT is built on the residual query q - c_l, for ip the score is <q, c_l> + LUT(q).
+    LUT is built on the residual query q - c_l, for ip the score is <q, c_l> + LUT(q) (by residual).
     Thread-safe: searches run concurrently with each other and with add / remove / save (see
     :mod:`sqret.index.base`).
     """
 
     kind = "ivfpq"
+    PRECOMPUTED_MAX_BYTES = 256 << 20
 
-    def __init__(self, d: int, nlist: int, M: int, nbits: int = 8, metric: str = "l2"):
+    def __init__(self, d: int, nlist: int, M: int, nbits: int = 8, metric: str = "l2", *, fast_scan: bool = False,
+                 exact: bool = True, by_residual: bool = True):
         self.K = check_pq(d, M, nbits)
         if not isinstance(nlist, (int, np.integer)) or isinstance(nlist, bool) or nlist < 1:
             raise ValueError(f"nlist must be a positive int, got {nlist!r}")
+        if type(fast_scan) is not bool or (fast_scan and nbits != 4):
+            raise ValueError(f"fast_scan (True or False) needs nbits = 4, got fast_scan={fast_scan!r}, nbits={nbits}")
         self.d, self.nlist, self.M, self.nbits = int(d), int(nlist), int(M), int(nbits)
         self.metric = check_metric(metric)
-        self._lock = threading.Lock()  # writers only
-        self._state = _State(None, None, ops.InvertedLists.empty(self.nlist, self.M, self.K))
-        self.readonly = False
+        self.fast_scan = fast_scan
+        self.exact = check_flag(exact, "exact")
+        self.by_residual = check_flag(by_residual, "by_residual")
+        self._layout = "fastscan" if fast_scan else "codes"
+        self._init_index()
+        self._state = _State(None, None, self._empty_lists())
+
+    def _empty_lists(self) -> ops.InvertedLists:
+        return ops.InvertedLists.empty(self.nlist, self.M, self.K, self._layout)
+
+    # ------------------------------------------------------------------ state functions
+
+    def _count(self, s: _State) -> int:
+        return s.lists.ntotal
+
+    def _trained(self, s: _State) -> bool:
+        return s.centroids is not None and s.codebooks is not None
+
+    def _sources(self, s: _State) -> list:
+        return [s.source] if s.source is not None else []
+
+    def _train(self, x: torch.Tensor, *, iters: int, seed: int, progress) -> _State:
+        if x.shape[0] < self.nlist:
+            raise ValueError(f"training needs at least nlist = {self.nlist} vectors, got {x.shape[0]}")
+        centroids = train_pq(x, 1, self.nlist, iters=iters, seed=seed, progress=progress)[0]
+        residuals = x - centroids[_assign(x, centroids, self.metric)] if self.by_residual else x
+        codebooks = train_pq(residuals, self.M, self.K, iters=iters, seed=seed, progress=progress)
+        return _State(centroids, codebooks, self._empty_lists())
+
+    def _add_to(self, s: _State, x: torch.Tensor, ids) -> _State:
+        lists = _assign(x, s.centroids, self.metric)
+        return self._appended(s, lists, ops.encode(x - s.centroids[lists] if self.by_residual else x, s.codebooks),
+                              ids)
+
+    def _appended(self, s: _State, lists: torch.Tensor, codes: torch.Tensor, ids) -> _State:
+        codes = codes.to("cpu", torch.uint8)
+        ids = new_ids(ids, codes.shape[0], s.lists.ntotal)
+        order = torch.argsort(lists, stable=True)
+        ls, counts = torch.unique_consecutive(lists[order], return_counts=True)
+        changes = {}
+        for li, part in zip(ls.tolist(), torch.split(order, counts.tolist()), strict=True):
+            changes[li] = (self._stored(torch.cat([s.lists.list_codes(li), codes[part]])),
+                           torch.cat([_tensor(s.lists.ids[li]), ids[part]]))
+        return _State(s.centroids, s.codebooks, s.lists.replace(changes, check_range=False), None, s.cache)
+
+    def _remove_from(self, s: _State, ids: torch.Tensor) -> tuple[_State, int]:
+        changes, removed = {}, 0
+        for li in range(self.nlist):
+            lid = _tensor(s.lists.ids[li])
+            gone = torch.isin(lid, ids)
+            if gone.any():
+                removed += int(gone.sum())
+                changes[li] = (self._stored(s.lists.list_codes(li)[~gone]), lid[~gone])
+        if not changes:
+            return s, 0
+        return _State(s.centroids, s.codebooks, s.lists.replace(changes, check_range=False), None, s.cache), removed
+
+    def _emptied(self, s: _State) -> _State:
+        return _State(s.centroids, s.codebooks, self._empty_lists(), None, s.cache)
+
+    def _search_in(self, s: _State, q: torch.Tensor, k: int, *, nprobe: int = 1, exact: bool | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        exact = self.exact if exact is None else check_flag(exact, "exact")
+        nprobe = check_nprobe(nprobe, self.nlist)
+        probes = _probe(s, q, nprobe, self.metric)
+        return ops.ivf_search(q, s.centroids, s.codebooks, s.lists, None, probes, k, self.metric,
+                              precomputed=self._precomputed(s), exact=exact, by_residual=self.by_residual)
+
+    def _stored(self, codes: torch.Tensor) -> torch.Tensor:
+        """A list's codes [n, M] as this index stores them (fast-scan blocks when fast_scan)."""
+        return ops.fastscan_pack(codes).blocks if self.fast_scan else codes.contiguous()
+
+    def _precomputed(self, s: _State) -> torch.Tensor | None:
+        """The l2 precomputed table [nlist, M, K] (cached per state), unless over PRECOMPUTED_MAX_BYTES."""
+        if self.metric != "l2" or not self.by_residual or self.nlist * self.M * self.K * 4 > self.PRECOMPUTED_MAX_BYTES:
+            return None
+        table = s.cache.get("table")
+        if table is None:
+            table = s.cache["table"] = ops.ivf_precomputed_table(s.centroids, s.codebooks)
+        return table
 
     # ------------------------------------------------------------------ build
-
-    @property
-    def is_trained(self) -> bool:
-        s = self._state
-        return s.centroids is not None and s.codebooks is not None
 
     @property
     def centroids(self) -> torch.Tensor | None:
@@ -78,120 +155,35 @@ class IVFPQIndex:
         return self._state.codebooks
 
     def set_quantizers(self, centroids: torch.Tensor, codebooks: torch.Tensor) -> None:
-        """Use given coarse centroids [nlist, d] and residual codebooks [M, K, d / M] (the index must be empty)."""
+        """Use given coarse centroids [nlist, d] and (residual) codebooks [M, K, d / M]; the index must be empty."""
         self._editable()
-        cen = check_codebooks(centroids[None] if isinstance(centroids, torch.Tensor) and centroids.dim() == 2
-                              else centroids, 1, self.nlist, self.d, "centroids")[0]
+        ops.checks.tensor(centroids, "centroids", 2, ops.checks.FLOATS)
+        cen = check_codebooks(centroids[None], 1, self.nlist, self.d, "centroids")[0]
         cb = check_codebooks(codebooks, self.M, self.K, self.d // self.M)
         with self._lock:
-            self._require_empty("replace the quantizers")
-            self._state = _State(cen, cb, self._state.lists)
+            self._require_empty("replace the quantizers of")
+            self._set_state(_State(cen, cb, self._state.lists))
 
-    def _require_empty(self, what: str) -> None:
-        n = self._state.lists.ntotal
-        if n:
-            raise RuntimeError(f"cannot {what} of an index that holds {n} codes encoded with the current ones: "
-                               "reset() it first, or build a new index")
-
-    def train(self, x, *, iters: int = 25, seed: int = 0, progress: bool | None = None) -> IVFPQIndex:
-        """Coarse k-means (nlist centroids), then PQ codebooks on the residuals of x [n, d] (the index must be
-        empty)."""
-        self._editable()
-        self._require_empty("train the quantizers")
-        x = as_matrix(x, self.d, "x")
-        if x.shape[0] < self.nlist:
-            raise ValueError(f"training needs at least nlist = {self.nlist} vectors, got {x.shape[0]}")
-        centroids = train_pq(x, 1, self.nlist, iters=iters, seed=seed, progress=progress)[0]
-        residuals = x - centroids[_assign(x, centroids, self.metric)]
-        codebooks = train_pq(residuals, self.M, self.K, iters=iters, seed=seed, progress=progress)
-        self.set_quantizers(centroids, codebooks)
-        return self
-
-    def assign(self, x: torch.Tensor) -> torch.Tensor:
+    def assign(self, x) -> torch.Tensor:
         """Nearest list of each vector of x [n, d] -> int64 [n]."""
-        s = self._trained()
-        return _assign(as_matrix(x, self.d, "x"), s.centroids, self.metric)
-
-    def _editable(self) -> None:
-        if self.readonly:
-            raise RuntimeError("the index was loaded with mmap=True and is read-only; load it without mmap to edit")
-
-    def _trained(self) -> _State:
-        s = self._state
-        if s.centroids is None or s.codebooks is None:
-            raise RuntimeError("the index is not trained: call train() first")
-        return s
-
-    def add(self, x, ids=None) -> None:
-        """Assign x [n, d] to lists, PQ-encode the residuals, append with int64 ids >= 0 (default ntotal, ...).
-        Nothing changes when it raises."""
-        self._editable()
-        s = self._trained()
-        x = as_matrix(x, self.d, "x")
-        if ids is not None:
-            new_ids(ids, x.shape[0], 0)  # check the ids before the encoding work
-        lists = _assign(x, s.centroids, self.metric)
-        self._append(s, lists, ops.encode(x - s.centroids[lists], s.codebooks), ids)
+        return _assign(as_matrix(x, self.d, "x"), self._ready().centroids, self.metric)
 
     def add_preassigned(self, lists, codes, ids=None) -> None:
-        """Append codes [n, M] of residuals to the given lists [n]. Nothing changes when it raises."""
+        """Append codes [n, M] (of residuals, by_residual) to the given lists [n]. Nothing changes when it raises."""
         self._editable()
-        s = self._trained()
+        if not self.is_trained:
+            raise RuntimeError("the index is not trained: call train() first")
         codes = torch.as_tensor(codes)
         ops.checks.codes(codes, self.M, self.K, False)
         ops.checks.code_range(codes, self.K, False)
         lists = as_ids(lists, "lists")
         if lists.shape != (codes.shape[0],) or (lists.numel() and int(lists.max()) >= self.nlist):
             raise ValueError(f"lists must be [n = {codes.shape[0]}] ints in [0, nlist = {self.nlist})")
-        self._append(s, lists, codes, ids)
-
-    def _append(self, s: _State, lists: torch.Tensor, codes: torch.Tensor, ids) -> None:
-        codes = codes.to("cpu", torch.uint8)
+        given = None if ids is None else new_ids(ids, codes.shape[0], 0)
         with self._lock:
-            cur = self._state
-            if cur.centroids is not s.centroids or cur.codebooks is not s.codebooks:
-                raise RuntimeError("the quantizers changed while these codes were computed")
-            ids = new_ids(ids, codes.shape[0], cur.lists.ntotal)
-            order = torch.argsort(lists, stable=True)
-            ls, counts = torch.unique_consecutive(lists[order], return_counts=True)
-            changes = {}
-            for li, part in zip(ls.tolist(), torch.split(order, counts.tolist()), strict=True):
-                changes[li] = (torch.cat([_tensor(cur.lists.codes[li]), codes[part]]),
-                               torch.cat([_tensor(cur.lists.ids[li]), ids[part]]))
-            self._state = _State(cur.centroids, cur.codebooks, cur.lists.replace(changes, check_range=False),
-                                 None, cur.cache)
+            self._set_state(self._appended(self._state, lists, codes, given))
 
-    def remove(self, ids) -> int:
-        """Remove every entry whose id is in ids; returns how many were removed."""
-        self._editable()
-        with self._lock:
-            s = self._state
-            changes, removed = {}, 0
-            for li in range(self.nlist):
-                lid = _tensor(s.lists.ids[li])
-                gone = remove_mask(lid, ids)
-                if gone.any():
-                    removed += int(gone.sum())
-                    changes[li] = (_tensor(s.lists.codes[li])[~gone], lid[~gone])
-            if changes:
-                self._state = _State(s.centroids, s.codebooks, s.lists.replace(changes, check_range=False), None,
-                                     s.cache)
-            return removed
-
-    def reset(self) -> None:
-        """Remove every entry (the quantizers stay)."""
-        self._editable()
-        with self._lock:
-            s = self._state
-            self._state = _State(s.centroids, s.codebooks, ops.InvertedLists.empty(self.nlist, self.M, self.K),
-                                 None, s.cache)
-
-    def __len__(self) -> int:
-        return self._state.lists.ntotal
-
-    @property
-    def ntotal(self) -> int:
-        return len(self)
+    # ------------------------------------------------------------------ query
 
     def list_sizes(self) -> list[int]:
         return self._state.lists.sizes.tolist()
@@ -202,8 +194,8 @@ class IVFPQIndex:
         return self._state.lists
 
     def list_codes(self, li: int) -> torch.Tensor:
-        """Codes [n_l, M] uint8 of list li."""
-        return _tensor(self._state.lists.codes[li])
+        """Codes [n_l, M] uint8 of list li (unpacked from the fast-scan layout)."""
+        return self._state.lists.list_codes(li)
 
     def list_ids(self, li: int) -> torch.Tensor:
         """Ids [n_l] int64 of list li."""
@@ -211,9 +203,7 @@ class IVFPQIndex:
 
     def reconstruct(self, ids) -> torch.Tensor:
         """Decoded vectors [n, d] (centroid + residual) of the given ids (KeyError for an unknown id)."""
-        s = self._trained()
-        if s.source is not None:
-            s.source.check_unchanged()
+        s = self._ready()
         want = as_ids(ids).reshape(-1)
         out = torch.empty((want.shape[0], self.d))
         found = torch.zeros(want.shape[0], dtype=torch.bool)
@@ -222,82 +212,112 @@ class IVFPQIndex:
             hit = torch.isin(want, lid) & ~found
             if hit.any():
                 pos = (lid.unsqueeze(0) == want[hit].unsqueeze(1)).int().argmax(1)
-                codes = _tensor(s.lists.codes[li])[pos]
-                out[hit] = s.centroids[li] + ops.decode(codes, s.codebooks)
+                codes = s.lists.list_codes(li)[pos]
+                out[hit] = ops.decode(codes, s.codebooks) + (s.centroids[li] if self.by_residual else 0)
                 found |= hit
         if not bool(found.all()):
             raise KeyError(f"ids not in the index: {want[~found][:10].tolist()}")
         return out
 
-    # ------------------------------------------------------------------ query
+    def search(self, queries, k: int, nprobe: int = 1, *, exact: bool | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(distances [Q, k] float32, ids [Q, k] int64) over the nprobe nearest lists, best first. ``exact``
+        (default: the index's) scores fast-scan lists exactly, or by their quantized distances when False."""
+        return super().search(queries, k, nprobe=nprobe, exact=exact)
 
-    def search(self, queries, k: int, nprobe: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """(distances [Q, k] float32, ids [Q, k] int64) over the nprobe nearest lists, best first."""
-        s = self._trained()  # one consistent state for the whole search
-        q = as_matrix(queries, self.d, "queries")
-        k = check_k(k)
-        if isinstance(nprobe, np.integer):
-            nprobe = int(nprobe)
-        if not isinstance(nprobe, int) or isinstance(nprobe, bool) or nprobe < 1:
-            raise ValueError(f"nprobe must be an int >= 1, got {nprobe!r}")
-        nprobe = min(nprobe, self.nlist)
-        if s.source is not None:
-            s.source.check_unchanged()
-        probes = _probe(s, q, nprobe, self.metric)
-        return ops.ivf_search(q, s.centroids, s.codebooks, s.lists, None, probes, k, self.metric,
-                              precomputed=_precomputed(s, self))
-
-    PRECOMPUTED_MAX_BYTES = 256 << 20
-
-    def probe(self, q: torch.Tensor, nprobe: int) -> torch.Tensor:
+    def probe(self, q, nprobe: int) -> torch.Tensor:
         """The nprobe lists nearest each query of q [Q, d], nearest first -> int64 [Q, nprobe]."""
-        return _probe(self._trained(), as_matrix(q, self.d, "queries"), nprobe, self.metric)
+        return _probe(self._ready(), as_matrix(q, self.d, "queries"), check_nprobe(nprobe, self.nlist), self.metric)
 
     # ------------------------------------------------------------------ persistence
 
-    def save(self, path: str | Path, progress: bool | None = None) -> None:
-        """Write the index atomically: lists are streamed one after the other (list-major codes + ids); safe
-        while other threads search or mutate (it writes one state)."""
-        s = self._trained()
-        if s.source is not None:
-            s.source.check_unchanged()
+    def _meta(self, s: _State) -> dict:
+        return {"kind": self.kind, "d": self.d, "nlist": self.nlist, "M": self.M, "nbits": self.nbits,
+                "metric": self.metric, "ntotal": s.lists.ntotal, "fast_scan": self.fast_scan, "exact": self.exact,
+                "by_residual": self.by_residual}
+
+    def _write(self, s: _State, w, prefix: str, progress) -> None:
+        """Lists streamed one after the other (list-major codes or fast-scan blocks, then ids)."""
         sizes = s.lists.sizes.numpy()
-        meta = {"kind": self.kind, "d": self.d, "nlist": self.nlist, "M": self.M, "nbits": self.nbits,
-                "metric": self.metric, "ntotal": int(sizes.sum())}
-        with IndexWriter(path, meta) as w:
-            w.add("centroids", s.centroids.numpy())
-            w.add("codebooks", s.codebooks.numpy())
-            w.add("list_offsets", np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
-            for name, parts in (("codes", s.lists.codes), ("ids", s.lists.ids)):
-                w.begin(name, np.uint8 if name == "codes" else np.int64, (self.M,) if name == "codes" else ())
-                quiet = None if progress is None else not progress
-                for part in tqdm(parts, desc=f"saving {name}", disable=quiet, leave=False):
-                    w.extend(name, np.asarray(part))
+        w.add(prefix + "centroids", s.centroids.numpy())
+        w.add(prefix + "codebooks", s.codebooks.numpy())
+        w.add(prefix + "list_offsets", np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
+        if self.fast_scan:  # the block layout on disk: each list's blocks, list after list
+            nblocks = (sizes + 63) // 64
+            w.add(prefix + "block_offsets", np.concatenate([[0], np.cumsum(nblocks)]).astype(np.int64))
+            sections = (("blocks", np.uint8, (self.M, 32), s.lists.codes), ("ids", np.int64, (), s.lists.ids))
+        else:
+            sections = (("codes", np.uint8, (self.M,), s.lists.codes), ("ids", np.int64, (), s.lists.ids))
+        quiet = None if progress is None else not progress
+        for name, dtype, tail, parts in sections:
+            w.begin(prefix + name, dtype, tail)
+            for part in tqdm(parts, desc=f"saving {name}", disable=quiet, leave=False):
+                w.extend(prefix + name, np.asarray(part))
+
+    @staticmethod
+    def _meta_ivf(f: IndexFile, meta: Meta) -> tuple:
+        d, M, nbits, metric, ntotal = meta_pq(f, meta)
+        nlist = meta.int("nlist", 1, 1 << 30)
+        fast = meta.flag("fast_scan", default=False)
+        if fast and nbits != 4:
+            raise IndexFileError(f"{f.path}: meta field {meta.name('fast_scan')} needs nbits = 4, got {nbits}")
+        return d, M, nbits, metric, ntotal, nlist, fast
 
     @classmethod
-    def _from_file(cls, f: IndexFile) -> IVFPQIndex:
-        d, M, nbits, metric, ntotal = meta_pq(f)
-        nlist = f.meta_reader().int("nlist", 1, 1 << 30)
+    def _schema(cls, f: IndexFile, meta: Meta, prefix: str) -> dict:
+        d, M, nbits, _, ntotal, nlist, fast = cls._meta_ivf(f, meta)
+        schema = {"centroids": ("<f4", (nlist, d)), "codebooks": ("<f4", (M, 1 << nbits, d // M)),
+                  "list_offsets": ("<i8", (nlist + 1,)), "ids": ("<i8", (ntotal,))}
+        if fast:
+            s = f.sections.get(prefix + "blocks")
+            nblocks = s["shape"][0] if s is not None and len(s["shape"]) == 3 else 0
+            schema.update({"block_offsets": ("<i8", (nlist + 1,)), "blocks": ("u1", (nblocks, M, 32))})
+        else:
+            schema["codes"] = ("u1", (ntotal, M))
+        return {prefix + k: v for k, v in schema.items()}
+
+    @classmethod
+    def _read(cls, f: IndexFile, meta: Meta, prefix: str) -> IVFPQIndex:
+        d, M, nbits, metric, ntotal, nlist, fast = cls._meta_ivf(f, meta)
+        index = cls(d, nlist, M, nbits, metric, fast_scan=fast, exact=meta.flag("exact", default=True),
+                    by_residual=meta.flag("by_residual", default=True))
         K = 1 << nbits
-        f.expect({"centroids": ("<f4", (nlist, d)), "codebooks": ("<f4", (M, K, d // M)),
-                  "list_offsets": ("<i8", (nlist + 1,)), "codes": ("u1", (ntotal, M)), "ids": ("<i8", (ntotal,))})
-        index = cls(d, nlist, M, nbits, metric)
-        centroids = finite_section(f, f.array("centroids"), "centroids")
-        codebooks = finite_section(f, f.array("codebooks"), "codebooks")
-        offsets = np.array(f.array("list_offsets"))
+        centroids = finite_section(f, f.array(prefix + "centroids"), prefix + "centroids")
+        codebooks = finite_section(f, f.array(prefix + "codebooks"), prefix + "codebooks")
+        offsets = np.array(f.array(prefix + "list_offsets"))
         if offsets[0] != 0 or offsets[-1] != ntotal or np.any(np.diff(offsets) < 0):
-            raise IndexFileError(f"{f.path}: section 'list_offsets' must rise from 0 to ntotal = {ntotal}, "
-                                 f"got {offsets[:3].tolist()} ... {offsets[-2:].tolist()}")
-        codes, ids = f.array("codes"), f.array("ids")
-        verified_codes(f, codes, K)
-        verified_ids(f, ids)
+            raise IndexFileError(f"{f.path}: section {prefix + 'list_offsets'!r} must rise from 0 to ntotal = "
+                                 f"{ntotal}, got {offsets[:3].tolist()} ... {offsets[-2:].tolist()}")
+        ids = f.array(prefix + "ids")
+        verified_ids(f, ids, prefix + "ids")
         wrap = (lambda a: a) if f.mmap else torch.from_numpy
         spans = list(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True))
-        lists = ops.InvertedLists([wrap(codes[a:b]) for a, b in spans], [wrap(ids[a:b]) for a, b in spans], M, K,
-                                  check_range=False)  # verified above, or clamped by the scan (verify=False)
+        if fast:  # nibbles: always in range
+            blocks, bo = f.array(prefix + "blocks"), np.array(f.array(prefix + "block_offsets"))
+            if bo[0] != 0 or np.any(bo[1:] - bo[:-1] != (np.diff(offsets) + 63) // 64) or bo[-1] != blocks.shape[0]:
+                raise IndexFileError(f"{f.path}: section {prefix + 'block_offsets'!r} does not match the lists' "
+                                     "sizes")
+            parts = [wrap(blocks[a:b]) for a, b in zip(bo[:-1].tolist(), bo[1:].tolist(), strict=True)]
+        else:
+            codes = f.array(prefix + "codes")
+            verified_codes(f, codes, K, prefix + "codes")
+            parts = [wrap(codes[a:b]) for a, b in spans]
+        lists = ops.InvertedLists(parts, [wrap(ids[a:b]) for a, b in spans], M, K, check_range=False,
+                                  layout=index._layout)  # verified above, or clamped by the scan (verify=False)
         index._state = _State(centroids, codebooks, lists, f if f.mmap else None)
         index.readonly = f.mmap
         return index
+
+
+def check_nprobe(nprobe, nlist: int) -> int:
+    """nprobe as an int in [1, nlist] (numpy integers accepted)."""
+    if isinstance(nprobe, np.integer):
+        nprobe = int(nprobe)
+    if not isinstance(nprobe, int) or isinstance(nprobe, bool) or nprobe < 1:
+        raise ValueError(f"nprobe must be an int >= 1, got {nprobe!r}")
+    if nprobe > nlist:
+        raise ValueError(f"nprobe = {nprobe} is more than the nlist = {nlist} lists")
+    return nprobe
 
 
 def _tensor(a) -> torch.Tensor:
@@ -312,17 +332,4 @@ def _probe(s: _State, q: torch.Tensor, nprobe: int, metric: str) -> torch.Tensor
     cnorm = s.cache.get("cnorm")
     if cnorm is None:
         cnorm = s.cache["cnorm"] = (s.centroids * s.centroids).sum(1)
-    dots = q @ s.centroids.T  # one GEMM; l2 ranks by ||c||^2 - 2 q.c (||q||^2 is common)
-    if metric == "ip":
-        return dots.topk(nprobe, dim=1).indices
-    return (cnorm - 2 * dots).topk(nprobe, dim=1, largest=False).indices
-
-
-def _precomputed(s: _State, index: IVFPQIndex) -> torch.Tensor | None:
-    """The l2 precomputed table [nlist, M, K] (cached per state), unless over PRECOMPUTED_MAX_BYTES."""
-    if index.metric != "l2" or index.nlist * index.M * index.K * 4 > index.PRECOMPUTED_MAX_BYTES:
-        return None
-    table = s.cache.get("table")
-    if table is None:
-        table = s.cache["table"] = ops.ivf_precomputed_table(s.centroids, s.codebooks)
-    return table
+    return ops.coarse_probe(q, s.centroids, nprobe, metric, centroid_norms=cnorm)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,20 +10,19 @@ import torch
 from .. import ops
 from ..cluster import train_pq
 from .base import (
+    Index,
     as_ids,
-    as_matrix,
     check_codebooks,
-    check_k,
+    check_flag,
     check_metric,
     check_pq,
     finite_section,
     meta_pq,
     new_ids,
-    remove_mask,
     verified_codes,
     verified_ids,
 )
-from .storage import IndexFile, write_index
+from .storage import IndexFile, Meta
 
 _CHUNK = 1 << 20  # codes per streamed chunk when memory-mapped
 
@@ -43,8 +40,14 @@ class _State:
     cache: dict = field(default_factory=dict)
 
 
-class PQIndex:
-    """Product quantization of d-dim vectors into M sub-spaces of 2**nbits codewords (l2 or ip).
+def _tensor(a) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a)) if isinstance(a, np.ndarray) else a
+
+
+class PQIndex(Index):
+    """Product quantization of d-dim vectors into M sub-spaces of 2**nbits codewords (l2 or ip). 4-bit codes
+    are scanned with the fast scan on the CPU, scored ``exact``-ly (every candidate that can enter the top-k
+    re-ranked with float tables) or by their quantized distances (``exact=False``, as FAISS IndexPQFastScan).
 
     >>> index = PQIndex(128, 16); index.train(xb); index.add(xb); D, I = index.search(xq, 10)
 
@@ -53,19 +56,73 @@ class PQIndex:
     """
 
     kind = "pq"
+    _checks_queries = False  # ops.pq_search checks them natively
 
-    def __init__(self, d: int, M: int, nbits: int = 8, metric: str = "l2"):
+    def __init__(self, d: int, M: int, nbits: int = 8, metric: str = "l2", *, exact: bool = True):
         self.K = check_pq(d, M, nbits)
         self.d, self.M, self.nbits, self.metric = int(d), int(M), int(nbits), check_metric(metric)
-        self._lock = threading.Lock()  # writers only
+        self.exact = check_flag(exact, "exact")
+        self._init_index()
         self._state = _State(None, torch.empty((0, M), dtype=torch.uint8), torch.empty(0, dtype=torch.int64))
-        self.readonly = False
+
+    # ------------------------------------------------------------------ state functions
+
+    def _count(self, s: _State) -> int:
+        return int(s.ids.shape[0])
+
+    def _trained(self, s: _State) -> bool:
+        return s.codebooks is not None
+
+    def _sources(self, s: _State) -> list:
+        return [s.source] if s.source is not None else []
+
+    def _train(self, x: torch.Tensor, *, iters: int, seed: int, progress) -> _State:
+        if x.shape[0] < 1:
+            raise ValueError("training needs at least one vector")
+        return _State(train_pq(x, self.M, self.K, iters=iters, seed=seed, progress=progress), self._state.codes[:0],
+                      self._state.ids[:0])
+
+    def _add_to(self, s: _State, x: torch.Tensor, ids) -> _State:
+        return self._appended(s, ops.encode(x, s.codebooks), ids)
+
+    def _appended(self, s: _State, codes: torch.Tensor, ids) -> _State:
+        new = new_ids(ids, codes.shape[0], self._count(s))
+        return _State(s.codebooks, torch.cat([_tensor(s.codes), codes.to("cpu", torch.uint8)]),
+                      torch.cat([_tensor(s.ids), new]))
+
+    def _remove_from(self, s: _State, ids: torch.Tensor) -> tuple[_State, int]:
+        have = _tensor(s.ids)
+        gone = torch.isin(have, ids)
+        n = int(gone.sum())
+        if not n:
+            return s, 0
+        return _State(s.codebooks, _tensor(s.codes)[~gone], have[~gone]), n
+
+    def _emptied(self, s: _State) -> _State:
+        return _State(s.codebooks, torch.empty((0, self.M), dtype=torch.uint8), torch.empty(0, dtype=torch.int64))
+
+    def _search_in(self, s: _State, q: torch.Tensor, k: int, *, symmetric: bool = False,
+                   exact: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        exact = self.exact if exact is None else check_flag(exact, "exact")
+        if symmetric:
+            ops.checks.finite(q, "queries")
+        if isinstance(s.codes, np.ndarray):  # memory-mapped: stream chunks through the scan
+            n = s.codes.shape[0]
+            codes = [s.codes[a : a + _CHUNK] for a in range(0, n, _CHUNK)] or [s.codes]
+        elif self.nbits == 4 and q.is_cpu:
+            codes = s.cache.get("fast")
+            if codes is None:
+                codes = s.cache["fast"] = ops.fastscan_pack(s.codes)
+        else:
+            codes = s.codes
+        if not symmetric:  # tables and scan in one op
+            return ops.pq_search(q, s.codebooks, codes, k, self.metric, ids=s.ids, check_finite=True, exact=exact)
+        lut = ops.codeword_tables(s.codebooks, self.metric)  # [M, K, K]
+        qc = ops.encode(q, s.codebooks, self.metric).long()  # [Q, M]
+        lut = lut[torch.arange(self.M)[None, :], qc]  # [Q, M, K]: row q_m of each table
+        return ops.adc_topk(lut, codes, k, largest=self.metric == "ip", ids=s.ids, exact=exact)
 
     # ------------------------------------------------------------------ build
-
-    @property
-    def is_trained(self) -> bool:
-        return self._state.codebooks is not None
 
     @property
     def codebooks(self) -> torch.Tensor | None:
@@ -76,23 +133,8 @@ class PQIndex:
         self._editable()
         c = check_codebooks(value, self.M, self.K, self.d // self.M)
         with self._lock:
-            self._require_empty("replace the codebooks")
-            self._state = _State(c, self._state.codes, self._state.ids)
-
-    def _require_empty(self, what: str) -> None:
-        if len(self._state.ids):
-            raise RuntimeError(f"cannot {what} of an index that holds {len(self._state.ids)} codes encoded with the "
-                               "current ones: reset() it first, or build a new index")
-
-    def train(self, x, *, iters: int = 25, seed: int = 0, progress: bool | None = None) -> PQIndex:
-        """Learn the codebooks by k-means on x [n, d] (the index must be empty)."""
-        self._require_empty("train the codebooks")
-        self._editable()
-        x = as_matrix(x, self.d, "x")
-        if x.shape[0] < 1:
-            raise ValueError("training needs at least one vector")
-        self.codebooks = train_pq(x, self.M, self.K, iters=iters, seed=seed, progress=progress)
-        return self
+            self._require_empty("replace the codebooks of")
+            self._set_state(_State(c, self._state.codes, self._state.ids))
 
     @classmethod
     def from_codebooks(cls, codebooks: torch.Tensor, metric: str = "l2") -> PQIndex:
@@ -113,90 +155,32 @@ class PQIndex:
         m = metric or getattr(quantizer, "metric", "l2")
         return cls.from_codebooks(codewords, "ip" if m == "cos" else m)
 
-    def _editable(self) -> None:
-        if self.readonly:
-            raise RuntimeError("the index was loaded with mmap=True and is read-only; load it without mmap to edit")
-
-    def _writable(self) -> _State:
-        self._editable()
-        s = self._state
-        if s.codebooks is None:
-            raise RuntimeError("the index is not trained: call train() or from_codebooks() first")
-        return s
-
-    def add(self, x, ids=None) -> None:
-        """Encode and append x [n, d], with int64 ids >= 0 (default: ntotal, ntotal + 1, ...). Nothing changes
-        when it raises."""
-        s = self._writable()
-        x = as_matrix(x, self.d, "x")
-        if ids is not None:
-            new_ids(ids, x.shape[0], 0)  # check the ids before the encoding work
-        self._append(ops.encode(x, s.codebooks), ids, s.codebooks)
-
     def add_codes(self, codes, ids=None) -> None:
         """Append precomputed codes [n, M] (values < K) with ids as :meth:`add`. Nothing changes when it raises."""
-        s = self._writable()
+        self._editable()
+        if not self.is_trained:
+            raise RuntimeError("the index is not trained: call train() or from_codebooks() first")
         codes = torch.as_tensor(codes)
         ops.checks.codes(codes, self.M, self.K, False)
         ops.checks.code_range(codes, self.K, False)
-        self._append(codes, ids, s.codebooks)
-
-    def _append(self, codes: torch.Tensor, ids, codebooks: torch.Tensor) -> None:
-        codes = codes.to("cpu", torch.uint8)
+        given = None if ids is None else new_ids(ids, codes.shape[0], 0)
         with self._lock:
-            s = self._state
-            if s.codebooks is not codebooks:
-                raise RuntimeError("the codebooks changed while these codes were computed")
-            new = new_ids(ids, codes.shape[0], len(s.ids))
-            self._state = _State(s.codebooks, torch.cat([s.codes, codes]), torch.cat([s.ids, new]))
-
-    def remove(self, ids) -> int:
-        """Remove every entry whose id is in ids; returns how many were removed."""
-        self._writable()
-        with self._lock:
-            s = self._state
-            gone = remove_mask(s.ids, ids)
-            n = int(gone.sum())
-            if n:
-                keep = ~gone
-                self._state = _State(s.codebooks, s.codes[keep], s.ids[keep])
-            return n
-
-    def reset(self) -> None:
-        """Remove every entry (the codebooks stay)."""
-        self._editable()
-        with self._lock:
-            s = self._state
-            self._state = _State(s.codebooks, s.codes[:0], s.ids[:0])
-
-    def __len__(self) -> int:
-        return int(self._state.ids.shape[0])
-
-    @property
-    def ntotal(self) -> int:
-        return len(self)
+            self._set_state(self._appended(self._state, codes, given))
 
     # ------------------------------------------------------------------ query
 
     def codes(self) -> torch.Tensor:
         """All codes [ntotal, M] uint8 (in memory)."""
-        c = self._state.codes
-        return torch.as_tensor(np.asarray(c)) if isinstance(c, np.ndarray) else c
+        return _tensor(self._state.codes)
 
     def ids(self) -> torch.Tensor:
-        i = self._state.ids
-        return torch.as_tensor(np.asarray(i)) if isinstance(i, np.ndarray) else i
+        return _tensor(self._state.ids)
 
     def reconstruct(self, ids) -> torch.Tensor:
         """Decoded vectors [n, d] of the given ids (KeyError for an unknown id)."""
-        s = self._state
-        if s.codebooks is None:
-            raise RuntimeError("the index is not trained")
-        if s.source is not None:
-            s.source.check_unchanged()
+        s = self._ready()
         want = as_ids(ids).reshape(-1)
-        have = torch.as_tensor(np.asarray(s.ids)) if isinstance(s.ids, np.ndarray) else s.ids
-        codes = torch.as_tensor(np.asarray(s.codes)) if isinstance(s.codes, np.ndarray) else s.codes
+        have, codes = _tensor(s.ids), _tensor(s.codes)
         order = torch.argsort(have, stable=True)
         pos = torch.searchsorted(have[order], want).clamp_max(max(len(have) - 1, 0))
         found = have[order][pos] == want if len(have) else torch.zeros_like(want, dtype=torch.bool)
@@ -204,59 +188,40 @@ class PQIndex:
             raise KeyError(f"ids not in the index: {want[~found][:10].tolist()}")
         return ops.decode(codes[order[pos]], s.codebooks)
 
-    def search(self, queries, k: int, *, symmetric: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def search(self, queries, k: int, *, symmetric: bool = False, exact: bool | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """(distances [Q, k] float32, ids [Q, k] int64), best first; -1 / +inf (-inf for ip) past ntotal.
 
         Asymmetric distance (ADC: exact query to decoded code) by default; ``symmetric=True`` encodes the
-        queries too and compares codewords with codewords (SDC, as in the hashing literature)."""
-        s = self._state  # one consistent state for the whole search
-        if s.codebooks is None:
-            raise RuntimeError("the index is not trained: call train() or from_codebooks() first")
-        q = as_matrix(queries, self.d, "queries", finite=symmetric)  # ADC: ops.pq_search checks, natively
-        k = check_k(k)
-        if s.source is not None:
-            s.source.check_unchanged()
-        if isinstance(s.codes, np.ndarray):  # memory-mapped: stream chunks through the scan
-            n = s.codes.shape[0]
-            codes = [s.codes[a : a + _CHUNK] for a in range(0, n, _CHUNK)] or [s.codes]
-        elif self.nbits == 4 and q.is_cpu:
-            codes = s.cache.get("fast")
-            if codes is None:
-                codes = s.cache["fast"] = ops.fastscan_pack(s.codes)
-        else:
-            codes = s.codes
-        if not symmetric:  # tables and scan in one op
-            return ops.pq_search(q, s.codebooks, codes, k, self.metric, ids=s.ids, check_finite=True)
-        lut = ops.codeword_tables(s.codebooks, self.metric)  # [M, K, K]
-        qc = ops.encode(q, s.codebooks, self.metric).long()  # [Q, M]
-        lut = lut[torch.arange(self.M)[None, :], qc]  # [Q, M, K]: row q_m of each table
-        return ops.adc_topk(lut, codes, k, largest=self.metric == "ip", ids=s.ids)
+        queries too and compares codewords with codewords (SDC, as in the hashing literature). ``exact``
+        (default: the index's) as in the class docstring."""
+        return super().search(queries, k, symmetric=symmetric, exact=exact)
 
     # ------------------------------------------------------------------ persistence
 
-    def save(self, path: str | Path) -> None:
-        """Write the index atomically (see sqret.index.storage for the format); safe while other threads
-        search or mutate (it writes one state)."""
-        s = self._state
-        if s.codebooks is None:
-            raise RuntimeError("the index is not trained: nothing to save")
-        if s.source is not None:
-            s.source.check_unchanged()
-        meta = {"kind": self.kind, "d": self.d, "M": self.M, "nbits": self.nbits, "metric": self.metric,
-                "ntotal": int(s.ids.shape[0])}
-        write_index(path, meta, [("codebooks", s.codebooks.numpy()), ("codes", np.asarray(s.codes)),
-                                 ("ids", np.asarray(s.ids))])
+    def _meta(self, s: _State) -> dict:
+        return {"kind": self.kind, "d": self.d, "M": self.M, "nbits": self.nbits, "metric": self.metric,
+                "ntotal": self._count(s), "exact": self.exact}
+
+    def _write(self, s: _State, w, prefix: str, progress) -> None:
+        w.add(prefix + "codebooks", s.codebooks.numpy())
+        w.add(prefix + "codes", np.asarray(s.codes))
+        w.add(prefix + "ids", np.asarray(s.ids))
 
     @classmethod
-    def _from_file(cls, f: IndexFile) -> PQIndex:
-        d, M, nbits, metric, ntotal = meta_pq(f)
-        K = 1 << nbits
-        f.expect({"codebooks": ("<f4", (M, K, d // M)), "codes": ("u1", (ntotal, M)), "ids": ("<i8", (ntotal,))})
-        index = cls(d, M, nbits, metric)
-        codebooks = finite_section(f, f.array("codebooks"), "codebooks")
-        codes, ids = f.array("codes"), f.array("ids")
-        verified_codes(f, codes, K)
-        verified_ids(f, ids)
+    def _schema(cls, f: IndexFile, meta: Meta, prefix: str) -> dict:
+        d, M, nbits, _, ntotal = meta_pq(f, meta)
+        return {prefix + "codebooks": ("<f4", (M, 1 << nbits, d // M)), prefix + "codes": ("u1", (ntotal, M)),
+                prefix + "ids": ("<i8", (ntotal,))}
+
+    @classmethod
+    def _read(cls, f: IndexFile, meta: Meta, prefix: str) -> PQIndex:
+        d, M, nbits, metric, _ = meta_pq(f, meta)
+        index = cls(d, M, nbits, metric, exact=meta.flag("exact", default=True))
+        codebooks = finite_section(f, f.array(prefix + "codebooks"), prefix + "codebooks")
+        codes, ids = f.array(prefix + "codes"), f.array(prefix + "ids")
+        verified_codes(f, codes, 1 << nbits, prefix + "codes")
+        verified_ids(f, ids, prefix + "ids")
         if f.mmap:
             index._state, index.readonly = _State(codebooks, codes, ids, f), True
         else:

@@ -40,7 +40,7 @@ import numpy as np
 from ..atomic import fsync_dir, remove_stale_temporaries, temporary_name
 
 MAGIC = b"SQRETIDX"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: every meta field written (1: the scoring / layout fields absent, read as their defaults)
 _HEADER = struct.Struct("<8sIIQQI")  # magic, version, flags, dir_off, dir_len, dir_crc
 _DATA_START = 64
 _ALIGN = 64
@@ -175,27 +175,54 @@ def _is_int(v: object) -> bool:
 
 
 class Meta:
-    """Typed access to a file's meta fields: each getter raises :class:`IndexFileError` naming the field."""
+    """Typed access to a file's meta fields: each getter raises :class:`IndexFileError` naming the field
+    (``base.M`` for the field M of a nested object ``base``)."""
 
-    def __init__(self, path: Path, meta: dict[str, Any]):
-        self.path, self.raw = path, meta
+    def __init__(self, path: Path, meta: dict[str, Any], where: str = "", version: int = FORMAT_VERSION):
+        self.path, self.raw, self.where, self.version = path, meta, where, version
+
+    def name(self, key: str) -> str:
+        return repr(self.where + key)
 
     def _get(self, key: str) -> Any:
         if key not in self.raw:
-            raise IndexFileError(f"{self.path}: meta field {key!r} is missing")
+            raise IndexFileError(f"{self.path}: meta field {self.name(key)} is missing")
         return self.raw[key]
 
     def int(self, key: str, lo: int = 0, hi: int = 1 << 62) -> int:
         v = self._get(key)
         if not _is_int(v) or not lo <= v <= hi:
-            raise IndexFileError(f"{self.path}: meta field {key!r} must be an int in [{lo}, {hi}], got {v!r}")
+            raise IndexFileError(f"{self.path}: meta field {self.name(key)} must be an int in [{lo}, {hi}], got {v!r}")
+        return v
+
+    def number(self, key: str, lo: float, hi: float) -> float:
+        v = self._get(key)
+        if type(v) not in (int, float) or not lo <= v <= hi:
+            raise IndexFileError(f"{self.path}: meta field {self.name(key)} must be a number in [{lo}, {hi}], "
+                                 f"got {v!r}")
+        return float(v)
+
+    def flag(self, key: str, default: bool | None = None) -> bool:
+        """A true / false field; ``default`` is what files of format version 1 (which lack it) mean."""
+        if key not in self.raw and default is not None and self.version < 2:
+            return default
+        v = self._get(key)
+        if type(v) is not bool:
+            raise IndexFileError(f"{self.path}: meta field {self.name(key)} must be true or false, got {v!r}")
         return v
 
     def choice(self, key: str, options: tuple) -> Any:
         v = self._get(key)
         if type(v) not in (str, int) or v not in options:
-            raise IndexFileError(f"{self.path}: meta field {key!r} must be one of {options}, got {v!r}")
+            raise IndexFileError(f"{self.path}: meta field {self.name(key)} must be one of {options}, got {v!r}")
         return v
+
+    def sub(self, key: str) -> Meta:
+        """The nested object ``key`` (a composite's base index)."""
+        v = self._get(key)
+        if type(v) is not dict:
+            raise IndexFileError(f"{self.path}: meta field {self.name(key)} must be an object, got {type(v).__name__}")
+        return Meta(self.path, v, f"{self.where}{key}.", self.version)
 
 
 class IndexFile:
@@ -234,6 +261,7 @@ class IndexFile:
         if len(head) < _HEADER.size or head[:8] != MAGIC:
             raise IndexFileError(f"{self.path} is not a sqret index file (bad magic)")
         _, version, _, dir_off, dir_len, dir_crc = _HEADER.unpack(head)
+        self.version = version
         if version > FORMAT_VERSION or version < 1:
             raise IndexFileError(f"{self.path} has format version {version}; this sqret reads 1 to {FORMAT_VERSION}")
         if dir_off < _DATA_START or dir_off + dir_len > size:
@@ -284,7 +312,7 @@ class IndexFile:
         return {"dtype": dt, "shape": tuple(shape), "offset": off, "nbytes": nbytes, "crc32": crc}
 
     def meta_reader(self) -> Meta:
-        return Meta(self.path, self.meta)
+        return Meta(self.path, self.meta, version=self.version)
 
     def expect(self, schema: dict[str, tuple[str, tuple[int, ...]]]) -> None:
         """The sections must be exactly ``schema``'s: name -> (dtype string as numpy spells it, shape)."""

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from . import checks, library, reference, registry
 from .checks import LUT_METRICS, METRICS, code_dtype
-from .ivf import InvertedLists, ivf_precomputed_table, ivf_search
+from .ivf import InvertedLists, coarse_probe, ivf_precomputed_table, ivf_search
 from .registry import BackendInfo, backends, get_backend, register, select, set_backend, use_backend
 
 register(
@@ -39,6 +39,7 @@ register(
             "adc_topk",
             "adc_topk_fastscan",
             "ivf_search",
+            "smallest_k_rows",
             "pq_search",
             "pq_search_whole",
         )
@@ -61,6 +62,7 @@ __all__ = [
     "backends",
     "build_lut",
     "code_dtype",
+    "coarse_probe",
     "codeword_tables",
     "decode",
     "encode",
@@ -240,6 +242,7 @@ def adc_topk(
     packed: bool = False,
     ids: CodesLike | None = None,
     check_finite: bool = False,
+    exact: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Best k database entries per query by ADC: score(q, n) = sum_m lut[q, m, codes[n, m]].
 
@@ -247,14 +250,17 @@ def adc_topk(
     chunks, e.g. slices of a ``numpy.memmap``, streamed through the device with a running top-k.
     Returns ``(values [Q, k], ids [Q, k] int64)`` sorted best first (ascending unless ``largest``), ties
     by smaller position; places beyond N hold id -1 and value +inf (-inf when ``largest``).
-    ``ids`` (int64 [N]) maps positions to labels.
+    ``ids`` (int64 [N]) maps positions to labels. ``exact=False`` scores :class:`FastScanCodes` by their
+    quantized distances (the fast scan's approximate mode, as FAISS's and ScaNN's: see
+    ``reference.quantize_lut``); other codes are always scored exactly.
     """
     _, M, K = checks.lut(lut)
     k = checks.topk_k(k)
+    exact = _flag(exact, "exact")
     if check_finite:
         checks.finite(lut, "lut")
     if isinstance(codes, FastScanCodes):
-        v, pos = library.direct("adc_topk_fastscan")(lut, codes.blocks.to(lut.device), codes.n, k, largest)
+        v, pos = library.direct("adc_topk_fastscan")(lut, codes.blocks.to(lut.device), codes.n, k, largest, exact)
         total = codes.n
     elif isinstance(codes, (Tensor, np.ndarray)):
         v, pos = library.direct("adc_topk")(lut, _as_tensor(codes, "codes", lut.device), k, largest, packed)
@@ -287,22 +293,24 @@ def pq_search(
     packed: bool = False,
     ids: CodesLike | None = None,
     check_finite: bool = False,
+    exact: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Best k codes per raw query [Q, D] by ADC: the result of
     ``adc_topk(build_lut(queries, codebooks, metric), codes, k, largest=largest_for(metric), ...)``.
 
     The native CPU backend builds the tables inside the scan, in one call and without a [Q, M, K] tensor
-    (what single queries and small databases need); elsewhere this is those two ops.
+    (what single queries and small databases need); elsewhere this is those two ops. ``exact`` as adc_topk.
     """
-    if not packed and type(queries) is Tensor:  # one call if the backend can take the arguments as they are
+    if not packed and type(queries) is Tensor and type(exact) is bool:  # one call if the backend takes them as is
         fast = type(codes) is FastScanCodes
         if fast or type(codes) is Tensor:
             whole = registry.select("pq_search_whole", registry.device_type(queries))[1]
             out = whole(queries, codebooks, codes.blocks if fast else codes, codes.n if fast else None, k, metric,
-                        ids, check_finite)
+                        ids, check_finite, exact)
             if out is not None:
                 return out
     M, K, _ = library.check_lut(queries, codebooks, metric)
+    exact = _flag(exact, "exact")
     fused = isinstance(codes, FastScanCodes) or (isinstance(codes, Tensor) and not packed)
     name, impl = registry.select("pq_search", registry.device_type(queries))
     if fused and name != "reference":  # the reference is the composition below, op by op on the best backend
@@ -317,11 +325,18 @@ def pq_search(
             checks.codes(codes, M, K, False)
             checks.code_range(codes, K, False)
         checks.same_device(("queries", queries), ("codes", data))
-        out = impl(queries, codebooks, data, n, k, metric)
+        out = impl(queries, codebooks, data, n, k, metric, exact)
         if out is not NotImplemented:
             return out[0], _map_ids(out[1], ids, total)
     lut = build_lut(queries, codebooks, metric, check_finite=check_finite)
-    return adc_topk(lut, codes, k, largest=largest_for(metric), packed=packed, ids=ids, check_finite=check_finite)
+    return adc_topk(lut, codes, k, largest=largest_for(metric), packed=packed, ids=ids, check_finite=check_finite,
+                    exact=exact)
+
+
+def _flag(v: object, name: str) -> bool:
+    if type(v) is not bool:
+        raise TypeError(f"{name} must be True or False, got {v!r}")
+    return v
 
 
 def _stream_topk(lut, chunks, k, largest, packed):

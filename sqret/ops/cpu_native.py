@@ -72,13 +72,13 @@ def adc_topk(lut: torch.Tensor, codes: torch.Tensor, k: int, largest: bool, pack
     return _finish(v, i, largest)
 
 
-def adc_topk_fastscan(lut: torch.Tensor, blocks: torch.Tensor, n: int, k: int, largest: bool):
+def adc_topk_fastscan(lut: torch.Tensor, blocks: torch.Tensor, n: int, k: int, largest: bool, exact: bool = True):
     Q, M, _ = lut.shape
     table, b = _signed_lut(lut, largest), blocks.contiguous()
     v, i = _outputs(Q, k)
     if Q:
         _cpu.adc_topk_fastscan(table.data_ptr(), Q, M, b.data_ptr() if n else 1, n, k, _threads(),
-                               v.data_ptr(), i.data_ptr())
+                               v.data_ptr(), i.data_ptr(), exact)
     return _finish(v, i, largest)
 
 
@@ -97,7 +97,8 @@ def build_lut(q: torch.Tensor, codebooks: torch.Tensor, metric: str, dtype: torc
     return out if dtype in (None, torch.float32) else out.to(dtype)
 
 
-def pq_search(queries: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor, n: int | None, k: int, metric: str):
+def pq_search(queries: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor, n: int | None, k: int, metric: str,
+              exact: bool = True):
     """Tables and scan in one native call (no LUT tensor); NotImplemented where the composed ops serve better."""
     if torch.float64 in (queries.dtype, codebooks.dtype) or (n is None and codes.dtype not in _WIDTH):
         return NotImplemented
@@ -110,7 +111,7 @@ def pq_search(queries: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tenso
         try:
             _cpu.pq_search(xs.data_ptr(), Q, C.data_ptr(), M, K, d, _LUT_METRIC[metric], metric in ("ip", "cos"),
                            c.data_ptr() if N else 1, _WIDTH[c.dtype] if n is None else 0, N, k, _threads(),
-                           v.data_ptr(), i.data_ptr())  # results in the metric's own sign
+                           v.data_ptr(), i.data_ptr(), exact)  # results in the metric's own sign
         except ValueError as err:
             if "NaN" in str(err):
                 raise ValueError("the distance tables contain NaN: check the queries and codebooks") from None
@@ -121,7 +122,7 @@ def pq_search(queries: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tenso
 _WHOLE_METRIC = {"l2": 0, "ip": 1, "l2_sqrt": 2}  # cosine normalizes first: the checked path
 
 
-def pq_search_whole(queries, codebooks, codes, n: int | None, k, metric, ids=None, check_finite=False):
+def pq_search_whole(queries, codebooks, codes, n: int | None, k, metric, ids=None, check_finite=False, exact=True):
     """The whole of ops.pq_search in one native call that reads and checks the tensors itself (a single
     query's search takes microseconds, Python checks of torch attributes a few more); None where it does not
     take the arguments as they are (anything but float32 / uint8 contiguous CPU tensors of matching shapes,
@@ -131,7 +132,7 @@ def pq_search_whole(queries, codebooks, codes, n: int | None, k, metric, ids=Non
     if m is None:
         return None
     return _cpu.search_whole(queries, codebooks, codes, -1 if n is None else n, k, m, m == 1,
-                             torch.get_num_threads(), ids, check_finite)
+                             torch.get_num_threads(), ids, check_finite, exact)
 
 
 def encode(x: torch.Tensor, codebooks: torch.Tensor, metric: str) -> torch.Tensor:
@@ -149,11 +150,21 @@ def encode(x: torch.Tensor, codebooks: torch.Tensor, metric: str) -> torch.Tenso
     return out.to(code_dtype(K))
 
 
-def ivf_search(queries, centroids, codebooks, lists, probes, k: int, metric: str, precomputed=None):
+def smallest_k_rows(dist: torch.Tensor, k: int) -> torch.Tensor:
+    """dist float32 contiguous [Q, n] (ops.coarse_probe makes it so)."""
+    Q, n = dist.shape
+    out = torch.from_numpy(np.empty((Q, k), np.int64))
+    if Q:
+        _cpu.smallest_k_rows(dist.data_ptr(), Q, n, k, out.data_ptr(), _threads())
+    return out
+
+
+def ivf_search(queries, centroids, codebooks, lists, probes, k: int, metric: str, precomputed=None, exact=True,
+               by_residual=True):
     """lists: an ops.InvertedLists, which holds the arrays whose addresses it lists (alive through the call)."""
     M, K, _ = codebooks.shape
     if any(torch.float64 == t.dtype for t in (queries, centroids, codebooks)):
-        return reference.ivf_search(queries, centroids, codebooks, lists, probes, k, metric)
+        return reference.ivf_search(queries, centroids, codebooks, lists, probes, k, metric, None, exact, by_residual)
     pre = precomputed.to(torch.float32).contiguous() if precomputed is not None and metric == "l2" else None
     Q, d = queries.shape
     q = queries.to(torch.float32).contiguous()
@@ -161,10 +172,16 @@ def ivf_search(queries, centroids, codebooks, lists, probes, k: int, metric: str
     pr = probes.to(torch.int64).contiguous()
     c_addr, i_addr, sizes = lists.code_addresses, lists.id_addresses, lists.sizes
     v, i = _outputs(Q, k)
-    if Q:
-        _cpu.ivf_search(q.data_ptr(), Q, d, cen.data_ptr(), cb.data_ptr(), M, K, c_addr.data_ptr(), i_addr.data_ptr(),
-                        sizes.data_ptr(), pr.data_ptr(), pr.shape[1], k, 0 if metric == "l2" else 1,
-                        pre.data_ptr() if pre is not None else 0, _threads(), v.data_ptr(), i.data_ptr())
+    if not Q:
+        return v, i
+    args = (c_addr.data_ptr(), i_addr.data_ptr(), sizes.data_ptr(), pr.data_ptr(), pr.shape[1], k,
+            0 if metric == "l2" else 1, pre.data_ptr() if pre is not None else 0, by_residual)
+    if lists.layout == "fastscan":
+        _cpu.ivf_fastscan(q.data_ptr(), Q, d, cen.data_ptr(), cb.data_ptr(), M, *args, exact, _threads(), v.data_ptr(),
+                          i.data_ptr())
+    else:
+        _cpu.ivf_search(q.data_ptr(), Q, d, cen.data_ptr(), cb.data_ptr(), M, K, *args, _threads(), v.data_ptr(),
+                        i.data_ptr())
     return v, i
 
 
@@ -179,6 +196,7 @@ if _cpu is not None:
             "build_lut": build_lut,
             "encode": encode,
             "ivf_search": ivf_search,
+            "smallest_k_rows": smallest_k_rows,
             "pq_search": pq_search,
             "pq_search_whole": pq_search_whole,
         },

@@ -1,9 +1,11 @@
 """IVF-PQ search over inverted lists: the validated lists (:class:`InvertedLists`) and the op.
 
-A list is codes [n_l, M] uint8 and ids [n_l] int64, C-contiguous, on the CPU (tensors or memory-mapped
-arrays). :class:`InvertedLists` checks every list once and holds the arrays, so the buffer addresses that
-the native scan reads stay valid for as long as the object lives; an index keeps one per state and derives
-the next one from it with :meth:`InvertedLists.replace` (only the changed lists are checked again).
+A list is codes [n_l, M] uint8 (layout "codes"), or 4-bit codes in fast-scan blocks [ceil(n_l / 64), M, 32]
+uint8 (layout "fastscan", as ``ops.FastScanCodes``), and ids [n_l] int64, C-contiguous, on the CPU (tensors
+or memory-mapped arrays). :class:`InvertedLists` checks every list once and holds the arrays, so the buffer
+addresses that the native scan reads stay valid for as long as the object lives; an index keeps one per
+state and derives the next one from it with :meth:`InvertedLists.replace` (only the changed lists are
+checked again).
 """
 
 from __future__ import annotations
@@ -42,25 +44,36 @@ def _address(a: ListArray) -> int:
     return a.data_ptr() if isinstance(a, Tensor) else a.ctypes.data
 
 
+LAYOUTS = ("codes", "fastscan")
+FASTSCAN_BLOCK = 64
+
+
 class InvertedLists:
-    """Checked inverted lists for :func:`ivf_search`: ``codes[l]`` [n_l, M] uint8, ``ids[l]`` [n_l] int64.
+    """Checked inverted lists for :func:`ivf_search`: ``codes[l]`` [n_l, M] uint8 (``layout="codes"``) or
+    fast-scan blocks [ceil(n_l / 64), M, 32] uint8 of 4-bit codes (``layout="fastscan"``, K = 16), and
+    ``ids[l]`` [n_l] int64.
 
     Every list is checked at construction: types, dtypes, shapes, lengths equal, contiguity, device, and
     (``check_range``) codes < K. Pass ``check_range=False`` only for codes whose range was checked before
     (an index checks codes when they are added or loaded); the native scan never reads past a table even
-    then (it clamps codes to K - 1 when K < 256). Immutable: :meth:`replace` returns a new object.
+    then (it clamps codes to K - 1 when K < 256; nibbles are always in range). Immutable: :meth:`replace`
+    returns a new object.
     """
 
-    __slots__ = ("codes", "ids", "M", "K", "sizes", "code_addresses", "id_addresses")
+    __slots__ = ("codes", "ids", "M", "K", "layout", "sizes", "code_addresses", "id_addresses")
 
     def __init__(self, codes: Sequence[ListArray], ids: Sequence[ListArray], M: int, K: int, *,
-                 check_range: bool = True):
+                 check_range: bool = True, layout: str = "codes"):
         if isinstance(codes, (Tensor, np.ndarray)) or isinstance(ids, (Tensor, np.ndarray)):
             raise TypeError("codes and ids must be sequences with one array per list")
         codes, ids = list(codes), list(ids)
         if len(codes) != len(ids):
             raise ValueError(f"need as many id arrays as code arrays, got {len(ids)} and {len(codes)}")
-        self.M, self.K = M, K
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        if layout == "fastscan" and K != 16:
+            raise ValueError(f"fast-scan lists hold 4-bit codes: K = 16, got K = {K}")
+        self.M, self.K, self.layout = M, K, layout
         pairs = [self._checked(li, c, i, check_range) for li, (c, i) in enumerate(zip(codes, ids, strict=True))]
         self.codes = tuple(c for c, _ in pairs)
         self.ids = tuple(i for _, i in pairs)
@@ -69,8 +82,15 @@ class InvertedLists:
         self.id_addresses = torch.tensor([_address(i) for i in self.ids], dtype=torch.int64)
 
     def _checked(self, li: int, c: object, i: object, check_range: bool) -> tuple[ListArray, ListArray]:
-        c = _as_list_array(c, f"codes of list {li}", 2, torch.uint8)
         i = _as_list_array(i, f"ids of list {li}", 1, torch.int64)
+        if self.layout == "fastscan":
+            c = _as_list_array(c, f"blocks of list {li}", 3, torch.uint8)
+            want = ((i.shape[0] + FASTSCAN_BLOCK - 1) // FASTSCAN_BLOCK, self.M, FASTSCAN_BLOCK // 2)
+            if tuple(c.shape) != want:
+                raise ValueError(f"list {li} has {i.shape[0]} ids: its fast-scan blocks must be {list(want)}, "
+                                 f"got {list(c.shape)}")
+            return c, i
+        c = _as_list_array(c, f"codes of list {li}", 2, torch.uint8)
         if c.shape[1] != self.M:
             raise ValueError(f"codes of list {li} must be [n, M = {self.M}], got {tuple(c.shape)}")
         if c.shape[0] != i.shape[0]:
@@ -92,7 +112,7 @@ class InvertedLists:
                 ) -> InvertedLists:
         """A copy with lists ``l`` replaced by ``changes[l] = (codes, ids)``; only those are checked."""
         out = object.__new__(InvertedLists)
-        out.M, out.K = self.M, self.K
+        out.M, out.K, out.layout = self.M, self.K, self.layout
         codes, ids = list(self.codes), list(self.ids)
         sizes, ca, ia = self.sizes.clone(), self.code_addresses.clone(), self.id_addresses.clone()
         for li, (c, i) in changes.items():
@@ -105,9 +125,19 @@ class InvertedLists:
         return out
 
     @classmethod
-    def empty(cls, nlist: int, M: int, K: int) -> InvertedLists:
-        codes, ids = torch.empty((0, M), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
-        return cls([codes] * nlist, [ids] * nlist, M, K, check_range=False)
+    def empty(cls, nlist: int, M: int, K: int, layout: str = "codes") -> InvertedLists:
+        shape = (0, M, FASTSCAN_BLOCK // 2) if layout == "fastscan" else (0, M)
+        codes, ids = torch.empty(shape, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+        return cls([codes] * nlist, [ids] * nlist, M, K, check_range=False, layout=layout)
+
+    def list_codes(self, li: int) -> Tensor:
+        """Codes [n_l, M] uint8 of list li (unpacked from the fast-scan blocks when the layout is theirs)."""
+        c = torch.as_tensor(np.asarray(self.codes[li])) if isinstance(self.codes[li], np.ndarray) else self.codes[li]
+        if self.layout == "fastscan":
+            from .reference import fastscan_unpack
+
+            return fastscan_unpack(c, int(self.sizes[li]))
+        return c
 
 
 def ivf_search(
@@ -121,6 +151,8 @@ def ivf_search(
     metric: str = "l2",
     *,
     precomputed: Tensor | None = None,
+    exact: bool = True,
+    by_residual: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """IVF-PQ search over inverted lists: (values [Q, k], ids [Q, k]) best first, ties by smaller id.
 
@@ -129,7 +161,11 @@ def ivf_search(
     array [n_l] per list (checked on every call: build an InvertedLists once to search the same lists
     often); probes [Q, nprobe] list numbers (nearest first; -1 for none). l2 scores the residual LUT of
     q - c_l, ip scores <q, c_l> + LUT(q). ``precomputed`` [nlist, M, K] = ||r||^2 + 2 <c_l, r> speeds up l2
-    (see :func:`ivf_precomputed_table`).
+    (see :func:`ivf_precomputed_table`). Fast-scan lists are scored ``exact``-ly (every candidate that can enter
+    the top-k re-ranked with float tables) or by their quantized distances (``exact=False``, as FAISS's
+    IndexIVFPQFastScan returns; the tables of each (query, list) quantized as ``reference.quantize_lut``).
+    ``by_residual=False``: the codes are of the vectors themselves, not of their residuals (FAISS's
+    by_residual = False): one table per query serves every list, the centroids only choose the lists.
     """
     M, K, dsub = checks.codebooks(codebooks)
     checks.features(queries, codebooks, "queries")
@@ -149,7 +185,7 @@ def ivf_search(
     else:
         if ids is None:
             raise ValueError("pass ids (one int64 array per list) with the codes")
-        lists = InvertedLists(codes, ids, M, K)
+        lists = InvertedLists(codes, ids, M, K)  # raw arrays: the byte layout
     if len(lists) != nlist:
         raise ValueError(f"need codes and ids for each of the {nlist} lists, got {len(lists)}")
     checks.tensor(probes, "probes", 2, (torch.int64, torch.int32))
@@ -162,10 +198,38 @@ def ivf_search(
             raise ValueError(f"precomputed must be [nlist, M, K] = {[nlist, M, K]}, got {list(precomputed.shape)}")
     k = checks.topk_k(k)
     checks.metric(metric, ("l2", "ip"))
+    for name, flag in (("exact", exact), ("by_residual", by_residual)):
+        if type(flag) is not bool:
+            raise TypeError(f"{name} must be True or False, got {flag!r}")
+    if precomputed is not None and not by_residual:
+        raise ValueError("precomputed tables are of residuals: pass none with by_residual=False")
     checks.same_device(("queries", queries), ("centroids", centroids), ("codebooks", codebooks),
                        ("probes", probes))
     impl = registry.select("ivf_search", registry.device_type(queries))[1]
-    return impl(queries, centroids, codebooks, lists, probes, k, metric, precomputed)
+    return impl(queries, centroids, codebooks, lists, probes, k, metric, precomputed, exact, by_residual)
+
+
+def coarse_probe(queries: Tensor, centroids: Tensor, nprobe: int, metric: str = "l2", *,
+                 centroid_norms: Tensor | None = None) -> Tensor:
+    """The nprobe lists nearest each query [Q, d] (l2: smallest ||q - c||, ip: largest <q, c>), nearest first,
+    ties by the smaller list number -> int64 [Q, nprobe]. ``centroid_norms`` [nlist] (||c||^2, l2) may be
+    cached by the caller."""
+    checks.tensor(centroids, "centroids", 2, checks.FLOATS)
+    checks.tensor(queries, "queries", 2, checks.FLOATS)
+    if queries.shape[1] != centroids.shape[1]:
+        raise ValueError(f"queries have d = {queries.shape[1]}, the centroids d = {centroids.shape[1]}")
+    nprobe = checks.topk_k(nprobe)
+    if nprobe > centroids.shape[0]:
+        raise ValueError(f"nprobe = {nprobe} is more than the {centroids.shape[0]} lists")
+    checks.metric(metric, ("l2", "ip"))
+    dots = queries.to(centroids.dtype) @ centroids.T  # one GEMM; l2 ranks by ||c||^2 - 2 q.c (||q||^2 is common)
+    if metric == "ip":
+        dist = -dots
+    else:
+        norms = centroid_norms if centroid_norms is not None else (centroids * centroids).sum(1)
+        dist = norms - 2 * dots
+    impl = registry.select("smallest_k_rows", registry.device_type(queries))[1]
+    return impl(dist.to(torch.float32).contiguous(), nprobe)
 
 
 def ivf_precomputed_table(centroids: Tensor, codebooks: Tensor) -> Tensor:

@@ -266,19 +266,19 @@ def check_blocks(blocks, n: int, M: int, K: int) -> None:
 
 
 def adc_topk_fastscan_impl(
-    lut: Tensor, blocks: Tensor, n: int, k: int, largest: bool = False
+    lut: Tensor, blocks: Tensor, n: int, k: int, largest: bool = False, exact: bool = True
 ) -> tuple[Tensor, Tensor]:
     check_fastscan(lut, blocks, n, k)
     impl = registry.select("adc_topk_fastscan", registry.device_type(lut))[1]
     _nan_check(impl, lut)
-    return impl(lut, blocks, n, k, largest)
+    return impl(lut, blocks, n, k, largest, exact)
 
 
 adc_topk_fastscan = torch.library.custom_op("sqret::adc_topk_fastscan", adc_topk_fastscan_impl, mutates_args=())
 
 
 @adc_topk_fastscan.register_fake
-def _(lut, blocks, n, k, largest=False):
+def _(lut, blocks, n, k, largest=False, exact=True):
     check_fastscan(lut, blocks, n, k)
     Q = lut.shape[0]
     return lut.new_empty((Q, k), dtype=torch.float32), lut.new_empty((Q, k), dtype=torch.int64)

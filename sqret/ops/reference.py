@@ -343,32 +343,123 @@ def fastscan_unpack(blocks: torch.Tensor, n: int) -> torch.Tensor:
     return both.permute(0, 2, 3, 1).reshape(nb * FASTSCAN_BLOCK, M)[:n]
 
 
-def adc_topk_fastscan(lut: torch.Tensor, blocks: torch.Tensor, n: int, k: int, largest: bool):
-    """adc_topk over fast-scan blocks holding n codes."""
-    return adc_topk(lut, fastscan_unpack(blocks, n), k, largest, False)
+def adc_topk_fastscan(lut: torch.Tensor, blocks: torch.Tensor, n: int, k: int, largest: bool, exact: bool = True):
+    """adc_topk over fast-scan blocks holding n codes: exact, or the quantized distances of
+    :func:`quantize_lut` (the model of the native fast scan's approximate mode)."""
+    codes = fastscan_unpack(blocks, n)
+    if exact:
+        return adc_topk(lut, codes, k, largest, False)
+    return approx_topk(lut, codes, k, largest)
 
 
-def pq_search_whole(queries, codebooks, codes, n, k, metric, ids=None, check_finite=False) -> None:
+MAX_SPLIT = 8  # sub-spaces whose fast-scan entries may take 16 bits (see quantize_lut)
+
+
+def quantize_lut(lut: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fast scan's quantization of tables lut [Q, M, 16] (smaller is closer), as the native kernel does it.
+
+    Per query one scale a: the widest sub-space range / 255, unless splitting the (at most MAX_SPLIT) widest
+    sub-spaces halves it at least: then a = max(the (MAX_SPLIT + 1)-th widest range / 255, sum of ranges /
+    60000), and every sub-space wider than 255 a keeps entries of 16 bits. Entries q[m, j] = rint(min(top,
+    (L[m, j] - min_m) * float32(1 / a))) in float32 (top 255, or 65535 in a split sub-space); bias = the sum
+    of the minima (float64, in sub-space order). A code's quantized sum is sum_m (q & 255) + 256 min(255,
+    sum_m (q >> 8)), at most 65535 (see :func:`quantized_sums`).
+    Returns (q [Q, M, 16] int64, a [Q] float64, bias [Q] float64, split [Q, M] bool)."""
+    L = lut.to(torch.float32)
+    Q, M, _ = L.shape
+    mins, maxs = L.min(-1).values, L.max(-1).values  # [Q, M]
+    ranges = maxs - mins
+    a = torch.ones(Q, dtype=torch.float64)
+    split = torch.zeros((Q, M), dtype=torch.bool)
+    bias = torch.zeros(Q, dtype=torch.float64)
+    S = min(MAX_SPLIT, M - 1)
+    for qi in range(Q):
+        r = ranges[qi]
+        range_sum = 0.0
+        for m in range(M):
+            bias[qi] += float(mins[qi, m])
+            range_sum += float(r[m])
+        widest = float(r.max()) if M else 0.0
+        rest = float(r.sort(descending=True).values[S]) if S > 0 else 0.0
+        a_split = max(rest / 255.0, range_sum / 60000.0)
+        aq = widest / 255.0 if widest > 0 else 1.0
+        if S > 0 and a_split > 0 and a_split * 2.0 <= aq:
+            aq = a_split
+            split[qi] = r * torch.tensor(1.0 / aq, dtype=torch.float32) > 255.0
+        a[qi] = aq
+    s = (1.0 / a).to(torch.float32)
+    top = torch.where(split, 65535.0, 255.0).to(torch.float32)[..., None]
+    q = torch.round(torch.minimum((L - mins[..., None]) * s[:, None, None], top)).to(torch.int64)  # half even
+    return q, a, bias, split
+
+
+def quantized_sums(q: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """The fast scan's quantized sums [Q, N] (int64) of codes [N, M] over entries q [Q, M, 16]."""
+    Q, M, _ = q.shape
+    c = codes.long()
+    lo = torch.zeros((Q, c.shape[0]), dtype=torch.int64)
+    hi = torch.zeros((Q, c.shape[0]), dtype=torch.int64)
+    for m in range(M):
+        e = q[:, m, :].index_select(1, c[:, m])
+        lo += e & 255
+        hi += e >> 8
+    return torch.clamp_max(lo + 256 * torch.clamp_max(hi, 255), 65535)
+
+
+def approx_topk(lut: torch.Tensor, codes: torch.Tensor, k: int, largest: bool):
+    """Best k by the quantized distances float32(bias + a * quantized sum) of :func:`quantize_lut`
+    (largest: of the negated tables, negated back), ties by smaller position."""
+    signed = -lut.to(torch.float32) if largest else lut.to(torch.float32)
+    q, a, bias, _ = quantize_lut(signed)
+    qsum = quantized_sums(q, codes)
+    dist = (qsum.to(torch.float64) * a[:, None] + bias[:, None]).to(torch.float32)
+    v, i = adc_topk_dist(dist, k)
+    return (-v if largest else v), i
+
+
+def adc_topk_dist(dist: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smallest k of each row of dist [Q, N], ties by smaller position, padded as FAISS does."""
+    kk = min(k, dist.shape[1])
+    if kk and dist.shape[0]:
+        v, i = _topk_first(dist, kk, False)
+    else:
+        v = torch.empty((dist.shape[0], 0), dtype=dist.dtype)
+        i = torch.empty((dist.shape[0], 0), dtype=torch.int64)
+    return pad_topk(v, i, k, False)
+
+
+def pq_search_whole(queries, codebooks, codes, n, k, metric, ids=None, check_finite=False, exact=True) -> None:
     """No one-call path here: None, so ops.pq_search takes its checked path."""
     return None
 
 
-def pq_search(queries: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor, n: int | None, k: int, metric: str):
+def pq_search(queries: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor, n: int | None, k: int, metric: str,
+              exact: bool = True):
     """adc_topk of build_lut(queries): codes [N, M], or fast-scan blocks holding n codes when n is not None."""
     lut = build_lut(queries, codebooks, metric, None)
     largest = metric in ("ip", "cos")
     if n is None:
         return adc_topk(lut, codes, k, largest, False)
-    return adc_topk_fastscan(lut, codes, n, k, largest)
+    return adc_topk_fastscan(lut, codes, n, k, largest, exact)
 
 
-def ivf_search(queries, centroids, codebooks, lists, probes, k: int, metric: str, precomputed=None):
+def smallest_k_rows(dist: torch.Tensor, k: int) -> torch.Tensor:
+    """Positions [Q, k] of the k smallest values of each row of dist [Q, n], sorted, ties by position."""
+    return torch.sort(dist, dim=1, stable=True).indices[:, :k].contiguous()
+
+
+def ivf_search(queries, centroids, codebooks, lists, probes, k: int, metric: str, precomputed=None, exact=True,
+               by_residual=True):
     """IVF-PQ search: (values [Q, k], ids [Q, k]) over the lists in probes [Q, nprobe] (-1: none).
 
     l2 scores the LUT of the residual q - c_l; ip scores <q, c_l> + LUT(q). Ties by smaller id.
     ``lists`` an ops.InvertedLists; ``precomputed`` (an accelerator of the native backend) is unused.
+    Fast-scan lists with ``exact=False``: the quantized distances of each (query, list)'s table, the list's
+    base term (||q - c||^2 is in the residual table; -<q, c> for ip) added to its first sub-space before the
+    quantization, as the native kernel does. ``by_residual=False``: codes of the vectors, the tables of q.
     """
-    codes, ids = lists.codes, lists.ids
+    ids, sizes = lists.ids, lists.sizes
+    approx = lists.layout == "fastscan" and not exact
     cd = _compute_dtype(queries, centroids, codebooks)
     queries, centroids, codebooks = queries.to(cd), centroids.to(cd), codebooks.to(cd)
     Q, nprobe = probes.shape
@@ -379,22 +470,30 @@ def ivf_search(queries, centroids, codebooks, lists, probes, k: int, metric: str
     lut_ip = build_lut(queries, codebooks, "ip", None) if largest else None
     flat = probes.reshape(-1)
     order = torch.argsort(flat, stable=True)
-    lists, counts = torch.unique_consecutive(flat[order], return_counts=True)
-    for li, pairs in zip(lists.tolist(), torch.split(order, counts.tolist()), strict=True):
-        if li < 0 or codes[li].shape[0] == 0:
+    probed, counts = torch.unique_consecutive(flat[order], return_counts=True)
+    for li, pairs in zip(probed.tolist(), torch.split(order, counts.tolist()), strict=True):
+        if li < 0 or int(sizes[li]) == 0:
             continue
-        c, i = torch.as_tensor(np.asarray(codes[li])), torch.as_tensor(np.asarray(ids[li]))
+        c, i = lists.list_codes(li), torch.as_tensor(np.asarray(ids[li]))
         by_id = torch.argsort(i, stable=True)  # scan in id order: the per-list cut keeps the smaller ids
         c, i = c[by_id], i[by_id]
         qs, rank = pairs // nprobe, pairs % nprobe
         if largest:
             lut = lut_ip[qs]
         else:
-            lut = build_lut(queries[qs] - centroids[li], codebooks, "l2", None)
+            lut = build_lut(queries[qs] - centroids[li] if by_residual else queries[qs], codebooks, "l2", None)
         kk = min(k, c.shape[0])
-        v, pos = adc_topk(lut, c, kk, largest, False)
-        if largest:
-            v = v + (queries[qs] @ centroids[li]).unsqueeze(1)
+        ip_base = by_residual and largest
+        if approx:  # the base term in sub-space 0 (smaller is closer: ip negated), then quantized
+            table = -lut.to(torch.float32) if largest else lut.to(torch.float32).clone()
+            if ip_base:
+                table[:, 0, :] += (-(queries[qs] @ centroids[li])).to(torch.float32)[:, None]
+            v, pos = approx_topk(table, c, kk, False)
+            v = -v if largest else v
+        else:
+            v, pos = adc_topk(lut, c, kk, largest, False)
+            if ip_base:
+                v = v + (queries[qs] @ centroids[li]).unsqueeze(1)
         vals[qs, rank, :kk], out[qs, rank, :kk] = v.to(vals.dtype), i[pos]
     vals, out = vals.reshape(Q, nprobe * k), out.reshape(Q, nprobe * k)
     by_id = torch.argsort(torch.where(out < 0, torch.iinfo(torch.int64).max, out), dim=1, stable=True)
