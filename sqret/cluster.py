@@ -35,6 +35,7 @@ def train_pq(
     seed: int = 0,
     max_points_per_centroid: int = 256,
     progress: bool | None = None,
+    init: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Codebooks [M, K, d] from training vectors x [N, D] (D = M * d) by Lloyd's k-means per sub-space.
 
@@ -42,7 +43,8 @@ def train_pq(
     the update is a scatter-add of the sub-vectors. Empty clusters are re-seeded with random training
     sub-vectors. For ``metric="cos"`` the codewords are kept unit-norm (spherical k-means); ``"ip"``
     trains with l2, as FAISS does.
-    At most ``max_points_per_centroid * K`` points are used (a random sample), as in FAISS.
+    At most ``max_points_per_centroid * K`` points are used (a random sample), as in FAISS. ``init``
+    [M, K, d] starts from given codebooks instead of k-means++ (warm starts, e.g. in OPQ).
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point():
         raise ValueError(f"x must be a float tensor [N, D], got {getattr(x, 'shape', type(x))}")
@@ -61,7 +63,7 @@ def train_pq(
     xs = x.float().reshape(N, M, d)
     if assign == "cos":
         xs = torch.nn.functional.normalize(xs, dim=-1)
-    C = _kmeans_pp(xs, K, g)
+    C = _kmeans_pp(xs, K, g) if init is None else init.to(xs.device, xs.dtype).clone()
     sub = torch.arange(M, device=x.device).expand(1, M)
     for _ in tqdm(range(iters), desc="k-means", disable=None if progress is None else not progress, leave=False):
         codes = ops.encode(xs.reshape(N, D), C, assign).long()  # [N, M]

@@ -114,6 +114,14 @@ void pq_search(const float* x, int64_t Q, const float* codebooks, int64_t M, int
                bool negate, const void* codes, int code_bytes, int64_t N, int64_t k, int nthreads, float* out_d,
                int64_t* out_i, bool exact = true);
 
+// Refinement: for each query of queries [Q, d], the exact distances (metric 0 l2 squared, 1 ip) to its candidate
+// rows cand [Q, kc] (-1: none; rows >= nrows skipped) of the stored vectors rows [nrows, d] (kind 0 float32,
+// 1 float16, 2 sq8 codes decoded as vmin[j] + code * scale[j]); the k best by (distance, label) with labels
+// [nrows] (row -> id; -1: removed, skipped; null: the rows themselves), sorted, padded with -1 / inf.
+void refine_topk(const float* queries, int64_t Q, int64_t d, const void* rows, int kind, int64_t nrows,
+                 const float* vmin, const float* scale, const int64_t* cand, int64_t kc, const int64_t* labels,
+                 int64_t k, int metric, int nthreads, float* out_d, int64_t* out_i);
+
 // Nearest codeword per sub-space: x [N, M*d] float32, codebooks [M, K, d] float32. metric 0 = l2 (argmin
 // squared distance), 1 = ip (argmax dot). Ties go to the smaller index. codes written as int32 [N, M].
 void encode(const float* x, int64_t N, const float* codebooks, int64_t M, int64_t K, int64_t d, int metric,

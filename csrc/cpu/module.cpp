@@ -340,6 +340,18 @@ PYBIND11_MODULE(_cpu, m) {
       },
       "IVF-PQ search: per query, LUTs of the probed lists and a scan of their codes; out [Q, k]");
   m.def(
+      "refine_topk",
+      [](uintptr_t queries, int64_t Q, int64_t d, uintptr_t rows, int kind, int64_t nrows, uintptr_t vmin,
+         uintptr_t scale, uintptr_t cand, int64_t kc, uintptr_t labels, int64_t k, int metric, int nthreads,
+         uintptr_t out_d, uintptr_t out_i) {
+        py::gil_scoped_release release;
+        refine_topk(ptr<const float>(queries), Q, d, nrows ? ptr<const void>(rows) : nullptr, kind, nrows,
+                    reinterpret_cast<const float*>(vmin), reinterpret_cast<const float*>(scale),
+                    kc ? ptr<const int64_t>(cand) : nullptr, kc, reinterpret_cast<const int64_t*>(labels), k, metric,
+                    nthreads, ptr<float>(out_d), ptr<int64_t>(out_i));
+      },
+      "re-rank candidate rows [Q, kc] by exact distances to stored vectors (float32 / float16 / sq8)");
+  m.def(
       "smallest_k_rows",
       [](uintptr_t dist, int64_t Q, int64_t n, int64_t k, uintptr_t out, int nthreads) {
         py::gil_scoped_release release;

@@ -18,6 +18,11 @@ struct Cand {
 // a is better (closer) than b
 inline bool better(const Cand& a, const Cand& b) { return a.d < b.d || (a.d == b.d && a.id < b.id); }
 
+// The same as a comparator object: inlined by the sort algorithms (a function pointer is called each time).
+struct Better {
+  inline bool operator()(const Cand& a, const Cand& b) const { return better(a, b); }
+};
+
 // Order-preserving unsigned bits of a (non-NaN) float: a < b  <=>  ordered_bits(a) < ordered_bits(b).
 inline uint32_t ordered_bits(float d) {
   d += 0.0f;  // -0.0 -> +0.0
@@ -63,7 +68,7 @@ inline void select_k(std::vector<Cand>& cands, int64_t k, bool sorted) {
     for (size_t a = 0; a < out.size();) {
       size_t b = a + 1;
       while (b < out.size() && out[b].d == out[a].d) ++b;
-      if (b - a > 1) std::sort(out.begin() + a, out.begin() + b, better);
+      if (b - a > 1) std::sort(out.begin() + a, out.begin() + b, Better{});
       a = b;
     }
   }
@@ -113,7 +118,7 @@ class TopK {
   // The k best, sorted by (distance, id), written as sign * distance and id, padded with sign * inf and -1.
   // Sorts the reservoir in place (at most 2k + 16 candidates): the reservoir is spent.
   void write_sorted(float sign, float* out_d, int64_t* out_i) {
-    std::sort(buf_.begin(), buf_.begin() + n_, better);
+    std::sort(buf_.begin(), buf_.begin() + n_, Better{});
     const int64_t n = std::min<int64_t>(k_, static_cast<int64_t>(n_));
     for (int64_t r = 0; r < k_; ++r) {
       out_d[r] = r < n ? sign * buf_[r].d : sign * std::numeric_limits<float>::infinity();
@@ -125,7 +130,7 @@ class TopK {
   // In place, no allocation: the k best by (distance, id) to the front; the k-th of them is the threshold
   // (every kept candidate is better or equal).
   void shrink() {
-    std::nth_element(buf_.begin(), buf_.begin() + (k_ - 1), buf_.begin() + n_, better);
+    std::nth_element(buf_.begin(), buf_.begin() + (k_ - 1), buf_.begin() + n_, Better{});
     n_ = static_cast<size_t>(k_);
     thr_ = buf_[n_ - 1].d;
     full_ = true;

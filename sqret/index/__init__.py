@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .base import Index
 from .ivf import IVFPQIndex
 from .pq import PQIndex
+from .refine import RefineIndex
 from .residual import ResidualIndex
 from .storage import FORMAT_VERSION, IndexFile, IndexFileError
+from .transform import PreTransformIndex
 
-_KINDS = {"pq": PQIndex, "ivfpq": IVFPQIndex}
+_KINDS = {"pq": PQIndex, "ivfpq": IVFPQIndex, "refine": RefineIndex, "pretransform": PreTransformIndex}
 
 
 def load(path: str | Path, mmap: bool = False, verify: bool = True) -> PQIndex | IVFPQIndex:
@@ -42,7 +45,10 @@ def _typed_load(cls):
     return staticmethod(load_as)
 
 
-PQIndex.load = _typed_load(PQIndex)
-IVFPQIndex.load = _typed_load(IVFPQIndex)
+for _cls in _KINDS.values():
+    _cls.load = _typed_load(_cls)
 
-__all__ = ["FORMAT_VERSION", "IVFPQIndex", "IndexFile", "IndexFileError", "PQIndex", "ResidualIndex", "load"]
+from .factory import index_factory  # noqa: E402
+
+__all__ = ["FORMAT_VERSION", "IVFPQIndex", "Index", "IndexFile", "IndexFileError", "PQIndex", "PreTransformIndex",
+           "RefineIndex", "ResidualIndex", "index_factory", "load"]

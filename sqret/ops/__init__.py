@@ -20,6 +20,7 @@ from torch import Tensor
 from . import checks, library, reference, registry
 from .checks import LUT_METRICS, METRICS, code_dtype
 from .ivf import InvertedLists, coarse_probe, ivf_precomputed_table, ivf_search
+from .refine import refine_topk, sq8_decode, sq8_encode, sq8_train
 from .registry import BackendInfo, backends, get_backend, register, select, set_backend, use_backend
 
 register(
@@ -40,6 +41,7 @@ register(
             "adc_topk_fastscan",
             "ivf_search",
             "smallest_k_rows",
+            "refine_topk",
             "pq_search",
             "pq_search_whole",
         )
@@ -72,11 +74,15 @@ __all__ = [
     "largest_for",
     "pack4",
     "pq_search",
+    "refine_topk",
     "residual_decode",
     "residual_encode",
     "select",
     "set_backend",
     "soft_quantize",
+    "sq8_decode",
+    "sq8_encode",
+    "sq8_train",
     "unpack4",
     "use_backend",
 ]

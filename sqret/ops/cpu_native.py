@@ -150,6 +150,26 @@ def encode(x: torch.Tensor, codebooks: torch.Tensor, metric: str) -> torch.Tenso
     return out.to(code_dtype(K))
 
 
+def refine_topk(queries, vectors, candidates, k: int, metric: str, labels=None, sq8=None):
+    if not vectors.is_contiguous() or not vectors.is_cpu:
+        return reference.refine_topk(queries, vectors, candidates, k, metric, labels, sq8)
+    from .refine import STORE_DTYPES
+
+    q = queries.to(torch.float32).contiguous()
+    c = candidates.contiguous()
+    lab = labels.contiguous() if labels is not None else None
+    vmin, scale = (sq8[0].contiguous(), sq8[1].contiguous()) if sq8 is not None else (None, None)
+    Q, kc = c.shape
+    n, d = vectors.shape
+    v, i = _outputs(Q, k)
+    if Q:
+        _cpu.refine_topk(q.data_ptr(), Q, d, vectors.data_ptr() if n else 0, STORE_DTYPES[vectors.dtype], n,
+                         vmin.data_ptr() if vmin is not None else 0, scale.data_ptr() if scale is not None else 0,
+                         c.data_ptr() if kc else 0, kc, lab.data_ptr() if lab is not None else 0, k,
+                         0 if metric == "l2" else 1, _threads(), v.data_ptr(), i.data_ptr())
+    return v, i
+
+
 def smallest_k_rows(dist: torch.Tensor, k: int) -> torch.Tensor:
     """dist float32 contiguous [Q, n] (ops.coarse_probe makes it so)."""
     Q, n = dist.shape
@@ -197,6 +217,7 @@ if _cpu is not None:
             "encode": encode,
             "ivf_search": ivf_search,
             "smallest_k_rows": smallest_k_rows,
+            "refine_topk": refine_topk,
             "pq_search": pq_search,
             "pq_search_whole": pq_search_whole,
         },

@@ -443,6 +443,29 @@ def pq_search(queries: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tenso
     return adc_topk_fastscan(lut, codes, n, k, largest, exact)
 
 
+def refine_topk(queries, vectors, candidates, k: int, metric: str, labels=None, sq8=None):
+    """Exact distances of each query to its candidate rows (float32), the k best by (distance, label)."""
+    Q, kc = candidates.shape
+    rows = candidates.clamp_min(0)
+    x = vectors[rows.reshape(-1)].to(torch.float32)
+    if sq8 is not None:
+        x = sq8[0] + x * sq8[1]
+    x = x.reshape(Q, kc, -1)
+    q = queries.to(torch.float32)[:, None, :]
+    largest = metric == "ip"
+    dist = (q * x).sum(-1) if largest else ((q - x) ** 2).sum(-1)
+    ids = labels[rows] if labels is not None else rows
+    valid = (candidates >= 0) & (ids >= 0)
+    fill = float("-inf") if largest else float("inf")
+    dist = torch.where(valid, dist, torch.full_like(dist, fill))
+    ids = torch.where(valid, ids, torch.full_like(ids, -1))
+    by_id = torch.argsort(torch.where(valid, ids, torch.iinfo(torch.int64).max), dim=1, stable=True)
+    dist, ids = dist.gather(1, by_id), ids.gather(1, by_id)
+    best = torch.sort(dist, dim=1, stable=True, descending=largest).indices[:, :k]
+    v, i = pad_topk(dist.gather(1, best), ids.gather(1, best), k, largest)
+    return v, i
+
+
 def smallest_k_rows(dist: torch.Tensor, k: int) -> torch.Tensor:
     """Positions [Q, k] of the k smallest values of each row of dist [Q, n], sorted, ties by position."""
     return torch.sort(dist, dim=1, stable=True).indices[:, :k].contiguous()

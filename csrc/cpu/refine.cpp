@@ -1,0 +1,151 @@
+// Refinement: re-rank candidate rows with exact distances to stored vectors (float32, float16 or 8-bit scalar
+// quantized), parallel over queries, one top-k per query by (distance, label).
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <vector>
+
+#include "kernels.h"
+
+namespace sqret {
+
+namespace {
+
+// float16 bits -> float (IEEE binary16: subnormals, inf and NaN included), without F16C.
+inline float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ffu, bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (man << 13);
+  } else if (exp) {
+    bits = sign | ((exp + 112) << 23) | (man << 13);
+  } else if (man) {  // subnormal: normalize
+    int e = -1;
+    do {
+      man <<= 1;
+      ++e;
+    } while (!(man & 0x400u));
+    bits = sign | ((112 - e) << 23) | ((man & 0x3ffu) << 13);
+  } else {
+    bits = sign;
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// Distance of query v to stored row r: float32 / float16 / sq8, 16 lanes accumulated (AVX-512 or two AVX2
+// registers), lanes then folded in a fixed order: the same value for a row whatever else is computed.
+// 8 decoded values of row r from dimension at.
+template <int Kind>
+__attribute__((target("avx2,f16c"))) inline __m256 load8(const void* rows, int64_t d, int64_t r, int64_t at,
+                                                          const float* vmin, const float* scale) {
+  if constexpr (Kind == 0) return _mm256_loadu_ps(static_cast<const float*>(rows) + r * d + at);
+  if constexpr (Kind == 1)
+    return _mm256_cvtph_ps(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(rows) + r * d + at)));
+  const __m128i c8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const uint8_t*>(rows) + r * d + at));
+  const __m256 c = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c8));
+  return _mm256_add_ps(_mm256_loadu_ps(vmin + at), _mm256_mul_ps(c, _mm256_loadu_ps(scale + at)));
+}
+
+template <int Kind>
+__attribute__((target("avx2,f16c"))) float row_dist_avx2(const float* v, const void* rows, int64_t d, int64_t r,
+                                                         const float* vmin, const float* scale, int metric) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 16 <= d; j += 16) {
+    const __m256 x0 = load8<Kind>(rows, d, r, j, vmin, scale), x1 = load8<Kind>(rows, d, r, j + 8, vmin, scale);
+    const __m256 q0 = _mm256_loadu_ps(v + j), q1 = _mm256_loadu_ps(v + j + 8);
+    if (metric == 0) {
+      const __m256 e0 = _mm256_sub_ps(q0, x0), e1 = _mm256_sub_ps(q1, x1);
+      acc0 = _mm256_add_ps(acc0, _mm256_mul_ps(e0, e0));
+      acc1 = _mm256_add_ps(acc1, _mm256_mul_ps(e1, e1));
+    } else {
+      acc0 = _mm256_add_ps(acc0, _mm256_mul_ps(q0, x0));
+      acc1 = _mm256_add_ps(acc1, _mm256_mul_ps(q1, x1));
+    }
+  }
+  alignas(32) float lanes[16];
+  _mm256_store_ps(lanes, acc0);
+  _mm256_store_ps(lanes + 8, acc1);
+  float s = 0.f;
+  for (int i = 0; i < 16; ++i) s += lanes[i];
+  for (; j < d; ++j) {  // the tail, in order
+    float x;
+    if constexpr (Kind == 0) x = static_cast<const float*>(rows)[r * d + j];
+    else if constexpr (Kind == 1) x = half_to_float(static_cast<const uint16_t*>(rows)[r * d + j]);
+    else x = vmin[j] + static_cast<float>(static_cast<const uint8_t*>(rows)[r * d + j]) * scale[j];
+    s += metric == 0 ? (v[j] - x) * (v[j] - x) : v[j] * x;
+  }
+  return s;
+}
+
+// The same sums without AVX2 (16 lanes in the same order).
+template <int Kind>
+float row_dist_scalar(const float* v, const void* rows, int64_t d, int64_t r, const float* vmin, const float* scale,
+                      int metric) {
+  float lanes[16] = {0.f};
+  int64_t j = 0;
+  auto get = [&](int64_t at) -> float {
+    if constexpr (Kind == 0) return static_cast<const float*>(rows)[r * d + at];
+    if constexpr (Kind == 1) return half_to_float(static_cast<const uint16_t*>(rows)[r * d + at]);
+    return vmin[at] + static_cast<float>(static_cast<const uint8_t*>(rows)[r * d + at]) * scale[at];
+  };
+  for (; j + 16 <= d; j += 16)
+    for (int i = 0; i < 16; ++i) {
+      const float x = get(j + i);
+      lanes[i] += metric == 0 ? (v[j + i] - x) * (v[j + i] - x) : v[j + i] * x;
+    }
+  float s = 0.f;
+  for (int i = 0; i < 16; ++i) s += lanes[i];
+  for (; j < d; ++j) {
+    const float x = get(j);
+    s += metric == 0 ? (v[j] - x) * (v[j] - x) : v[j] * x;
+  }
+  return s;
+}
+
+using RowDist = float (*)(const float*, const void*, int64_t, int64_t, const float*, const float*, int);
+
+RowDist row_dist(int kind, bool simd) {
+  static const RowDist fast[3] = {row_dist_avx2<0>, row_dist_avx2<1>, row_dist_avx2<2>};
+  static const RowDist slow[3] = {row_dist_scalar<0>, row_dist_scalar<1>, row_dist_scalar<2>};
+  return simd ? fast[kind] : slow[kind];
+}
+
+}  // namespace
+
+void refine_topk(const float* queries, int64_t Q, int64_t d, const void* rows, int kind, int64_t nrows,
+                 const float* vmin, const float* scale, const int64_t* cand, int64_t kc, const int64_t* labels,
+                 int64_t k, int metric, int nthreads, float* out_d, int64_t* out_i) {
+  if (Q < 0 || d < 1 || nrows < 0 || kc < 0 || k < 1 || kind < 0 || kind > 2 || (metric != 0 && metric != 1))
+    throw std::invalid_argument("refine_topk: bad sizes, kind or metric");
+  const float sign = metric == 0 ? 1.f : -1.f;  // the heap keeps the smallest: ip negated
+  __builtin_cpu_init();
+  const bool f16c = __builtin_cpu_supports("f16c");
+  const RowDist dist_of = row_dist(kind, active_simd() != Simd::scalar && f16c);
+#pragma omp parallel num_threads(team(nthreads, Q))
+  {
+    TopK tk(k);
+#pragma omp for schedule(dynamic)
+    for (int64_t q = 0; q < Q; ++q) {
+      const float* v = queries + q * d;
+      tk.reset();
+      for (int64_t c = 0; c < kc; ++c) {
+        const int64_t r = cand[q * kc + c];
+        if (r < 0 || r >= nrows) continue;  // no candidate (the caller checked the range)
+        const int64_t label = labels ? labels[r] : r;
+        if (label < 0) continue;  // a removed row
+        const float dist = sign * dist_of(v, rows, d, r, vmin, scale, metric);
+        if (tk.admits_any(dist)) tk.push(dist, label);
+      }
+      tk.write_sorted(sign, out_d + q * k, out_i + q * k);
+    }
+  }
+}
+
+}  // namespace sqret
