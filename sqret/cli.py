@@ -131,18 +131,30 @@ def _index_build(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from .index import IVFPQIndex, PQIndex
+    from .index import IVFPQIndex, PQIndex, index_factory
 
     base = _vectors(args.data, "--data", mmap=True)
     out = _output_file(args.index, "--index")
     n, d = base.shape
-    if d % args.m:
-        raise UsageError(f"--m {args.m} does not divide the dimension d = {d} of --data")
     train_n = min(n, args.train_size)
-    if args.nlist and args.nlist > train_n:
-        raise UsageError(f"--nlist {args.nlist} is more than the {train_n} training vectors (--train-size, --data)")
-    index = IVFPQIndex(d, args.nlist, args.m, args.nbits, args.metric) if args.nlist else PQIndex(
-        d, args.m, args.nbits, args.metric)
+    if args.spec:
+        if args.m is not None or args.nlist:
+            raise UsageError("--spec describes the whole index: pass it without -M / --nlist")
+        try:
+            index = index_factory(d, args.spec, args.metric)
+        except ValueError as err:
+            raise UsageError(f"--spec {args.spec!r}: {err}") from None
+        nlist = _nlist_of(index)
+    else:
+        if args.m is None:
+            raise UsageError("pass -M / --m (with --nbits, --nlist), or --spec \"IVF1024,PQ32x4fs,RFlat\"")
+        if d % args.m:
+            raise UsageError(f"--m {args.m} does not divide the dimension d = {d} of --data")
+        nlist = args.nlist
+        index = IVFPQIndex(d, args.nlist, args.m, args.nbits, args.metric) if args.nlist else PQIndex(
+            d, args.m, args.nbits, args.metric)
+    if nlist and nlist > train_n:
+        raise UsageError(f"nlist = {nlist} is more than the {train_n} training vectors (--train-size, --data)")
     rng = torch.Generator().manual_seed(args.seed)
     sample = torch.randperm(n, generator=rng)[:train_n].sort().values.numpy()
     t0 = time.perf_counter()
@@ -152,10 +164,17 @@ def _index_build(args: argparse.Namespace) -> int:
         index.add(torch.from_numpy(base[a : a + args.chunk].astype("float32")))
     t2 = time.perf_counter()
     index.save(out)
-    print(f"built {type(index).__name__} over {n} x {d} vectors ({args.metric}, M={args.m}, nbits={args.nbits}"
-          + (f", nlist={args.nlist}" if args.nlist else "") + f"): train {t1 - t0:.1f} s on {train_n}, add "
-          f"{t2 - t1:.1f} s; wrote {out}")
+    what = args.spec or (f"M={args.m}, nbits={args.nbits}" + (f", nlist={args.nlist}" if args.nlist else ""))
+    print(f"built {type(index).__name__} over {n} x {d} vectors ({args.metric}, {what}): train {t1 - t0:.1f} s on "
+          f"{train_n}, add {t2 - t1:.1f} s; wrote {out}")
     return 0
+
+
+def _nlist_of(index) -> int:
+    """The number of inverted lists of an index (through rotations and refinements), 0 for a flat one."""
+    while hasattr(index, "base"):
+        index = index.base
+    return getattr(index, "nlist", 0)
 
 
 def _load_index(path: str, mmap: bool, verify: bool):
@@ -190,7 +209,6 @@ def _search(args: argparse.Namespace) -> int:
     import torch
 
     from .eval import nn_recall_at_k, recall_at_k
-    from .index import IVFPQIndex
 
     index = _load_index(args.index, args.mmap, not args.no_verify)
     queries = torch.from_numpy(np.asarray(_vectors(args.queries, "--queries"), dtype=np.float32))
@@ -199,13 +217,22 @@ def _search(args: argparse.Namespace) -> int:
     if not bool(torch.isfinite(queries).all()):
         raise UsageError(f"--queries {args.queries}: holds NaN or inf")
     gt = _groundtruth(args.groundtruth, queries.shape[0]) if args.groundtruth else None
-    ivf = isinstance(index, IVFPQIndex)
+    accepted = index.search_parameters()
+    ivf, nlist = "nprobe" in accepted, _nlist_of(index)
     if args.nprobe is not None and not ivf:
         _warn(f"--nprobe is ignored: {args.index} is a flat {type(index).__name__}, it has no lists")
     kwargs = {"nprobe": args.nprobe or 1} if ivf else {}
-    if ivf and kwargs["nprobe"] > index.nlist:
-        _warn(f"--nprobe {kwargs['nprobe']} is more than nlist = {index.nlist}: every list is scanned")
-        kwargs["nprobe"] = index.nlist
+    if ivf and kwargs["nprobe"] > nlist:
+        _warn(f"--nprobe {kwargs['nprobe']} is more than nlist = {nlist}: every list is scanned")
+        kwargs["nprobe"] = nlist
+    for flag, name, value in (("--k-factor", "k_factor", args.k_factor),
+                              ("--scoring", "exact", None if args.scoring is None else args.scoring == "exact")):
+        if value is None:
+            continue
+        if name in accepted:
+            kwargs[name] = value
+        else:
+            _warn(f"{flag} is ignored: {args.index} ({type(index).__name__}) takes no {name}")
     if len(index) == 0:
         _warn(f"{args.index} holds no vectors: every result is -1")
     batches = range(0, queries.shape[0], args.batch)
@@ -220,7 +247,7 @@ def _search(args: argparse.Namespace) -> int:
     run()
     warm = time.perf_counter() - t0
     Q = queries.shape[0]
-    print(f"{Q} queries, k={args.k}" + (f", nprobe={kwargs['nprobe']}" if ivf else "")
+    print(f"{Q} queries, k={args.k}" + "".join(f", {k}={v}" for k, v in kwargs.items())
           + f": {Q / warm:,.0f} QPS warm ({warm:.3f} s, second pass), {Q / cold:,.0f} QPS cold (first pass, "
           "tables built)")
     if gt is not None:
@@ -411,8 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
                              parents=[common], formatter_class=fmt)
     build.add_argument("--data", required=True, help="database vectors (.fvecs, .bvecs, .npy)")
     build.add_argument("--index", required=True, help="output index file")
-    build.add_argument("-M", "--m", dest="m", type=positive_int, required=True,
-                       help="sub-quantizers (code bytes at 8 bits); must divide d")
+    build.add_argument("--spec", help="the index as FAISS's index_factory spells it, e.g. \"IVF1024,PQ32x4fs,RFlat\", "
+                       "\"OPQ16_64,IVF256,PQ16\" (instead of -M / --nbits / --nlist)")
+    build.add_argument("-M", "--m", dest="m", type=positive_int, help="sub-quantizers (code bytes at 8 bits); must "
+                       "divide d")
     build.add_argument("--nbits", type=int, default=8, choices=(4, 8), help="bits per sub-quantizer code")
     build.add_argument("--nlist", "--ivf", dest="nlist", type=nonnegative_int, default=0, metavar="NLIST",
                        help="inverted lists (0: flat PQ)")
@@ -471,6 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
         search.add_argument("--queries", required=True, help="query vectors (.fvecs, .bvecs, .npy)")
         search.add_argument("-k", type=positive_int, default=10, help="results per query")
         search.add_argument("--nprobe", type=positive_int, default=None, help="lists scanned per query (IVF; 1)")
+        search.add_argument("--k-factor", type=positive_float, help="refinement: re-rank k * k_factor candidates")
+        search.add_argument("--scoring", choices=("exact", "approx"), help="4-bit fast scan: exact re-rank or the "
+                            "quantized distances (default: the index's)")
         search.add_argument("--groundtruth", help="true neighbour ids (.ivecs, .npy) for recall")
         search.add_argument("--batch", type=positive_int, default=1000, help="queries per search call")
         search.add_argument("--mmap", action="store_true", help="memory-map the codes instead of reading them")

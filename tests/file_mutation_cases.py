@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from sqret.index import IndexFileError, IVFPQIndex, PQIndex, load
+from sqret.index import IndexFileError, IVFPQIndex, PQIndex, index_factory, load
 
 KINDS = [("pq", 8, {}), ("pq", 4, {}), ("ivf", 8, {}), ("ivf", 4, {}), ("ivf", 4, {"fast_scan": True}),
-         ("ivf", 8, {"by_residual": False})]
+         ("ivf", 8, {"by_residual": False}), ("spec", 4, {"spec": "OPQ4,IVF6,PQ4x4fs,Refine(SQ8)"}),
+         ("spec", 8, {"spec": "PCA8,PQ4,RFlat"})]
 MODES = [(mmap, verify) for mmap in (False, True) for verify in (True, False)]
 Q = torch.randn(5, 16, generator=torch.Generator().manual_seed(9))
 
@@ -29,16 +30,19 @@ def saved(request, tmp_path_factory):
     kind, nbits, options = request.param
     g = torch.Generator().manual_seed(1)
     x = torch.randn(600, 16, generator=g)
-    index = PQIndex(16, 4, nbits) if kind == "pq" else IVFPQIndex(16, 6, 4, nbits, **options)
+    if kind == "spec":
+        index = index_factory(16, options["spec"])
+    else:
+        index = PQIndex(16, 4, nbits) if kind == "pq" else IVFPQIndex(16, 6, 4, nbits, **options)
     index.train(x, iters=3, progress=False)
     index.add(x, ids=torch.arange(600) * 3 + 7)
-    path = tmp_path_factory.mktemp(f"{kind}{nbits}{''.join(options)}") / "index.sqret"
+    path = tmp_path_factory.mktemp(f"{kind}{nbits}") / "index.sqret"
     index.save(path)
     return path, kind, _answer(load(path))
 
 
 def _answer(index):
-    return index.search(Q, 8, nprobe=3) if isinstance(index, IVFPQIndex) else index.search(Q, 8)
+    return index.search(Q, 8, **({"nprobe": 3} if "nprobe" in index.search_parameters() else {}))
 
 
 def _outcome(path, mmap: bool, verify: bool, expected) -> str:
@@ -155,27 +159,36 @@ def test_directory_edits_with_checksums_recomputed(saved, tmp_path):
     assert accepted > 0  # the metric edits load: the check does not reject everything
 
 
+def _leaf(directory: dict) -> tuple[dict, str]:
+    """The innermost index's meta and its section prefix (composites nest their base under 'base')."""
+    meta, prefix = directory["meta"], ""
+    while "base" in meta:
+        meta, prefix = meta["base"], prefix + "base."
+    return meta, prefix
+
+
 def test_list_offsets_and_code_bytes_with_checksums_recomputed(saved, tmp_path):
     path, kind, expected = saved
     raw, directory = filecraft.read(path)
-    nbits = 4 if directory["meta"]["nbits"] == 4 else 8
+    leaf, prefix = _leaf(directory)
+    nbits = leaf["nbits"]
+    sections = {name[len(prefix):]: name for name in directory["sections"] if name.startswith(prefix)}
     cases = []
-    if kind == "ivf":
-        base = np.frombuffer(bytes(filecraft.section_bytes(raw, directory, "list_offsets")), np.int64).copy()
+    if "list_offsets" in sections:
+        base = np.frombuffer(bytes(filecraft.section_bytes(raw, directory, sections["list_offsets"])), np.int64).copy()
         for name, new in {"first 5": lambda o: np.r_[5, o[1:]], "negative": lambda o: np.r_[0, -1, o[2:]],
                           "decreasing": lambda o: np.r_[0, o[2], o[1], o[3:]], "last short": lambda o: np.r_[o[:-1],
                                                                                                         o[-1] - 1],
                           "beyond": lambda o: np.r_[o[:-1], o[-1] + 100], "huge": lambda o: np.r_[0, 1 << 62, o[2:]]
                           }.items():
-            cases.append((name, "list_offsets", new(base).astype(np.int64).tobytes(), "error"))
-    codes = bytes(filecraft.section_bytes(raw, directory, "codes" if "codes" in directory["sections"] else "blocks"))
-    if nbits == 4 and "codes" in directory["sections"]:
-        high = bytearray(codes)
+            cases.append((name, sections["list_offsets"], new(base).astype(np.int64).tobytes(), "error"))
+    if nbits == 4 and "codes" in sections:
+        high = bytearray(bytes(filecraft.section_bytes(raw, directory, sections["codes"])))
         high[::7] = bytes([0xF0 | (b & 15) for b in high[::7]])
-        cases.append(("codes >= 16", "codes", bytes(high), "error-when-verified"))
-    ids = bytearray(bytes(filecraft.section_bytes(raw, directory, "ids")))
+        cases.append(("codes >= 16", sections["codes"], bytes(high), "error-when-verified"))
+    ids = bytearray(bytes(filecraft.section_bytes(raw, directory, sections["ids"])))
     ids[:8] = np.array([-5], np.int64).tobytes()
-    cases.append(("negative id", "ids", bytes(ids), "error-when-verified"))
+    cases.append(("negative id", sections["ids"], bytes(ids), "error-when-verified"))
     for name, section, content, rule in cases:
         bad = bytearray(raw)
         filecraft.section_bytes(bad, directory, section)[:] = content

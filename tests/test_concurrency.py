@@ -12,7 +12,7 @@ from filecraft import run_isolated
 STRESS = textwrap.dedent("""
     import sys, threading, time
     import torch
-    from sqret.index import IVFPQIndex, PQIndex, load
+    from sqret.index import IVFPQIndex, PQIndex, index_factory, load
 
     kind, nbits, seconds, path = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
     torch.set_num_threads(2)
@@ -25,15 +25,16 @@ STRESS = textwrap.dedent("""
     ida, idb = torch.arange(n, n + b), torch.arange(n + b, n + 2 * b)
 
     def new():
-        return PQIndex(d, 8, nbits) if kind == "pq" else IVFPQIndex(d, 32, 8, nbits)
-    kw = {"nprobe": 6} if kind == "ivf" else {}
+        if kind == "pq":
+            return PQIndex(d, 8, nbits)
+        if kind == "ivf":
+            return IVFPQIndex(d, 32, 8, nbits, fast_scan=nbits == 4)
+        return index_factory(d, "OPQ8,IVF32,PQ8x4fs,RFlat" if kind == "refine" else "PCAR32,PQ8")
+    kw = {"nprobe": 6} if kind in ("ivf", "refine") else {}
     live = new().train(base[:8000], iters=3, progress=False)
+    live.save(path)  # trained and empty: the twin starts from the same quantizers
+    twin = load(path)
     live.add(base)
-    twin = new()
-    if kind == "pq":
-        twin.codebooks = live.codebooks
-    else:
-        twin.set_quantizers(live.centroids, live.codebooks)
     twin.add(base)
     # the writer's cycle of states: S0, S0+A, S0+A+B, S0+B, S0, ...
     steps = [lambda i: i.add(A, ids=ida), lambda i: i.add(B, ids=idb), lambda i: i.remove(ida),
@@ -86,7 +87,8 @@ STRESS = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("kind,nbits", [("pq", 8), ("pq", 4), ("ivf", 8), ("ivf", 4)])
+@pytest.mark.parametrize("kind,nbits", [("pq", 8), ("pq", 4), ("ivf", 8), ("ivf", 4), ("refine", 4),
+                                        ("pretransform", 8)])
 def test_searches_see_whole_states_while_a_writer_adds_removes_and_saves(tmp_path, kind, nbits):
     script = tmp_path / "stress.py"
     script.write_text(STRESS)

@@ -71,8 +71,11 @@ struct QuantLut {
   std::vector<uint8_t> qh;  // [S][32]: the high bytes of the split sub-spaces' entries, likewise
   std::vector<int64_t> split;  // the split sub-spaces (entries of 16 bits: their range is over 255 a)
   double a = 1.0, inv_a = 1.0, bias = 0.0;
-  // for every code: exact distance - (bias + a Qsum) in [elo, ehi] (the float slack included)
+  float a_f = 1.f, bias_f = 0.f;  // as float32: the approximate distances are bias_f + a_f * Qsum in float
+  // for every code: exact distance - (bias + a Qsum) in [elo, ehi] (the float slack included; only computed
+  // with bounds, what the exact mode needs)
   double elo = 0.0, ehi = 0.0;
+  std::vector<float> mins_, ranges_, order_;  // scratch, reused
 
   // The scale: one a for all sub-spaces, entries q[m][j] = round((L[m][j] - min_m) / a), of 8 bits, or of 16
   // bits in at most kMaxSplit sub-spaces whose range exceeds 255 a (their high bytes summed apart and added
@@ -82,17 +85,17 @@ struct QuantLut {
   static constexpr int64_t kMaxSplit = 8;
 
   QuantLut() = default;
-  QuantLut(const float* L, int64_t M) { assign(L, M); }
+  QuantLut(const float* L, int64_t M, bool bounds = true) { assign(L, M, bounds); }
 
   // The quantized tables of L [M][16] (reusing this object's buffers). AVX2 (only the SIMD scans use it).
   // Entries are quantized in float; the errors are then measured from the quantized values (so the float
   // quantization itself needs no slack), in float: the slack covers their rounding and the float rounding
   // of the exact sums.
-  __attribute__((target("avx2"))) void assign(const float* L, int64_t M) {
+  __attribute__((target("avx2"))) void assign(const float* L, int64_t M, bool bounds = true) {
     q.resize(static_cast<size_t>(M * 32 + 64));
     split.clear();
     a = inv_a = 1.0, bias = elo = ehi = 0.0;
-    thread_local std::vector<float> mins, ranges, order;
+    std::vector<float>&mins = mins_, &ranges = ranges_, &order = order_;
     mins.resize(M), ranges.resize(M);
     float absmax_sum = 0.f;
     double range_sum = 0.0;
@@ -134,11 +137,12 @@ struct QuantLut {
       const __m256 l0 = _mm256_loadu_ps(L + m * 16), l1 = _mm256_loadu_ps(L + m * 16 + 8);
       __m256i lo = _mm256_cvtps_epi32(_mm256_min_ps(top, _mm256_mul_ps(_mm256_sub_ps(l0, mn), s)));
       __m256i hi = _mm256_cvtps_epi32(_mm256_min_ps(top, _mm256_mul_ps(_mm256_sub_ps(l1, mn), s)));
-      // errors of the entries as quantized: L - (min + a q)
-      const __m256 e0 = _mm256_sub_ps(_mm256_sub_ps(l0, mn), _mm256_mul_ps(av, _mm256_cvtepi32_ps(lo)));
-      const __m256 e1 = _mm256_sub_ps(_mm256_sub_ps(l1, mn), _mm256_mul_ps(av, _mm256_cvtepi32_ps(hi)));
-      elo += hmin(_mm256_min_ps(e0, e1));
-      ehi += hmax(_mm256_max_ps(e0, e1));
+      if (bounds) {  // errors of the entries as quantized: L - (min + a q)
+        const __m256 e0 = _mm256_sub_ps(_mm256_sub_ps(l0, mn), _mm256_mul_ps(av, _mm256_cvtepi32_ps(lo)));
+        const __m256 e1 = _mm256_sub_ps(_mm256_sub_ps(l1, mn), _mm256_mul_ps(av, _mm256_cvtepi32_ps(hi)));
+        elo += hmin(_mm256_min_ps(e0, e1));
+        ehi += hmax(_mm256_max_ps(e0, e1));
+      }
       store_bytes(_mm256_and_si256(lo, low8), _mm256_and_si256(hi, low8), &q[m * 32]);
       if (wide) store_bytes(_mm256_srli_epi32(lo, 8), _mm256_srli_epi32(hi, 8), &qh[si++ * 32]);
     }
@@ -147,6 +151,7 @@ struct QuantLut {
     const double slack = 4.0 * M * 1.2e-7 * (absmax_sum + std::fabs(bias) + range_sum + 255.0 * a) + 1e-30;
     elo -= slack;
     ehi += slack;
+    a_f = static_cast<float>(a), bias_f = static_cast<float>(bias);
   }
 
   // 16 int32 values in 0..255 (8 + 8 lanes) as 16 bytes, stored twice (both 128-bit lanes of a shuffle table).
@@ -166,8 +171,8 @@ struct QuantLut {
     return t < 0 ? -1 : static_cast<int>(t);
   }
 
-  // The quantized distance of a quantized sum (approximate mode).
-  inline float approx(int qsum) const { return static_cast<float>(bias + a * qsum); }
+  // The quantized distance of a quantized sum (approximate mode): float32 arithmetic, two roundings.
+  inline float approx(int qsum) const { return bias_f + a_f * static_cast<float>(qsum); }
 };
 
 // Exact distances of the 16 codes 16g..16g+15 of a block (g = 0..3), summed over sub-spaces in order
@@ -243,6 +248,22 @@ struct BlockDist {
 template <bool AnyOrder>
 inline void offer_block(uint64_t mask, const BlockDist& dist, int64_t base, int64_t N, const int64_t* ids, TopK& tk,
                         int& qthr, int qcap, double lower) {
+  if (!dist.exact) {  // approximate: each candidate's distance from its sum, one at a time (few pass)
+    if (N - base < 64) mask &= N - base <= 0 ? 0 : (~uint64_t{0} >> (64 - (N - base)));  // padding past N
+    float thr = tk.threshold();
+    while (mask) {
+      const int j = __builtin_ctzll(mask);
+      mask &= mask - 1;
+      const float dj = dist.ql.approx(dist.sums[lane_of(j)]);
+      if (tk.full() && (AnyOrder ? !(dj <= thr) : !(dj < thr))) continue;
+      tk.push(dj, ids ? ids[base + j] : base + j);
+      if (tk.threshold() != thr) {
+        thr = tk.threshold();
+        qthr = std::min(dist.ql.qthreshold(tk, lower), qcap);
+      }
+    }
+    return;
+  }
   alignas(64) float d16[16];
   for (int g = 0; g < 4 && mask; ++g, mask >>= 16) {
     uint32_t m16 = static_cast<uint32_t>(mask & 0xffffu);
@@ -549,7 +570,7 @@ void adc_topk_fastscan(const float* lut, int64_t Q, int64_t M, const uint8_t* bl
     }
     std::vector<QuantLut> qluts;  // AVX2 code: only on the SIMD paths
     qluts.reserve(q1 - q0);
-    for (int64_t q = q0; q < q1; ++q) qluts.emplace_back(lut + q * M * 16, M);
+    for (int64_t q = q0; q < q1; ++q) qluts.emplace_back(lut + q * M * 16, M, exact);
     const Exact16 exact16 = simd == Simd::avx512 ? exact16_avx512 : exact16_avx2;
     std::vector<GroupMins> mins(q1 - q0, GroupMins(kk));
     const int64_t tile = std::min(BB, blk1 - blk0) * kB;
@@ -609,7 +630,7 @@ void ivf_fastscan(const float* queries, int64_t Q, int64_t d, const float* centr
           nan.store(true, std::memory_order_relaxed);
           continue;
         }
-        if (simd != Simd::scalar) shared.assign(L.data(), M);
+        if (simd != Simd::scalar) shared.assign(L.data(), M, exact);
       } else if (metric == 1 || precomputed) {  // <q_m, r_mk>: the ip table, or the query term of the l2 one
         for (int64_t m = 0; m < M; ++m) lut_row(x + m * dsub, t.Ct.data() + m * dsub * K, dsub, K, 1, &qr[m * K]);
         if (has_nonfinite(qr.data(), M * K)) {
@@ -644,7 +665,7 @@ void ivf_fastscan(const float* queries, int64_t Q, int64_t d, const float* centr
             nan.store(true, std::memory_order_relaxed);
             continue;
           }
-          if (simd != Simd::scalar) own.assign(L.data(), M);
+          if (simd != Simd::scalar) own.assign(L.data(), M, exact);
         }
         if (simd == Simd::scalar) {  // exact distances in either mode
           for (int64_t b = 0; b < nb; ++b)

@@ -75,14 +75,21 @@ inline void select_k(std::vector<Cand>& cands, int64_t k, bool sorted) {
   cands.swap(out);
 }
 
-// A reservoir of candidates: offers below the threshold are appended (O(1)); when 2k are held they are cut
-// to the k best (nth_element) and the threshold becomes the k-th best distance. Offers within one scan
-// come with ascending ids, so an offer equal to the threshold is never better than what is kept: `d < thr`
-// is the whole admission test once k are known.
+// The k best offers by (distance, id). Small k (<= kHeapMax): a binary max-heap (the root is the k-th best,
+// so the threshold is always exact and few offers pass it). Larger k: a reservoir: offers below the threshold
+// are appended (O(1)); when 2k are held they are cut to the k best (nth_element) and the threshold becomes
+// the k-th best distance. Offers within one scan come with ascending ids, so an offer equal to the threshold
+// is never better than what is kept: `d < thr` is the whole admission test once k are known (admits_any,
+// `d <= thr`, for offers in any id order; push then keeps the better by id).
 class TopK {
  public:
+  static constexpr int64_t kHeapMax = 32;
+
   explicit TopK(int64_t k = 0)
-      : k_(k), cap_(std::max<int64_t>(2 * k, k + 16)), buf_(static_cast<size_t>(std::min<int64_t>(cap_, 256))) {}
+      : k_(k),
+        cap_(std::max<int64_t>(2 * k, k + 16)),
+        heap_(k <= kHeapMax),
+        buf_(static_cast<size_t>(std::min<int64_t>(heap_ ? std::max<int64_t>(k, 1) : cap_, 256))) {}
 
   inline bool admits(float d) const { return !full_ || d < thr_; }
   // For offers in any id order: an offer equal to the threshold may still win on its smaller id.
@@ -95,9 +102,10 @@ class TopK {
     if (admits(d)) push(d, id);
   }
 
-  // Append an admitted candidate (fields stored one by one: no struct temporary to forward from the stack).
+  // An admitted candidate (fields stored one by one: no struct temporary to forward from the stack).
   inline void push(float d, int64_t id) {
-    if (n_ == buf_.size()) buf_.resize(std::min<size_t>(static_cast<size_t>(cap_), 2 * n_));
+    if (heap_) return heap_push(d, id);
+    if (n_ == buf_.size()) grow();
     Cand& c = buf_[n_++];
     c.d = d;
     c.id = id;
@@ -116,7 +124,7 @@ class TopK {
   }
 
   // The k best, sorted by (distance, id), written as sign * distance and id, padded with sign * inf and -1.
-  // Sorts the reservoir in place (at most 2k + 16 candidates): the reservoir is spent.
+  // Sorts the held candidates in place (at most 2k + 16): they are spent.
   void write_sorted(float sign, float* out_d, int64_t* out_i) {
     std::sort(buf_.begin(), buf_.begin() + n_, Better{});
     const int64_t n = std::min<int64_t>(k_, static_cast<int64_t>(n_));
@@ -127,9 +135,41 @@ class TopK {
   }
 
  private:
+  // Max-heap by Better: buf_[0] is the worst kept candidate.
+  inline void heap_push(float d, int64_t id) {
+    const Cand c{d, id};
+    if (static_cast<int64_t>(n_) < k_) {
+      size_t i = n_++;
+      while (i > 0) {  // sift up
+        const size_t parent = (i - 1) / 2;
+        if (!better(buf_[parent], c)) break;
+        buf_[i] = buf_[parent];
+        i = parent;
+      }
+      buf_[i] = c;
+      if (static_cast<int64_t>(n_) == k_) full_ = true, thr_ = buf_[0].d;
+      return;
+    }
+    if (!better(c, buf_[0])) return;  // an equal distance with a larger id
+    size_t i = 0;
+    const size_t n = n_;
+    for (;;) {  // sift down from the root
+      size_t child = 2 * i + 1;
+      if (child >= n) break;
+      if (child + 1 < n && better(buf_[child], buf_[child + 1])) ++child;
+      if (!better(c, buf_[child])) break;
+      buf_[i] = buf_[child];
+      i = child;
+    }
+    buf_[i] = c;
+    thr_ = buf_[0].d;
+  }
+
+  __attribute__((noinline)) void grow() { buf_.resize(std::min<size_t>(static_cast<size_t>(cap_), 2 * n_)); }
+
   // In place, no allocation: the k best by (distance, id) to the front; the k-th of them is the threshold
   // (every kept candidate is better or equal).
-  void shrink() {
+  __attribute__((noinline)) void shrink() {
     std::nth_element(buf_.begin(), buf_.begin() + (k_ - 1), buf_.begin() + n_, Better{});
     n_ = static_cast<size_t>(k_);
     thr_ = buf_[n_ - 1].d;
@@ -137,6 +177,7 @@ class TopK {
   }
 
   int64_t k_, cap_;
+  bool heap_;
   bool full_ = false;
   float thr_ = std::numeric_limits<float>::infinity();
   std::vector<Cand> buf_;

@@ -237,6 +237,10 @@ class Index:
 
     _checks_queries = True  # False where the scan checks the queries itself (natively)
 
+    def search_parameters(self) -> tuple[str, ...]:
+        """The keyword parameters ``search`` takes (FAISS's ParameterSpace names: nprobe, k_factor, ...)."""
+        return ()
+
     def add(self, x, ids=None) -> None:
         """Add x [n, d] with int64 ids >= 0 (default: ntotal, ntotal + 1, ...). Nothing changes when it raises."""
         self._editable()
@@ -273,6 +277,19 @@ class Index:
             self._require_empty("train")
             self._set_state(s)
         return self
+
+    def tune(self, x, **options) -> dict:
+        """Fine-tune the PQ codebooks on a sample x [n, d] against the ranking of exact neighbours (see
+        :mod:`sqret.index.tune`; options: queries, steps, batch, lr, k, keep, ...), before any ``add``.
+        Returns a report with the held-out recall before and after."""
+        self._editable()
+        if not self.is_trained:
+            raise RuntimeError("the index is not trained: call train() first")
+        self._require_empty("tune")
+        return self._tune(as_matrix(x, self.d, "x"), options)
+
+    def _tune(self, x: torch.Tensor, options: dict) -> dict:
+        raise NotImplementedError(f"{type(self).__name__} has no codebooks to tune")
 
     def _require_empty(self, what: str) -> None:
         n = self._count(self._state)

@@ -41,6 +41,7 @@ def index_factory(d: int, spec: str, metric: str = "l2") -> Index:
         raise ValueError(f"index_factory: spec must be a non-empty string, got {spec!r}")
     metric = check_metric(metric)
     parts = [p.strip() for p in spec.split(",")]
+    first = parts[0]
     transform = None
     m = re.fullmatch(r"(OPQ|PCAR|PCA|RR)(\d+)(?:_(\d+))?", parts[0])
     if m:
@@ -60,7 +61,9 @@ def index_factory(d: int, spec: str, metric: str = "l2") -> Index:
         raise _error(spec, parts[-1], "refinement is RFlat or Refine(Flat|SQfp16|SQ8)")
     d_base = transform[1] if transform else d
     if transform and not 1 <= d_base <= d:
-        raise _error(spec, f"{spec.split(',')[0]}", f"the output dimension must be in [1, d = {d}]")
+        raise _error(spec, first, f"the output dimension must be in [1, d = {d}]")
+    if transform and transform[0] == "opq" and (transform[2] < 1 or d_base % transform[2]):
+        raise _error(spec, first, f"OPQ's M = {transform[2]} must divide its output dimension {d_base}")
     nlist = None
     if parts and re.fullmatch(r"IVF\d+", parts[0]):
         nlist = int(parts[0][3:])
@@ -81,8 +84,6 @@ def index_factory(d: int, spec: str, metric: str = "l2") -> Index:
         raise _error(spec, parts[0], "fsr (by residual) needs an IVF")
     if M < 1 or d_base % M:
         raise _error(spec, parts[0], f"M = {M} must divide the dimension {d_base}")
-    if transform and transform[0] == "opq" and transform[2] != M:
-        pass  # FAISS allows OPQ{m} with another PQ M: the rotation is trained for m sub-spaces
     if nlist is None:
         base: Index = PQIndex(d_base, M, nbits, metric)
     else:

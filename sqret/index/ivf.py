@@ -164,6 +164,15 @@ class IVFPQIndex(Index):
             self._require_empty("replace the quantizers of")
             self._set_state(_State(cen, cb, self._state.lists))
 
+    def _tune(self, x: torch.Tensor, options: dict) -> dict:
+        from .tune import tune_codebooks
+
+        s = self._state
+        offsets = s.centroids[_assign(x, s.centroids, self.metric)] if self.by_residual else None
+        C, report = tune_codebooks(s.codebooks, x, self.metric, offsets, **options)
+        self.set_quantizers(s.centroids, C)
+        return report
+
     def assign(self, x) -> torch.Tensor:
         """Nearest list of each vector of x [n, d] -> int64 [n]."""
         return _assign(as_matrix(x, self.d, "x"), self._ready().centroids, self.metric)
@@ -224,6 +233,9 @@ class IVFPQIndex(Index):
         """(distances [Q, k] float32, ids [Q, k] int64) over the nprobe nearest lists, best first. ``exact``
         (default: the index's) scores fast-scan lists exactly, or by their quantized distances when False."""
         return super().search(queries, k, nprobe=nprobe, exact=exact)
+
+    def search_parameters(self) -> tuple[str, ...]:
+        return ("nprobe", "exact")
 
     def probe(self, q, nprobe: int) -> torch.Tensor:
         """The nprobe lists nearest each query of q [Q, d], nearest first -> int64 [Q, nprobe]."""

@@ -155,6 +155,13 @@ class PQIndex(Index):
         m = metric or getattr(quantizer, "metric", "l2")
         return cls.from_codebooks(codewords, "ip" if m == "cos" else m)
 
+    def _tune(self, x: torch.Tensor, options: dict) -> dict:
+        from .tune import tune_codebooks
+
+        C, report = tune_codebooks(self._state.codebooks, x, self.metric, **options)
+        self.codebooks = C
+        return report
+
     def add_codes(self, codes, ids=None) -> None:
         """Append precomputed codes [n, M] (values < K) with ids as :meth:`add`. Nothing changes when it raises."""
         self._editable()
@@ -175,6 +182,9 @@ class PQIndex(Index):
 
     def ids(self) -> torch.Tensor:
         return _tensor(self._state.ids)
+
+    def search_parameters(self) -> tuple[str, ...]:
+        return ("exact", "symmetric")
 
     def reconstruct(self, ids) -> torch.Tensor:
         """Decoded vectors [n, d] of the given ids (KeyError for an unknown id)."""

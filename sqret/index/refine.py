@@ -134,6 +134,16 @@ class RefineIndex(Index):
         default the index's); other keywords (nprobe, exact, ...) are the base's search parameters."""
         return super().search(queries, k, k_factor=k_factor, **base_params)
 
+    def _tune(self, x: torch.Tensor, options: dict) -> dict:
+        s = self._state
+        report = self.base._tune(x, options)
+        with self._lock:
+            self._set_state(_State(self.base._state, s.rows, s.labels, s.live, s.sq8))
+        return report
+
+    def search_parameters(self) -> tuple[str, ...]:
+        return ("k_factor", *self.base.search_parameters())
+
     def reconstruct(self, ids) -> torch.Tensor:
         """The stored vectors [n, d] of the given ids (decoded when fp16 / sq8)."""
         s = self._ready()
@@ -190,11 +200,13 @@ class RefineIndex(Index):
         base._state = base._emptied(base_state)  # the constructor wants an empty base; the state comes back below
         index = cls(base, storage, k_factor=meta.number("k_factor", 1.0, 1e6))
         vectors, labels = f.array(prefix + "refine.vectors"), f.array(prefix + "refine.labels")
-        live = int((np.asarray(labels) >= 0).sum()) if f.verifies or not f.mmap else meta.int("ntotal", 0)
+        live = meta.int("ntotal", 0)
+        if f.verifies or not f.mmap:  # the labels are read anyway: count the live rows
+            if int((np.asarray(labels) >= 0).sum()) != live:
+                raise IndexFileError(f"{f.path}: meta field {meta.name('ntotal')} differs from the live rows of "
+                                     f"{prefix + 'refine.labels'!r}")
         if f.verifies:
             verified_ids(f, np.asarray(labels)[np.asarray(labels) >= 0], prefix + "refine.labels")
-            if live != meta.int("ntotal", 0):
-                raise IndexFileError(f"{f.path}: meta field 'ntotal' differs from the live rows of 'refine.labels'")
         if base._count(base_state) != live:
             raise IndexFileError(f"{f.path}: the base index holds {base._count(base_state)} entries, the refinement "
                                  f"{live} live rows")

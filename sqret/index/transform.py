@@ -168,6 +168,18 @@ class PreTransformIndex(Index):
     def _search_in(self, s: _State, q: torch.Tensor, k: int, **params) -> tuple[torch.Tensor, torch.Tensor]:
         return self.base._search_in(s.base, s.transform.apply(q), k, **params)
 
+    def _tune(self, x: torch.Tensor, options: dict) -> dict:
+        s = self._state
+        if "queries" in options and options["queries"] is not None:
+            options = {**options, "queries": s.transform.apply(options["queries"].to(torch.float32))}
+        report = self.base._tune(s.transform.apply(x), options)
+        with self._lock:
+            self._set_state(_State(s.transform, self.base._state))
+        return report
+
+    def search_parameters(self) -> tuple[str, ...]:
+        return self.base.search_parameters()
+
     def reconstruct(self, ids) -> torch.Tensor:
         s = self._ready()
         return s.transform.reverse(self.base.reconstruct(as_ids(ids)))
@@ -210,6 +222,8 @@ class PreTransformIndex(Index):
         if meta.choice("metric", ("l2", "ip")) != base.metric:
             raise IndexFileError(f"{f.path}: meta field 'metric' differs from the base index's")
         index = cls(d, kind, base, M=meta.int("M", 1, 1 << 16), seed=meta.int("seed", 0, 1 << 62))
+        if meta.int("ntotal", 0) != base._count(base_state):
+            raise IndexFileError(f"{f.path}: meta field {meta.name('ntotal')} differs from the base index's")
         R = finite_section(f, f.array(prefix + "transform.matrix"), prefix + "transform.matrix")
         index._set_state(_State(Transform(kind, d, base.d, R), base_state))
         index.readonly = f.mmap

@@ -39,6 +39,11 @@ def _outputs(Q: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(np.empty((Q, k), np.float32)), torch.from_numpy(np.empty((Q, k), np.int64))
 
 
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    """t as float32 contiguous (itself when it is already: conversions cost a microsecond even when no-ops)."""
+    return t if t.dtype is torch.float32 and t.is_contiguous() else t.to(torch.float32).contiguous()
+
+
 def _signed_lut(lut: torch.Tensor, largest: bool) -> torch.Tensor:
     """float32 contiguous, negated for largest-first: the kernels always keep the smallest."""
     t = lut.to(torch.float32)
@@ -185,11 +190,10 @@ def ivf_search(queries, centroids, codebooks, lists, probes, k: int, metric: str
     M, K, _ = codebooks.shape
     if any(torch.float64 == t.dtype for t in (queries, centroids, codebooks)):
         return reference.ivf_search(queries, centroids, codebooks, lists, probes, k, metric, None, exact, by_residual)
-    pre = precomputed.to(torch.float32).contiguous() if precomputed is not None and metric == "l2" else None
+    pre = _f32(precomputed) if precomputed is not None and metric == "l2" else None
     Q, d = queries.shape
-    q = queries.to(torch.float32).contiguous()
-    cen, cb = centroids.to(torch.float32).contiguous(), codebooks.to(torch.float32).contiguous()
-    pr = probes.to(torch.int64).contiguous()
+    q, cen, cb = _f32(queries), _f32(centroids), _f32(codebooks)
+    pr = probes if probes.dtype is torch.int64 and probes.is_contiguous() else probes.to(torch.int64).contiguous()
     c_addr, i_addr, sizes = lists.code_addresses, lists.id_addresses, lists.sizes
     v, i = _outputs(Q, k)
     if not Q:

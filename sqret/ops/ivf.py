@@ -189,8 +189,7 @@ def ivf_search(
     if len(lists) != nlist:
         raise ValueError(f"need codes and ids for each of the {nlist} lists, got {len(lists)}")
     checks.tensor(probes, "probes", 2, (torch.int64, torch.int32))
-    if probes.shape[0] != queries.shape[0] or (probes.numel() and not (int(probes.max()) < nlist
-                                                                      and int(probes.min()) >= -1)):
+    if probes.shape[0] != queries.shape[0] or (probes.numel() and not _within(probes, -1, nlist - 1)):
         raise ValueError(f"probes must be [Q = {queries.shape[0]}, nprobe] list numbers in [-1, {nlist})")
     if precomputed is not None:
         checks.tensor(precomputed, "precomputed", 3, checks.FLOATS)
@@ -209,6 +208,11 @@ def ivf_search(
     return impl(queries, centroids, codebooks, lists, probes, k, metric, precomputed, exact, by_residual)
 
 
+def _within(t: Tensor, lo: int, hi: int) -> bool:
+    a, b = torch.aminmax(t)
+    return lo <= int(a) and int(b) <= hi
+
+
 def coarse_probe(queries: Tensor, centroids: Tensor, nprobe: int, metric: str = "l2", *,
                  centroid_norms: Tensor | None = None) -> Tensor:
     """The nprobe lists nearest each query [Q, d] (l2: smallest ||q - c||, ip: largest <q, c>), nearest first,
@@ -222,14 +226,16 @@ def coarse_probe(queries: Tensor, centroids: Tensor, nprobe: int, metric: str = 
     if nprobe > centroids.shape[0]:
         raise ValueError(f"nprobe = {nprobe} is more than the {centroids.shape[0]} lists")
     checks.metric(metric, ("l2", "ip"))
-    dots = queries.to(centroids.dtype) @ centroids.T  # one GEMM; l2 ranks by ||c||^2 - 2 q.c (||q||^2 is common)
-    if metric == "ip":
-        dist = -dots
-    else:
+    q = queries if queries.dtype == centroids.dtype else queries.to(centroids.dtype)
+    if metric == "ip":  # one GEMM
+        dist = torch.mm(q, centroids.T).neg_()
+    else:  # ||c||^2 - 2 q.c ranks as ||q - c||^2 (||q||^2 is common to a row)
         norms = centroid_norms if centroid_norms is not None else (centroids * centroids).sum(1)
-        dist = norms - 2 * dots
+        dist = torch.addmm(norms, q, centroids.T, alpha=-2)
+    if dist.dtype != torch.float32:
+        dist = dist.to(torch.float32)
     impl = registry.select("smallest_k_rows", registry.device_type(queries))[1]
-    return impl(dist.to(torch.float32).contiguous(), nprobe)
+    return impl(dist.contiguous(), nprobe)
 
 
 def ivf_precomputed_table(centroids: Tensor, codebooks: Tensor) -> Tensor:

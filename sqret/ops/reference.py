@@ -407,12 +407,12 @@ def quantized_sums(q: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
 
 
 def approx_topk(lut: torch.Tensor, codes: torch.Tensor, k: int, largest: bool):
-    """Best k by the quantized distances float32(bias + a * quantized sum) of :func:`quantize_lut`
-    (largest: of the negated tables, negated back), ties by smaller position."""
+    """Best k by the quantized distances of :func:`quantize_lut`, float32(bias) + float32(a) * quantized sum
+    in float32 (largest: of the negated tables, negated back), ties by smaller position."""
     signed = -lut.to(torch.float32) if largest else lut.to(torch.float32)
     q, a, bias, _ = quantize_lut(signed)
     qsum = quantized_sums(q, codes)
-    dist = (qsum.to(torch.float64) * a[:, None] + bias[:, None]).to(torch.float32)
+    dist = qsum.to(torch.float32) * a.to(torch.float32)[:, None] + bias.to(torch.float32)[:, None]
     v, i = adc_topk_dist(dist, k)
     return (-v if largest else v), i
 
