@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.sqret-installed
 NATIVE := $(wildcard csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh)
 
-.PHONY: demo test lint bench bench-index bench-billion clean
+.PHONY: demo test lint bench bench-index bench-billion bench-frontier clean
 
 $(STAMP): requirements.txt setup.py $(NATIVE)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ bench-index: $(STAMP)
 	cd benchmarks && ../$(BIN)/python index_report.py results/index_vs_faiss.json \
 		results/index_vs_faiss.md results/index_vs_faiss.png
 	cat benchmarks/results/index_vs_faiss.md
+
+# ScaNN: a benchmark-only dependency (benchmarks/requirements-scann.txt), installed without its TensorFlow.
+bench-frontier: $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r benchmarks/requirements-scann.txt
+	$(BIN)/python benchmarks/frontier.py $(FRONTIER_ARGS)
+	$(BIN)/python benchmarks/frontier_report.py
+	cat benchmarks/results/frontier.md
 
 bench-billion: $(STAMP)
 	$(BIN)/python benchmarks/billion.py
