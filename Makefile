@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.sqret-installed
 NATIVE := $(wildcard csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh)
 
-.PHONY: demo test lint bench bench-index bench-billion bench-frontier clean
+.PHONY: demo test lint gpu-static bench bench-index bench-billion bench-frontier clean
 
 $(STAMP): requirements.txt setup.py $(NATIVE)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -q tests
+	$(MAKE) --no-print-directory gpu-static
+
+# Every Triton kernel compiled for sm_80 / sm_90 (and sm_100) without a GPU, csrc/cuda through nvcc -Xptxas -v:
+# a compile failure, a spill in a hot configuration or shared memory over a limit fails (gpu_static.py).
+gpu-static: $(STAMP)
+	$(BIN)/python benchmarks/gpu_static.py
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q benchmarks/test_cpu_scan.py --benchmark-only \

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).parent
@@ -54,7 +54,7 @@ def cuda_extension():
     """sqret._cuda: csrc/cuda/*.cu compiled by nvcc (sm_80, sm_90 and PTX), bound by module.cpp, cudart static."""
     sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.cu"))
     nvcc, home = _nvcc()
-    if not sources or nvcc is None:
+    if not sources or nvcc is None or CUDA_ARCHS.strip().lower() == "none":
         return None
     from pybind11.setup_helpers import Pybind11Extension
 
@@ -71,7 +71,7 @@ def cuda_extension():
     return ext
 
 
-CUDA_ARCHS = os.environ.get("SQRET_CUDA_ARCHS", "80;90")
+CUDA_ARCHS = os.environ.get("SQRET_CUDA_ARCHS", "80;90")  # "none": no CUDA extension
 
 
 class OptionalBuildExt(build_ext):
@@ -105,14 +105,5 @@ class OptionalBuildExt(build_ext):
                 self.extensions.remove(ext)
 
 
-setup(
-    name="sqret",
-    version="0.1.0",
-    description="Kernel-accelerated deep product quantization and image retrieval",
-    packages=find_packages(include=["sqret", "sqret.*", "sqret_kernels", "sqret_kernels.*"]),
-    python_requires=">=3.10",
-    install_requires=["torch>=2.11", "numpy", "tqdm"],
-    ext_modules=native_extensions(),
-    cmdclass={"build_ext": OptionalBuildExt},
-    entry_points={"console_scripts": ["sqret=sqret.cli:main"]},
-)
+# Metadata (name, version from sqret.__version__, dependencies, the sqret entry point): pyproject.toml.
+setup(ext_modules=native_extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -68,11 +68,12 @@ def table(runs: dict) -> list[str]:
         top = {lib: max((p["recall"] for p in pts), default=0) for lib, pts in have.items()}
         lines += ["", "Highest recall reached: " + ", ".join(f"{lib} {r:.3f}" for lib, r in top.items()), ""]
         # equal code size, no refinement: the best recall each library reaches per bytes per vector
-        sizes = sorted({p["bytes"] for pts in have.values() for p in pts if p["bytes"] < 4 * n["d"] / 2})
+        codes_only = {lib: [p for p in pts if not refined(p)] for lib, pts in have.items()}
+        sizes = sorted({p["bytes"] for pts in codes_only.values() for p in pts})
         rows = []
         for size in sizes:
             best = {lib: max((p["recall"] for p in pts if p["bytes"] == size), default=None)
-                    for lib, pts in have.items()}
+                    for lib, pts in codes_only.items()}
             if best.get("sqret") is not None and any(v is not None for k, v in best.items() if k != "sqret"):
                 rows.append(f"| {size:g} | " + " | ".join("-" if best.get(lib) is None else f"{best[lib]:.3f}"
                                                           for lib in LIBS) + " |")
@@ -81,9 +82,23 @@ def table(runs: dict) -> list[str]:
                       "| bytes | sqret | FAISS | ScaNN |", "|---|---|---|---|", *rows, ""]
     if ratios:
         worst = min(ratios, key=lambda r: r[2])
-        lines.insert(0, f"Lowest sqret / best-peer ratio over every level a peer reaches: {worst[2]:.2f}x "
-                        f"({worst[0]}, R10@10 >= {worst[1]}); highest {max(r[2] for r in ratios):.2f}x.\n")
+        summary = [f"Lowest sqret / best-peer ratio over every level a peer reaches: {worst[2]:.2f}x "
+                   f"({worst[0]}, R10@10 >= {worst[1]}); highest {max(r[2] for r in ratios):.2f}x.", "",
+                   "sqret's best QPS over the best peer's (FAISS or ScaNN), per 10-recall@10 level:", "",
+                   "| data / threads | " + " | ".join(f">= {lv}" for lv in LEVELS) + " |",
+                   "|---|" + "---|" * len(LEVELS)]
+        for g in groups:
+            got = {lv: r for gg, lv, r in ratios if gg == g}
+            if got:
+                summary.append(f"| {g} | " + " | ".join(f"{got[lv]:.2f}x" if lv in got else "-" for lv in LEVELS)
+                               + " |")
+        lines[0:0] = summary + [""]
     return lines
+
+
+def refined(p: dict) -> bool:
+    """A configuration that re-ranks with stored vectors (its bytes are more than its codes)."""
+    return any(t in p["config"] for t in ("Refine", "RFlat", "reorder"))
 
 
 def plot(runs: dict, path: Path) -> None:

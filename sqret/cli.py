@@ -306,6 +306,14 @@ def _train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, resumable, train
 
     _check_device(args.device)
+    if args.dataset == "digits":  # the embedded default: the demo's split and budget unless asked otherwise
+        from .demo import DIGITS_EPOCHS, MAP_AT, digits_lr
+
+        args.epochs = DIGITS_EPOCHS if args.epochs is None else args.epochs
+        args.map_at = MAP_AT if args.map_at is None else args.map_at
+        args.lr = digits_lr(args.method) if args.lr is None else args.lr
+    args.epochs = 10 if args.epochs is None else args.epochs
+    args.map_at = 1000 if args.map_at is None else args.map_at
     if args.resume and not args.checkpoint:
         raise UsageError("--resume needs --checkpoint FILE (the checkpoint to continue from)")
     if args.weights:
@@ -328,7 +336,12 @@ def _train(args: argparse.Namespace) -> int:
         if diff:
             raise UsageError(f"--resume: {args.checkpoint} is of another run: " + "; ".join(diff))
     joined = _init_distributed()
-    data = _load_data(args.dataset, args.data, args.seed, args.image_size)
+    if args.dataset == "digits" and not args.val_every:
+        from .data import load_digits_images
+
+        data = load_digits_images(val_per_class=0, seed=args.seed)  # the demo's query / database split
+    else:
+        data = _load_data(args.dataset, args.data, args.seed, args.image_size)
     c, h, _ = data.shape
     try:
         method = build_method(args.method, args.bits, args.backbone, c, h, data.num_classes, args.weights,
@@ -341,7 +354,8 @@ def _train(args: argparse.Namespace) -> int:
                       amp=not args.no_amp, log=args.log, checkpoint=args.checkpoint, every=args.every,
                       resume=args.resume, val_every=args.val_every, map_at=args.map_at, train_size=args.train_size,
                       meta={"dataset": args.dataset, "data": args.data, "seed": args.seed,
-                            "image_size": args.image_size})
+                            "image_size": args.image_size,
+                            "val_per_class": 0 if args.dataset == "digits" and not args.val_every else None})
     print(data.describe(), flush=True)
     result = train(method, data, cfg)
     import torch.distributed as dist
@@ -381,7 +395,12 @@ def _eval(args: argparse.Namespace) -> int:
     name = args.dataset or meta.get("dataset")
     if name is None:
         raise UsageError("the checkpoint does not name its dataset: pass --dataset")
-    data = _load_data(name, args.data or meta.get("data"), meta.get("seed", 0), meta.get("image_size"))
+    if name == "digits" and meta.get("val_per_class") == 0:  # trained on the demo's split
+        from .data import load_digits_images
+
+        data = load_digits_images(val_per_class=0, seed=meta.get("seed", 0))
+    else:
+        data = _load_data(name, args.data or meta.get("data"), meta.get("seed", 0), meta.get("image_size"))
     want = (state["spec"].get("in_channels"), state["spec"].get("image_size"))
     if tuple(data.shape[:2]) != want:
         raise UsageError(f"--dataset {name}: its images are {data.shape[0]} x {data.shape[1]} px (channels x side), "
@@ -466,15 +485,18 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--backbone", default="small", choices=BACKBONES, help="feature network")
     tr.add_argument("--weights", help="local pretrained backbone weights (resnet18/resnet50/vgg16)")
     tr.add_argument("--width", type=positive_int, default=32, help="channels of the small CNN")
-    tr.add_argument("--epochs", type=positive_int, default=10, help="epochs in all (also when resuming)")
+    tr.add_argument("--epochs", type=positive_int, default=None,
+                    help="epochs in all, also when resuming (default: 30 on digits, as the README's table; else 10)")
     tr.add_argument("--batch-size", type=positive_int, default=128, help="global batch (split over torchrun ranks)")
-    tr.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: the method's)")
+    tr.add_argument("--lr", type=positive_float, default=None,
+                    help="learning rate (default: the method's; 1e-3 for spq / sscq on digits, as the README)")
     tr.add_argument("--train-size", type=positive_int, help="train on a random subset of N training images")
     tr.add_argument("--seed", type=int, default=0, help="random seed")
     tr.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     tr.add_argument("--no-amp", action="store_true", help="no bfloat16 autocast on the GPU")
     tr.add_argument("--val-every", type=nonnegative_int, default=0, help="validation mAP every N epochs (0: never)")
-    tr.add_argument("--map-at", type=positive_int, default=1000, help="mAP@k of the final evaluation")
+    tr.add_argument("--map-at", type=positive_int, default=None,
+                    help="mAP@k of the final evaluation (default: 100 on digits, as the README; else 1000)")
     tr.add_argument("--log", help="JSON-lines log file")
     tr.add_argument("--checkpoint", help="checkpoint file (written atomically)")
     tr.add_argument("--every", type=positive_int, default=1, help="checkpoint every N epochs")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -232,6 +233,11 @@ def train(method, data: ImageSplit, cfg: TrainConfig) -> dict:
         if log:
             log.write(json.dumps(record) + "\n")
             log.flush()
+        if rank == 0 and cfg.progress is not False:  # one line per epoch (the bar above does not stay)
+            line = (f"epoch {epoch + 1}/{cfg.epochs}  loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
+                    f"{record['seconds']:.1f} s" + "".join(f"  {k} {v:.4f}" for k, v in record.items()
+                                                           if k.startswith("val_")))
+            tqdm.write(line) if sys.stdout.isatty() else print(line, flush=True)
         if ckpt and rank == 0 and ((epoch + 1) % cfg.every == 0 or epoch + 1 == cfg.epochs):
             save_checkpoint({"model": method.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
                           "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),

@@ -3,14 +3,16 @@
 Per sub-space m and block of rows: scores s = -||x - c||^2 (METRIC 0) or x . c (METRIC 1) against blocks of
 codewords, softmax(s / tau) with an online max / sum (flash-attention style), z = p @ C. The probabilities
 [B, M, K] are never written by soft_quantize; its backward recomputes them from the log-sum-exp, in two
-kernels: one over row blocks (grad x) and one over codeword blocks (grad codebooks, looping over the batch:
-deterministic, no atomics). Cosine is the inner product of L2-normalized inputs (the launcher normalizes).
-All accumulation is float32 whatever the input dtype. Metrics: l2 and ip (the caller rewrites cosine as
-the inner product of normalized inputs).
+kernels: one over row blocks (grad x) and one over codeword blocks x splits of the batch (grad codebooks:
+partial sums per split, then one fixed-order sum; deterministic, no atomics). All accumulation is float32
+whatever the input dtype. Metrics: l2 and ip (the caller rewrites cosine as the inner product of
+L2-normalized inputs).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 
 import torch
@@ -24,26 +26,108 @@ def _pow2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(int(n)))
 
 
-def _tuned(kernel):
-    """On a GPU, autotune (BLOCK_B, BLOCK_K, warps) per problem shape (B, K, d); in the interpreter, which
-    charges per program, the launch passes large fixed blocks instead (see _launch)."""
-    if INTERPRET:
-        return kernel
-    configs = [triton.Config({"BLOCK_B": bb, "BLOCK_K": bk}, num_warps=w, num_stages=st)
-               for bb, bk, w, st in ((32, 32, 4, 2), (64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2),
-                                     (128, 32, 4, 3), (64, 128, 8, 2))]
-    return triton.autotune(configs=configs, key=["B", "K", "d"])(kernel)
+CONFIGS = ((32, 32, 4, 2), (64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 4, 3), (64, 128, 8, 2))
+"""(BLOCK_B, BLOCK_K, num_warps, num_stages) of the forward kernels at BLOCK_D = 16."""
+FORWARD = {16: CONFIGS,
+           32: ((16, 32, 4, 2), (32, 32, 4, 2), (32, 32, 8, 2), (64, 32, 4, 2), (64, 32, 8, 2)),
+           64: ((16, 32, 4, 2), (32, 32, 8, 2), (32, 64, 8, 2), (64, 32, 8, 2)),
+           128: ((16, 16, 4, 1), (16, 32, 4, 1), (16, 32, 8, 1))}
+BACKWARD = {16: ((32, 32, 4, 2), (16, 32, 4, 2), (32, 32, 4, 1)),
+            32: ((16, 32, 4, 2),),
+            64: ((16, 32, 4, 2),),
+            128: ((16, 16, 4, 1), (16, 32, 8, 1))}
+"""The configurations per BLOCK_D whose registers hold every tile (no spills, no stack at sm_90 in fp32, bf16
+and fp16: benchmarks/gpu_static.py compiles each and fails on a spill in a hot one; the backward kernels at
+BLOCK_D = 128 are the exception it reports: their [BLOCK, 128] accumulators do not fit)."""
 
 
-def _launch(kernel, over_rows: bool, B: int, K: int, M: int, args: tuple, meta: dict) -> None:
-    """Grid over row blocks (or codeword blocks) x sub-spaces."""
-    if INTERPRET:
-        BB, BK = min(_pow2(B), 256), min(_pow2(K), 256)
-        grid = (triton.cdiv(B, BB) if over_rows else triton.cdiv(K, BK), M)
-        kernel[grid](*args, BLOCK_B=BB, BLOCK_K=BK, **meta)
+def configs(block_d: int, backward: bool = False) -> list[triton.Config]:
+    """The autotune configurations of the forward (soft_quantize, assign_probs, encode) or backward kernels
+    for sub-vectors of BLOCK_D lanes."""
+    table = BACKWARD if backward else FORWARD
+    return [triton.Config({"BLOCK_B": bb, "BLOCK_K": bk}, num_warps=w, num_stages=st)
+            for bb, bk, w, st in table[min(max(block_d, 16), 128)]]
+
+
+def smem_estimate(config: triton.Config, block_d: int) -> int:
+    """An upper bound of the shared memory (bytes) a soft kernel takes in ``config``: the pipelined row and
+    codeword tiles plus one [BLOCK_B, BLOCK_K] score tile, float32 (benchmarks/gpu_static.py checks that it
+    bounds what the compiler allocates)."""
+    bb, bk = config.kwargs["BLOCK_B"], config.kwargs["BLOCK_K"]
+    return 4 * (max(config.num_stages, 1) * 2 * (bb + bk) * block_d + 2 * bb * bk) + 1024
+
+
+def _smem_limit() -> int:
+    try:
+        import torch
+
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        return int(getattr(props, "shared_memory_per_block_optin", 0) or 49152)
+    except Exception:  # noqa: BLE001 - no device: keep every configuration
+        return 1 << 30
+
+
+def _key(c: triton.Config) -> tuple[int, int, int, int]:
+    return c.kwargs["BLOCK_B"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages
+
+
+def _pruner(backward: bool):
+    def prune(all_configs, named_args, **kwargs):
+        """This d's configurations whose shared memory fits the device (never an empty list)."""
+        block_d = int(kwargs.get("BLOCK_D", 16))
+        allowed = {_key(c) for c in configs(block_d, backward)}
+        limit = _smem_limit()
+        mine = [c for c in all_configs if _key(c) in allowed] or list(all_configs)
+        keep = [c for c in mine if smem_estimate(c, block_d) <= limit]
+        return keep or [min(mine, key=lambda c: smem_estimate(c, block_d))]
+
+    return prune
+
+
+def _tuned(backward: bool = False):
+    """On a GPU, autotune (BLOCK_B, BLOCK_K, warps, stages) per problem shape (B, K, d) over :func:`configs`
+    for that d, pruned to what fits the device's shared memory; in the interpreter, which charges per
+    program, the launch passes large fixed blocks instead (see _launch)."""
+
+    def wrap(kernel):
+        if INTERPRET:
+            return kernel
+        every = sorted({_key(c) for bd in (16, 32, 64, 128) for c in configs(bd, backward)})
+        listed = [triton.Config({"BLOCK_B": bb, "BLOCK_K": bk}, num_warps=w, num_stages=st) for bb, bk, w, st in every]
+        return triton.autotune(configs=listed, key=["B", "K", "d"],
+                               prune_configs_by={"early_config_prune": _pruner(backward)})(kernel)
+
+    return wrap
+
+
+_FORCED: contextvars.ContextVar[triton.Config | None] = contextvars.ContextVar("sqret_soft_config", default=None)
+
+
+@contextlib.contextmanager
+def forced_config(config: triton.Config):
+    """Launch the soft kernels with one configuration instead of autotuning (the GPU tests run each)."""
+    token = _FORCED.set(config)
+    try:
+        yield
+    finally:
+        _FORCED.reset(token)
+
+
+def _launch(kernel, over_rows: bool, B: int, K: int, M: int, args: tuple, meta: dict, splits: int = 1) -> None:
+    """Grid over row blocks (or codeword blocks) x sub-spaces (x batch splits of the codeword gradient)."""
+    forced = None if INTERPRET else _FORCED.get()
+    if INTERPRET or forced is not None:
+        if forced is not None:
+            BB, BK = forced.kwargs["BLOCK_B"], forced.kwargs["BLOCK_K"]
+            opts = dict(num_warps=forced.num_warps, num_stages=forced.num_stages)
+        else:
+            BB, BK, opts = min(_pow2(B), 256), min(_pow2(K), 256), {}
+        grid = (triton.cdiv(B, BB) if over_rows else triton.cdiv(K, BK), M, splits)
+        fn = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
+        fn[grid](*args, BLOCK_B=BB, BLOCK_K=BK, **meta, **opts)
     else:
-        kernel[lambda META: (triton.cdiv(B, META["BLOCK_B"]) if over_rows else triton.cdiv(K, META["BLOCK_K"]), M)](
-            *args, **meta)
+        kernel[lambda META: (triton.cdiv(B, META["BLOCK_B"]) if over_rows else triton.cdiv(K, META["BLOCK_K"]), M,
+                             splits)](*args, **meta)
 
 
 @triton.jit
@@ -64,7 +148,7 @@ def _codewords(c_ptr, rk, rd, mk, md, scm, sck, m):
 def _scores(x, c, xx, cc, inv_tau, METRIC: tl.constexpr, IEEE: tl.constexpr):
     """[BB, BK] scaled scores of rows x [BB, BD] against codewords c [BK, BD]."""
     if IEEE:
-        dot = tl.dot(x, tl.trans(c), input_precision="ieee")
+        dot = tl.dot(x, tl.trans(c), input_precision="tf32x3")
     else:
         dot = tl.dot(x, tl.trans(c))
     if METRIC == 0:
@@ -74,7 +158,7 @@ def _scores(x, c, xx, cc, inv_tau, METRIC: tl.constexpr, IEEE: tl.constexpr):
     return s * inv_tau
 
 
-@_tuned
+@_tuned()
 @triton.jit
 def _soft_fwd(x_ptr, c_ptr, z_ptr, B, K, d, sxb, scm, sck, szb, inv_tau,
               METRIC: tl.constexpr, IEEE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -99,7 +183,7 @@ def _soft_fwd(x_ptr, c_ptr, z_ptr, B, K, d, sxb, scm, sck, szb, inv_tau,
         p = tl.exp(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p, c, input_precision="ieee")
+            acc = acc * alpha[:, None] + tl.dot(p, c, input_precision="tf32x3")
         else:
             acc = acc * alpha[:, None] + tl.dot(p, c)
         m_i = m_new
@@ -108,7 +192,7 @@ def _soft_fwd(x_ptr, c_ptr, z_ptr, B, K, d, sxb, scm, sck, szb, inv_tau,
              mask=mb[:, None] & md[None, :])
 
 
-@_tuned
+@_tuned(backward=True)
 @triton.jit
 def _soft_bwd_rows(x_ptr, c_ptr, g_ptr, gx_ptr, lse_ptr, delta_ptr, B, K, M, d, sxb, scm, sck, sgb, inv_tau,
                    METRIC: tl.constexpr, PROBS: tl.constexpr, IEEE: tl.constexpr, BLOCK_B: tl.constexpr,
@@ -137,7 +221,7 @@ def _soft_bwd_rows(x_ptr, c_ptr, g_ptr, gx_ptr, lse_ptr, delta_ptr, B, K, M, d, 
         s = tl.where(mk[None, :], s, float("-inf"))
         if PROBS == 0:
             if IEEE:
-                a = tl.dot(g, tl.trans(c), input_precision="ieee")
+                a = tl.dot(g, tl.trans(c), input_precision="tf32x3")
             else:
                 a = tl.dot(g, tl.trans(c))
         else:
@@ -164,7 +248,7 @@ def _soft_bwd_rows(x_ptr, c_ptr, g_ptr, gx_ptr, lse_ptr, delta_ptr, B, K, M, d, 
         p = tl.where(mk[None, :], tl.exp(s - lse[:, None]), 0.0)
         if PROBS == 0:
             if IEEE:
-                a = tl.dot(g, tl.trans(c), input_precision="ieee")
+                a = tl.dot(g, tl.trans(c), input_precision="tf32x3")
             else:
                 a = tl.dot(g, tl.trans(c))
         else:
@@ -172,7 +256,7 @@ def _soft_bwd_rows(x_ptr, c_ptr, g_ptr, gx_ptr, lse_ptr, delta_ptr, B, K, M, d, 
                         other=0.0).to(tl.float32)
         ds = p * (a - delta[:, None]) * inv_tau
         if IEEE:
-            dx += tl.dot(ds, c, input_precision="ieee")
+            dx += tl.dot(ds, c, input_precision="tf32x3")
         else:
             dx += tl.dot(ds, c)
         rows += tl.sum(ds, 1)
@@ -181,24 +265,28 @@ def _soft_bwd_rows(x_ptr, c_ptr, g_ptr, gx_ptr, lse_ptr, delta_ptr, B, K, M, d, 
     tl.store(gx_ptr + rb[:, None] * sxb + (m * d + rd)[None, :], dx.to(gx_ptr.dtype.element_ty), mask=mask_x)
 
 
-@_tuned
+@_tuned(backward=True)
 @triton.jit
 def _soft_bwd_codewords(x_ptr, c_ptr, g_ptr, gc_ptr, lse_ptr, delta_ptr, B, K, M, d, sxb, scm, sck, sgb, inv_tau,
-                        METRIC: tl.constexpr, PROBS: tl.constexpr, IEEE: tl.constexpr, BLOCK_B: tl.constexpr,
-                        BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
-    """grad codebooks for a block of codewords, looping over the whole batch (deterministic, no atomics)."""
-    pid, m = tl.program_id(0), tl.program_id(1)
+                        per_split, METRIC: tl.constexpr, PROBS: tl.constexpr, IEEE: tl.constexpr,
+                        BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    """grad codebooks for a block of codewords over one split of the batch (rows [s * per_split, (s + 1) *
+    per_split)): partial sums gc [splits, M, K, d], summed by the launcher in a fixed order (deterministic,
+    no atomics)."""
+    pid, m, sp = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rk = pid * BLOCK_K + tl.arange(0, BLOCK_K)
     rd = tl.arange(0, BLOCK_D)
     mk, md = rk < K, rd < d
+    lo = sp * per_split
+    hi = tl.minimum(lo + per_split, B)
     c = _codewords(c_ptr, rk, rd, mk, md, scm, sck, m)
     cc = tl.sum(c * c, 1)
     dcw = tl.zeros([BLOCK_K, BLOCK_D], tl.float32)
     dcs = tl.zeros([BLOCK_K, BLOCK_D], tl.float32)
     cols = tl.zeros([BLOCK_K], tl.float32)
-    for b0 in range(0, B, BLOCK_B):
+    for b0 in range(lo, hi, BLOCK_B):
         rb = b0 + tl.arange(0, BLOCK_B)
-        mb = rb < B
+        mb = rb < hi
         x = _rows(x_ptr, rb, rd, mb, md, sxb, m, d)
         lse = tl.load(lse_ptr + rb * M + m, mask=mb, other=0.0)
         delta = tl.load(delta_ptr + rb * M + m, mask=mb, other=0.0)
@@ -207,8 +295,8 @@ def _soft_bwd_codewords(x_ptr, c_ptr, g_ptr, gc_ptr, lse_ptr, delta_ptr, B, K, M
         if PROBS == 0:
             g = _rows(g_ptr, rb, rd, mb, md, sgb, m, d)
             if IEEE:
-                a = tl.dot(g, tl.trans(c), input_precision="ieee")
-                dcw += tl.dot(tl.trans(p), g, input_precision="ieee")
+                a = tl.dot(g, tl.trans(c), input_precision="tf32x3")
+                dcw += tl.dot(tl.trans(p), g, input_precision="tf32x3")
             else:
                 a = tl.dot(g, tl.trans(c))
                 dcw += tl.dot(tl.trans(p), g)
@@ -217,16 +305,17 @@ def _soft_bwd_codewords(x_ptr, c_ptr, g_ptr, gc_ptr, lse_ptr, delta_ptr, B, K, M
                         other=0.0).to(tl.float32)
         ds = p * (a - delta[:, None]) * inv_tau
         if IEEE:
-            dcs += tl.dot(tl.trans(ds), x, input_precision="ieee")
+            dcs += tl.dot(tl.trans(ds), x, input_precision="tf32x3")
         else:
             dcs += tl.dot(tl.trans(ds), x)
         cols += tl.sum(ds, 0)
     if METRIC == 0:  # ds/dc = 2 (x - c)
         dcs = 2.0 * (dcs - c * cols[:, None])
-    tl.store(gc_ptr + m * (K * d) + rk[:, None] * d + rd[None, :], dcw + dcs, mask=mk[:, None] & md[None, :])
+    tl.store(gc_ptr + (sp * M + m) * (K * d) + rk[:, None] * d + rd[None, :], dcw + dcs,
+             mask=mk[:, None] & md[None, :])
 
 
-@_tuned
+@_tuned()
 @triton.jit
 def _probs_fwd(x_ptr, c_ptr, p_ptr, B, K, M, d, sxb, scm, sck, inv_tau, METRIC: tl.constexpr, IEEE: tl.constexpr,
                BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -256,7 +345,7 @@ def _probs_fwd(x_ptr, c_ptr, p_ptr, B, K, M, d, sxb, scm, sck, inv_tau, METRIC: 
                  mask=mb[:, None] & mk[None, :])
 
 
-@_tuned
+@_tuned()
 @triton.jit
 def _encode(x_ptr, c_ptr, out_ptr, B, K, M, d, sxb, scm, sck, METRIC: tl.constexpr, IEEE: tl.constexpr,
             BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -273,7 +362,7 @@ def _encode(x_ptr, c_ptr, out_ptr, B, K, M, d, sxb, scm, sck, METRIC: tl.constex
         mk = rk < K
         c = _codewords(c_ptr, rk, rd, mk, md, scm, sck, m)
         if IEEE:
-            dot = tl.dot(x, tl.trans(c), input_precision="ieee")
+            dot = tl.dot(x, tl.trans(c), input_precision="tf32x3")
         else:
             dot = tl.dot(x, tl.trans(c))
         if METRIC == 0:
@@ -300,7 +389,8 @@ def _prep(x: torch.Tensor, codebooks: torch.Tensor, metric: str):
 
 
 def _ieee(*ts: torch.Tensor) -> bool:
-    """float32 inputs keep full precision (no TF32); half inputs use the tensor cores' native precision."""
+    """float32 inputs keep float32 accuracy (3xTF32 dots: three tensor-core products of a split into high and
+    low TF32 parts, instead of IEEE FMA loops that need every register and spill); half inputs use TF32."""
     return all(t.dtype == torch.float32 for t in ts)
 
 
@@ -315,19 +405,33 @@ def soft_quantize(x: torch.Tensor, codebooks: torch.Tensor, tau: float, metric: 
     return z
 
 
-def _backward(grad, x, codebooks, tau, metric, probs: bool):
+SPLIT_ROWS = 2048  # batch rows per split of the codeword gradient (at least)
+MAX_SPLITS = 64
+
+
+def batch_splits(B: int) -> int:
+    """Splits of the batch for the codeword gradient: enough programs to fill a large GPU (K / BLOCK_K x M x
+    splits; 64 x 32 = 2,048 at B = 65,536, K = 256, M = 16), each over at least SPLIT_ROWS rows."""
+    return max(1, min(MAX_SPLITS, triton.cdiv(B, SPLIT_ROWS)))
+
+
+def _backward(grad, x, codebooks, tau, metric, probs: bool, splits: int | None = None):
     xs, cb, METRIC = _prep(x, codebooks, metric)
     B, (M, K, d) = xs.shape[0], cb.shape
     g = grad.to(torch.float32).contiguous()
     gx = torch.zeros(xs.shape, dtype=torch.float32, device=x.device)
     gc = torch.zeros(cb.shape, dtype=torch.float32, device=x.device)
     if B:
+        S = batch_splits(B) if splits is None else max(1, min(int(splits), B))
+        per_split = triton.cdiv(B, S)
         lse = torch.empty((B, M), dtype=torch.float32, device=x.device)  # O(B * M) row statistics
         delta = torch.empty_like(lse)
         args = (B, K, M, d, xs.stride(0), cb.stride(0), cb.stride(1), g.stride(0), 1.0 / tau)
         meta = dict(METRIC=METRIC, PROBS=int(probs), IEEE=_ieee(xs, cb), BLOCK_D=_pow2(d))
         _launch(_soft_bwd_rows, True, B, K, M, (xs, cb, g, gx, lse, delta, *args), meta)
-        _launch(_soft_bwd_codewords, False, B, K, M, (xs, cb, g, gc, lse, delta, *args), meta)
+        parts = torch.empty((S, M, K, d), dtype=torch.float32, device=x.device)
+        _launch(_soft_bwd_codewords, False, B, K, M, (xs, cb, g, parts, lse, delta, *args, per_split), meta, S)
+        gc = parts[0] if S == 1 else parts.sum(0)  # one fixed-order reduction: deterministic
     return gx.to(x.dtype), gc.to(codebooks.dtype)
 
 

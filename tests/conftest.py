@@ -1,6 +1,24 @@
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before any @triton.jit runs: kernels run on CPU tensors
+
+def _cuda_present() -> bool:
+    """A CUDA GPU, asked without importing torch (TRITON_INTERPRET must be decided before triton loads)."""
+    import ctypes
+
+    for name in ("libcuda.so.1", "libcuda.so"):
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        return lib.cuInit(0) == 0 and lib.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
+    return False
+
+
+# Before any @triton.jit runs: without a GPU the kernels run in the interpreter on CPU tensors; with one,
+# the compiled kernels are tested (an explicit TRITON_INTERPRET in the environment is kept either way).
+if "TRITON_INTERPRET" not in os.environ and not _cuda_present():
+    os.environ["TRITON_INTERPRET"] = "1"
 
 from pathlib import Path  # noqa: E402
 

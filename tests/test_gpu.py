@@ -94,3 +94,59 @@ def test_soft_quantize_memory_is_o_b_d():
     torch.cuda.synchronize()
     extra = (torch.cuda.max_memory_allocated() - base) / 2**20
     assert extra < 400, f"{extra:.0f} MiB beyond the inputs"
+
+
+@pytest.mark.parametrize("d", [8, 16, 32, 64, 128])
+def test_every_autotune_configuration(d):
+    """Each configuration the autotuner can pick, launched alone (forced), against the reference."""
+    from sqret_kernels import soft
+
+    g = torch.Generator(device=DEV).manual_seed(d)
+    x = torch.randn(777, 4 * d, device=DEV, generator=g)
+    C = torch.randn(4, 200, d, device=DEV, generator=g)
+    gz = torch.randn_like(x)
+    with sqret.use_backend("reference"):
+        xr, Cr = x.clone().requires_grad_(), C.clone().requires_grad_()
+        zr = ops.soft_quantize(xr, Cr, 0.3)
+        (zr * gz).sum().backward()
+    bd = soft._pow2(d)
+    for cfg in soft.configs(bd) + soft.configs(bd, backward=True):
+        with soft.forced_config(cfg), sqret.use_backend("triton"):
+            xt, Ct = x.clone().requires_grad_(), C.clone().requires_grad_()
+            z = ops.soft_quantize(xt, Ct, 0.3)
+            (z * gz).sum().backward()
+            codes = ops.encode(x, C)
+        assert rel(z.detach(), zr.detach()) < 1e-4, cfg
+        assert rel(xt.grad, xr.grad) < 1e-4 and rel(Ct.grad, Cr.grad) < 1e-4, cfg
+        assert codes.shape == (777, 4)
+
+
+@pytest.mark.parametrize("Q", [1, 4, 16])
+@pytest.mark.parametrize("k", [1, 10, 100, 1000])
+def test_streaming_scan_at_gpu_sizes(Q, k):
+    g = torch.Generator(device=DEV).manual_seed(Q * k)
+    lut = torch.rand(Q, 16, 256, device=DEV, generator=g)
+    codes = torch.randint(0, 256, (3_000_001, 16), device=DEV, generator=g, dtype=torch.uint8)
+    got = ops.adc_topk(lut, codes, k)
+    with sqret.use_backend("reference"):
+        want = ops.adc_topk(lut, codes, k)
+    assert torch.equal(got[1], want[1]) and torch.allclose(got[0], want[0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("nbits,fast,metric", [(8, False, "l2"), (4, True, "l2"), (4, False, "ip")])
+def test_ivf_search_on_the_gpu_matches_the_cpu(nbits, fast, metric):
+    from sqret.index import IVFPQIndex
+
+    x = torch.randn(20_000, 64)
+    index = IVFPQIndex(64, 64, 16, nbits, metric, fast_scan=fast)
+    index.train(x)
+    index.add(x)
+    q = torch.randn(300, 64)
+    want = index.search(q, 10, nprobe=8)
+    got = index.search(q.to(DEV), 10, nprobe=8)  # CUDA queries search on the GPU
+    assert got[1].device.type == "cuda"
+    assert (got[1].cpu() == want[1]).float().mean() > 0.999
+    torch.testing.assert_close(got[0].cpu(), want[0], rtol=1e-4, atol=1e-4)
+    index.to(DEV)
+    again = index.search(q, 10, nprobe=8)
+    assert torch.equal(again[1], got[1])

@@ -310,6 +310,19 @@ def test_cli_train_and_eval(tmp_path):
     assert out.returncode != 0 and "missing.pt" in out.stderr
 
 
+def test_cli_train_defaults_on_digits_reproduce_the_readme():
+    """`sqret train --method spq --dataset digits --bits 32` with no other flag: the README's budget (30
+    epochs, lr 1e-3, the demo's split), its metric (mAP@100) and its figure (0.95), one line per epoch."""
+    out = subprocess.run([sys.executable, "-m", "sqret", "train", "--method", "spq", "--dataset", "digits", "--bits",
+                          "32"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    epochs = [ln for ln in lines if ln.startswith("epoch ")]
+    assert len(epochs) == 30 and epochs[-1].startswith("epoch 30/30  loss ") and " lr " in epochs[-1]
+    result = json.loads(lines[-1])
+    assert result["epochs"] == 30 and result["mAP@100"] > 0.9
+
+
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_losses_run_under_bfloat16_autocast(name):
     """The AMP path (autocast to bfloat16 on GPUs) exercised on the CPU: the quantizers compute in their

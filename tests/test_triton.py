@@ -40,7 +40,7 @@ def poison(monkeypatch):
         t = real(*args, **kwargs)
         return t.fill_(float("nan")) if t.is_floating_point() else t.fill_(-7 if t.dtype != torch.uint8 else 251)
 
-    for mod in ("sqret_kernels.soft", "sqret_kernels.lut", "sqret_kernels.adc"):
+    for mod in ("sqret_kernels.soft", "sqret_kernels.lut", "sqret_kernels.adc", "sqret_kernels.ivf"):
         monkeypatch.setattr(f"{mod}.torch.empty", poisoned)
 
 
@@ -191,3 +191,136 @@ def test_opcheck_with_triton_forced():
 def test_interpreter_backend_is_never_chosen_automatically_on_cpu():
     with sqret.use_backend("auto"):
         assert ops.select("soft_quantize", "cpu")[0] != "triton"
+
+
+def test_streaming_scan_merges_across_tiles_and_programs():
+    """The running top-k of one program over many tiles (a tile merged only when it beats the k-th best),
+    several programs per query block, against the float64 brute force; integer tables make ties."""
+    from sqret_kernels import adc
+
+    rng = np.random.default_rng(5)
+    table = torch.from_numpy(rng.integers(0, 5, (5, 4, 16)).astype(np.float32))
+    codes = torch.from_numpy(rng.integers(0, 16, (2500, 4)).astype(np.uint8))
+    cfg = adc.stream_config(10, 4)
+    assert 2500 > 4 * 2 * cfg["BLOCK_N"]  # at least two tiles per program, four programs
+    for k in (1, 10):
+        _check_topk(table, codes, k, False)
+    _check_topk(table[:2], codes[:1100], 32, True)
+    _check_topk(table[:2], codes[:500], 33, True)  # the bitonic merge: ties, several tiles per program
+
+
+def test_streaming_scan_traffic_model_within_five_percent():
+    """Bytes moved beyond the codes at N = 100M on a 132-SM GPU (the grid the launcher sizes), k <= 100."""
+    from sqret.ops import triton_backend
+    from sqret_kernels import adc
+
+    sms, chunk = 132, triton_backend._CHUNK
+    for Q in (1, 2, 4, 8, 16):
+        for k in (1, 10, 100):
+            bq = min(1 << (Q - 1).bit_length(), 4)
+            pn = max(1, min(adc.PROGRAMS_PER_SM * sms // -(-Q // bq), -(-chunk // adc.stream_config(k, bq)["BLOCK_N"])))
+            t = adc.traffic(Q, chunk, 16, k, pn)  # one launch (the scan goes chunk by chunk)
+            assert t["overhead"] <= 0.05, (Q, k, t)
+            assert t["codes_read"] == chunk * 16
+
+
+@pytest.mark.parametrize("metric,by_residual,nbits,fast", [("l2", True, 8, False), ("l2", True, 4, True),
+                                                          ("ip", True, 4, False), ("l2", False, 8, False),
+                                                          ("ip", False, 4, True)])
+def test_ivf_scan_matches_the_cpu_search(metric, by_residual, nbits, fast):
+    """The GPU IVF scan (interpreted) against the CPU IVF search: identical ids on tie-free data, distances
+    within float32 rounding; residual tables per (query, list) or shared; plain and packed 4-bit codes."""
+    from sqret.index import IVFPQIndex
+
+    M = 5 if nbits == 8 else 4
+    x = torch.from_numpy(_np((1500, M * 3), 11).astype(np.float32))
+    index = IVFPQIndex(M * 3, 9, M, nbits, metric, fast_scan=fast, by_residual=by_residual)
+    with sqret.use_backend("auto"):
+        index.train(x)
+        index.add(x)
+    q = torch.from_numpy(_np((6, M * 3), 12).astype(np.float32))
+    for k in (1, 10):
+        with sqret.use_backend("auto"):
+            want = index.search(q, k, nprobe=4)
+        got = index.search(q, k, nprobe=4)  # the triton backend: its ivf_search on the lists' device copy
+        assert torch.equal(got[1], want[1])
+        torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
+    s, q = index._state, q[:2]
+    probes = ops.coarse_probe(q, s.centroids, 3, metric)
+    probes[0, 1:] = -1  # no list
+    with sqret.use_backend("auto"):
+        want = ops.ivf_search(q, s.centroids, s.codebooks, s.lists, None, probes, 33, metric, by_residual=by_residual)
+    got = ops.ivf_search(q, s.centroids, s.codebooks, s.lists, None, probes, 33, metric, by_residual=by_residual)
+    assert torch.equal(got[1], want[1])  # the bitonic merge, and padding past the probed entries
+    assert bool(torch.isinf(got[0][got[1] < 0]).all())
+
+
+def test_ivf_scan_large_k_and_empty_inputs():
+    from sqret.index import IVFPQIndex
+
+    x = torch.from_numpy(_np((200, 8), 13).astype(np.float32))
+    index = IVFPQIndex(8, 4, 2, 4)
+    with sqret.use_backend("auto"):
+        index.train(x)
+        index.add(x[:150])
+        want = index.search(x[:2], 1100, nprobe=4)
+    got = index.search(x[:2], 1100, nprobe=4)  # k above the fused limit: the reference, padded
+    assert torch.equal(got[1], want[1]) and (got[1][:, 150:] == -1).all()
+    v, i = index.search(x[:0], 5, nprobe=2)
+    assert v.shape == i.shape == (0, 5)
+
+
+def test_device_lists_are_built_once_in_id_order():
+    from sqret.index import IVFPQIndex
+
+    x = torch.from_numpy(_np((300, 8), 14).astype(np.float32))
+    index = IVFPQIndex(8, 3, 2, 8)
+    with sqret.use_backend("auto"):
+        index.train(x)
+        index.add(x, ids=torch.randperm(10_000)[:300])
+    lists = index.invlists
+    d = lists.device_copy("cpu")
+    assert lists.device_copy("cpu") is d and d.codes.shape == (300, 2) and not d.packed
+    assert d.offsets.tolist() == [0, *np.cumsum(index.list_sizes()).tolist()]
+    for li in range(3):
+        a, b = d.offsets[li], d.offsets[li + 1]
+        assert bool((d.ids[a:b].diff() > 0).all())
+    assert index.to("cpu") is index
+
+
+def test_codeword_gradient_split_over_the_batch():
+    """Partial codeword gradients per batch split, summed in a fixed order: equal to one split (within float
+    rounding), deterministic run to run, and against the reference."""
+    from sqret_kernels import soft
+
+    x, C, g = torch.randn(700, 12), torch.randn(3, 20, 4), torch.randn(700, 12)
+    gx1, gc1 = soft._backward(g, x, C, 0.4, "l2", probs=False, splits=1)
+    gx3, gc3 = soft._backward(g, x, C, 0.4, "l2", probs=False, splits=3)
+    gx3b, gc3b = soft._backward(g, x, C, 0.4, "l2", probs=False, splits=3)
+    assert torch.equal(gc3, gc3b) and torch.equal(gx1, gx3)
+    torch.testing.assert_close(gc3, gc1, rtol=1e-5, atol=1e-5)
+    with sqret.use_backend("reference"):
+        xr, Cr = x.clone().requires_grad_(), C.clone().requires_grad_()
+        (ops.soft_quantize(xr, Cr, 0.4) * g).sum().backward()
+    torch.testing.assert_close(gc3, Cr.grad, rtol=1e-4, atol=1e-4)
+    p = torch.randn(700, 3, 20)
+    _, gp1 = soft._backward(p, x, C, 0.4, "ip", probs=True, splits=1)
+    _, gp5 = soft._backward(p, x, C, 0.4, "ip", probs=True, splits=5)
+    torch.testing.assert_close(gp5, gp1, rtol=1e-5, atol=1e-5)
+    assert soft.batch_splits(65_536) * 16 * (256 // 64) >= 2 * 132  # programs to fill an H200 at B = 65,536
+
+
+def test_autotune_lists_pruned_by_shared_memory(monkeypatch):
+    from sqret_kernels import soft
+
+    every = [soft.triton.Config({"BLOCK_B": bb, "BLOCK_K": bk}, num_warps=w, num_stages=st)
+             for bb, bk, w, st in soft.CONFIGS + soft.FORWARD[32]]
+    for backward in (False, True):
+        for bd in (16, 32, 64, 128):
+            assert soft.configs(bd, backward)
+    monkeypatch.setattr(soft, "_smem_limit", lambda: 60_000)
+    kept = soft._pruner(False)(every, {}, BLOCK_D=32)
+    assert kept and all(soft.smem_estimate(c, 32) <= 60_000 for c in kept)
+    assert {soft._key(c) for c in kept} <= set(soft.FORWARD[32]) and len(kept) < len(every)
+    monkeypatch.setattr(soft, "_smem_limit", lambda: 1)
+    assert len(soft._pruner(True)(every, {}, BLOCK_D=16)) == 1  # never empty: the smallest

@@ -68,7 +68,17 @@ class IVFPQIndex(Index):
         self.by_residual = check_flag(by_residual, "by_residual")
         self._layout = "fastscan" if fast_scan else "codes"
         self._init_index()
+        self.device = torch.device("cpu")
         self._state = _State(None, None, self._empty_lists())
+
+    def to(self, device: torch.device | str) -> IVFPQIndex:
+        """Search on ``device`` (``"cuda"``: the probed lists scanned on the GPU, results on the GPU); returns
+        self. The index itself (training, add, remove, files) stays on the CPU; each state's lists are copied to
+        the device once, at its first search there. Queries already on a CUDA device search there anyway."""
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"cannot search on {self.device}: no CUDA GPU here")
+        return self
 
     def _empty_lists(self) -> ops.InvertedLists:
         return ops.InvertedLists.empty(self.nlist, self.M, self.K, self._layout)
@@ -127,6 +137,17 @@ class IVFPQIndex(Index):
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         exact = self.exact if exact is None else check_flag(exact, "exact")
         nprobe = check_nprobe(nprobe, self.nlist)
+        device = q.device if q.device.type != "cpu" else self.device
+        if device.type != "cpu":  # the GPU scan: centroids, codebooks and (in ops) the lists on the device
+            q = q.to(device)
+            key = ("device", str(device))
+            on = s.cache.get(key)
+            if on is None:
+                on = s.cache[key] = (s.centroids.to(device), s.codebooks.to(device),
+                                     (s.centroids * s.centroids).sum(1).to(device))
+            probes = ops.coarse_probe(q, on[0], nprobe, self.metric, centroid_norms=on[2])
+            return ops.ivf_search(q, on[0], on[1], s.lists, None, probes, k, self.metric, exact=exact,
+                                  by_residual=self.by_residual)
         probes = _probe(s, q, nprobe, self.metric)
         return ops.ivf_search(q, s.centroids, s.codebooks, s.lists, None, probes, k, self.metric,
                               precomputed=self._precomputed(s), exact=exact, by_residual=self.by_residual)

@@ -60,7 +60,7 @@ class InvertedLists:
     returns a new object.
     """
 
-    __slots__ = ("codes", "ids", "M", "K", "layout", "sizes", "code_addresses", "id_addresses")
+    __slots__ = ("codes", "ids", "M", "K", "layout", "sizes", "code_addresses", "id_addresses", "_mirrors")
 
     def __init__(self, codes: Sequence[ListArray], ids: Sequence[ListArray], M: int, K: int, *,
                  check_range: bool = True, layout: str = "codes"):
@@ -80,6 +80,7 @@ class InvertedLists:
         self.sizes = torch.tensor([int(i.shape[0]) for i in self.ids], dtype=torch.int64)
         self.code_addresses = torch.tensor([_address(c) for c in self.codes], dtype=torch.int64)
         self.id_addresses = torch.tensor([_address(i) for i in self.ids], dtype=torch.int64)
+        self._mirrors = {}
 
     def _checked(self, li: int, c: object, i: object, check_range: bool) -> tuple[ListArray, ListArray]:
         i = _as_list_array(i, f"ids of list {li}", 1, torch.int64)
@@ -122,7 +123,18 @@ class InvertedLists:
             codes[li], ids[li] = c, i
             sizes[li], ca[li], ia[li] = int(i.shape[0]), _address(c), _address(i)
         out.codes, out.ids, out.sizes, out.code_addresses, out.id_addresses = tuple(codes), tuple(ids), sizes, ca, ia
+        out._mirrors = {}
         return out
+
+    def device_copy(self, device: torch.device | str) -> DeviceLists:
+        """The lists concatenated on ``device`` for the GPU scan (built once per device and kept: the object
+        is immutable). Each list's entries in id order (ties within a list go to the smaller id)."""
+        device = torch.device(device)
+        key = str(device)
+        got = self._mirrors.get(key)
+        if got is None:
+            got = self._mirrors[key] = DeviceLists.build(self, device)
+        return got
 
     @classmethod
     def empty(cls, nlist: int, M: int, K: int, layout: str = "codes") -> InvertedLists:
@@ -138,6 +150,41 @@ class InvertedLists:
 
             return fastscan_unpack(c, int(self.sizes[li]))
         return c
+
+
+class DeviceLists:
+    """Inverted lists on one device: codes [N_total, M] uint8 (or [N_total, ceil(M / 2)] packed 4-bit codes
+    when K <= 16), ids [N_total] int64, offsets [nlist + 1] int64, the longest list's length."""
+
+    __slots__ = ("codes", "ids", "offsets", "longest", "packed")
+
+    MAX_POSITIONS = 1 << 32
+
+    def __init__(self, codes: Tensor, ids: Tensor, offsets: Tensor, longest: int, packed: bool):
+        self.codes, self.ids, self.offsets, self.longest, self.packed = codes, ids, offsets, longest, packed
+
+    @classmethod
+    def build(cls, lists: InvertedLists, device: torch.device) -> DeviceLists:
+        n = lists.ntotal
+        if n >= cls.MAX_POSITIONS:
+            raise ValueError(f"the GPU scan addresses fewer than 2**32 entries; these lists hold {n}")
+        codes, ids = [], []
+        for li in range(len(lists)):
+            i = torch.as_tensor(np.asarray(lists.ids[li])) if isinstance(lists.ids[li], np.ndarray) else lists.ids[li]
+            order = torch.argsort(i, stable=True)
+            codes.append(lists.list_codes(li)[order])
+            ids.append(i[order])
+        c = torch.cat(codes) if codes else torch.empty((0, lists.M), dtype=torch.uint8)
+        packed = lists.K <= 16
+        if packed:
+            from .reference import pack4
+
+            c = pack4(c)
+        offsets = torch.zeros(len(lists) + 1, dtype=torch.int64)
+        torch.cumsum(lists.sizes, 0, out=offsets[1:])
+        longest = int(lists.sizes.max()) if len(lists) else 0
+        return cls(c.contiguous().to(device), torch.cat(ids).to(device) if ids else torch.empty(0, dtype=torch.int64,
+                   device=device), offsets.to(device), longest, packed)
 
 
 def ivf_search(

@@ -13,7 +13,7 @@ from .checks import code_dtype
 from .registry import mark_unavailable, register
 
 try:
-    from sqret_kernels import adc, lut, soft
+    from sqret_kernels import adc, ivf, lut, soft
 except Exception as err:  # triton missing or broken
     soft = None
     mark_unavailable("triton", f"Triton kernels cannot be imported ({type(err).__name__}: {err})")
@@ -80,6 +80,51 @@ def adc_topk(table: torch.Tensor, codes: torch.Tensor, k: int, largest: bool, pa
     return reference.chunked_topk(table, codes, k, largest, _CHUNK, scan)
 
 
+_TABLE_BYTES = 256 << 20  # residual tables per query chunk of the IVF scan
+
+
+def ivf_search(queries, centroids, codebooks, lists, probes, k: int, metric: str, precomputed=None, exact=True,
+               by_residual=True):
+    """IVF-PQ search on the device of the queries: the lists copied there once (``lists.device_copy``), the
+    tables built by the LUT kernel (residual tables per (query, list) for l2 by residual, one per query
+    otherwise), the probed lists scanned by ``sqret_kernels.ivf``. Scores are always exact float sums (the
+    quantized scoring of ``exact=False`` is the CPU fast scan's). Ties: within a list by the smaller id,
+    across lists by list order. k above the fused kernel's limit, or float64 inputs: the reference."""
+    dev = queries.device
+    if k > adc.FUSED_MAX_K or torch.float64 in (queries.dtype, centroids.dtype, codebooks.dtype):
+        v, i = reference.ivf_search(queries.cpu(), centroids.cpu(), codebooks.cpu(), lists, probes.cpu(), k, metric,
+                                    None, True, by_residual)
+        return v.to(dev), i.to(dev)
+    store = lists.device_copy(dev)
+    Q, P = probes.shape
+    M, K, _ = codebooks.shape
+    largest = metric == "ip"
+    q, cen, cb = queries.to(torch.float32), centroids.to(torch.float32), codebooks.to(torch.float32)
+    probes = probes.to(torch.int64)
+    per_pair = metric == "l2" and by_residual
+    step = max(1, _TABLE_BYTES // max(1, (P if per_pair else 1) * M * K * 4))
+    values, ids = [], []
+    for q0 in range(0, Q, step):
+        qc, pc = q[q0:q0 + step], probes[q0:q0 + step]
+        near = cen[pc.clamp_min(0)]  # [Qc, P, d]
+        if per_pair:
+            tables = lut.build_lut((qc[:, None, :] - near).reshape(-1, q.shape[1]), cb, "l2", torch.float32)
+        else:
+            tables = lut.build_lut(qc, cb, metric, torch.float32)
+        bias = (qc[:, None, :] * near).sum(-1) if largest and by_residual else torch.zeros(pc.shape, device=dev)
+        keys = ivf.ivf_topk(tables, not per_pair, store.codes, store.packed, store.offsets, store.longest, pc,
+                            bias, k, largest)
+        v, pos = reference.keys_to_topk(keys, -1.0 if largest else 1.0)
+        none = keys == adc.MAX_KEY
+        values.append(v.masked_fill(none, float("-inf") if largest else float("inf")))
+        ids.append(torch.where(none, -1, store.ids[pos.clamp(0, max(store.ids.shape[0] - 1, 0))]
+                               if store.ids.numel() else torch.full_like(pos, -1)))
+    if not values:
+        fill = float("-inf") if largest else float("inf")
+        return torch.full((0, k), fill, device=dev), torch.full((0, k), -1, dtype=torch.int64, device=dev)
+    return torch.cat(values), torch.cat(ids)
+
+
 def _devices() -> tuple[str, ...]:
     devices = ("cuda",) if torch.cuda.is_available() else ()
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -101,6 +146,7 @@ if soft is not None:
                 "decode": lut.decode,
                 "build_lut": build_lut,
                 "adc_topk": adc_topk,
+                "ivf_search": ivf_search,
             },
             priority={"cuda": 20, "cpu": -1},
         )
