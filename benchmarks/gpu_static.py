@@ -76,15 +76,14 @@ def jobs(quick: bool) -> list[dict]:
                                         signature=_sig(fn, types, const), num_warps=cfg.num_warps,
                                         num_stages=cfg.num_stages, hot=bd in HOT_SOFT and dt in ("fp32", "bf16"),
                                         smem_estimate=soft.smem_estimate(cfg, bd)))
-    for dt in DTYPES:  # build_lut: BLOCK_Q 32, BLOCK_K min(pow2(K), 64), BLOCK_D pow2(d) (d <= 128)
-        for bk in (16, 32, 64):
-            for bd in SOFT_BLOCK_D:
-                const = {"METRIC": 0, "IEEE": dt == "fp32", "BLOCK_Q": 32, "BLOCK_K": bk, "BLOCK_D": bd}
-                types = {"q_ptr": "*" + dt, "c_ptr": "*" + dt, "out_ptr": "*fp32"} | {
-                    a: "i32" for a in ("Q", "K", "M", "d", "sqb", "scm", "sck")}
-                out.append(dict(kernel="_lut", module="lut", dtype=dt, constexprs=const,
-                                signature=_sig(lut._lut, types, const), num_warps=4, num_stages=3,
-                                hot=bk == 64 and bd == 16))
+    lut_tiles = sorted({lut.lut_config(64, K, d) for K in (16, 32, 64, 256) for d in (1, 16, 32, 64, 128)})
+    for dt in DTYPES:  # build_lut: every (BLOCK_Q, BLOCK_K, BLOCK_D) lut_config picks for K <= 256, d <= 128
+        for bq, bk, bd in lut_tiles:
+            const = {"METRIC": 0, "IEEE": dt == "fp32", "BLOCK_Q": bq, "BLOCK_K": bk, "BLOCK_D": bd}
+            types = {"q_ptr": "*" + dt, "c_ptr": "*" + dt, "out_ptr": "*fp32"} | {
+                a: "i32" for a in ("Q", "K", "M", "d", "sqb", "scm", "sck")}
+            out.append(dict(kernel="_lut", module="lut", dtype=dt, constexprs=const,
+                            signature=_sig(lut._lut, types, const), num_warps=4, num_stages=3, hot=bd <= 64))
     for packed in (0, 1):
         for bd in (1, 2, 4, 8, 16, 32, 64, 128):
             const = {"PACKED": packed, "BLOCK_N": 128, "BLOCK_D": bd}

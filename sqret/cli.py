@@ -376,6 +376,8 @@ def _eval(args: argparse.Namespace) -> int:
     from .train import embed
 
     p = _input_file(args.checkpoint, "CHECKPOINT")
+    if args.gallery:
+        _output_file(args.gallery, "--gallery")
     try:
         state = load_checkpoint(p)
     except CheckpointError as err:
@@ -427,7 +429,24 @@ def _eval(args: argparse.Namespace) -> int:
             row["pr_curve"] = {"cutoff": cut.tolist(), "precision": [round(v, 4) for v in prec.tolist()],
                                "recall": [round(v, 4) for v in rec.tolist()]}
         result[f"{bits} bits" + (" (symmetric)" if args.symmetric else "")] = row
+        if args.gallery and lv == levels[-1]:  # the full-length codes
+            from .gallery import save_gallery
+
+            result["gallery"] = str(save_gallery(args.gallery, data.queries, data.query_labels, data.database,
+                                                 data.database_labels, ranked))
     print(json.dumps(result, indent=1))
+    return 0
+
+
+def _curves(args: argparse.Namespace) -> int:
+    from .gallery import save_curves
+
+    _input_file(args.log, "LOG")
+    _output_file(args.out, "--out")
+    try:
+        print(save_curves(args.log, args.out))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     return 0
 
 
@@ -510,10 +529,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="dataset location (default: the checkpoint's)")
     ev.add_argument("--map-at", type=positive_int, default=1000, help="mAP@k")
     ev.add_argument("--symmetric", action="store_true", help="symmetric distance (queries encoded too)")
+    ev.add_argument("--gallery", metavar="PNG", help="save queries and their top 10 retrieved images (correct "
+                    "framed green, wrong red)")
     ev.add_argument("--pr", type=nonnegative_int, default=0, metavar="POINTS",
                     help="precision-recall curve at POINTS cut-offs")
     ev.add_argument("--all-lengths", action="store_true", help="progressive methods (dpq): every prefix length")
     ev.set_defaults(func=_eval)
+
+    cu = sub.add_parser("curves", help="training curves (loss, lr, validation mAP) of a sqret train --log file as PNG",
+                        parents=[common], formatter_class=fmt)
+    cu.add_argument("log", help="JSON-lines log written by sqret train --log")
+    cu.add_argument("--out", default="curves.png", help="PNG to write")
+    cu.set_defaults(func=_curves)
 
     for parent, name in ((sub, "search"), (index, "search")):
         search = parent.add_parser(name, help="search an index; recall against ground truth, QPS", parents=[common],

@@ -22,9 +22,9 @@ FUSED_MAX_K = 1024  # larger k: the multi-pass path
 SELECT_MAX_K = 32  # up to this k, a merge by repeated minimum extraction; above, a bitonic merge
 MAX_KEY = 0x7FFFFFFFFFFFFFFF
 PROGRAMS_PER_SM = 4
-KEEP_SAMPLES = (1, 2, 5, 10, 16, 31, 32, 33, 64, 100, 128, 256, 500, 1024)
-"""The k that benchmarks/gpu_static.py compiles the top-k kernels for: both merge paths, unrolled extraction
-loops of several lengths, every running-list width KP from 1 to 1024."""
+KEEP_SAMPLES = (1, 5, 10, 16, 32, 33, 100, 256, 500, 1024)
+"""The k that benchmarks/gpu_static.py compiles the top-k kernels for: both merge paths, extraction loops of
+several lengths (KP 1, 8, 16, 32), and each running-list width of the bitonic merge (KP 64 ... 1024)."""
 
 
 def stream_config(keep: int, block_q: int) -> dict:
@@ -32,11 +32,10 @@ def stream_config(keep: int, block_q: int) -> dict:
     SELECT (extraction merge for small k), BLOCK_N (codes per tile), num_warps."""
     kp = _pow2(keep, 1)
     select = keep <= SELECT_MAX_K
-    if INTERPRET:
-        block_n = 256 if select else kp
-    else:
-        block_n = 256 if select else kp  # the bitonic merge takes one tile as wide as the running list
-    return {"KP": kp, "SELECT": select, "BLOCK_N": block_n, "num_warps": 4 if kp * block_q <= 1024 else 8}
+    block_n = 256 if select else kp  # the bitonic merge takes one tile as wide as the running list
+    # the bitonic merges of [BLOCK_Q, KP] int64 keys: 8 warps from 512 keys on (4 spill at KP = 128, BLOCK_Q = 4)
+    wide = kp * block_q >= (512 if not select else 2048)
+    return {"KP": kp, "SELECT": select, "BLOCK_N": block_n, "num_warps": 8 if wide else 4}
 
 
 @triton.jit

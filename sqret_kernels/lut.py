@@ -35,6 +35,15 @@ def _lut(q_ptr, c_ptr, out_ptr, Q, K, M, d, sqb, scm, sck, METRIC: tl.constexpr,
              mask=mq[:, None] & mk[None, :])
 
 
+def lut_config(Q: int, K: int, d: int) -> tuple[int, int, int]:
+    """(BLOCK_Q, BLOCK_K, BLOCK_D) of the LUT kernel: on a GPU the query and codeword tiles shrink as d grows
+    so that they stay in registers (benchmarks/gpu_static.py checks every choice)."""
+    bd = _pow2(d)
+    if INTERPRET:
+        return min(_pow2(Q), 128), min(_pow2(K), 256), bd
+    return (32 if bd <= 64 else 16), min(_pow2(K), 64 if bd <= 32 else 32 if bd == 64 else 16), bd
+
+
 def build_lut(q: torch.Tensor, codebooks: torch.Tensor, metric: str, dtype: torch.dtype | None) -> torch.Tensor:
     """metric l2, ip or l2_sqrt (the caller rewrites cosine as the inner product of normalized inputs)."""
     M, K, d = codebooks.shape
@@ -43,13 +52,12 @@ def build_lut(q: torch.Tensor, codebooks: torch.Tensor, metric: str, dtype: torc
     wide = torch.float64 in (q.dtype, cb.dtype)
     out = torch.empty((Q, M, K), dtype=dtype or (torch.float64 if wide else torch.float32), device=q.device)
     if Q:
-        BQ = min(_pow2(Q), 128) if INTERPRET else 32
-        BK = min(_pow2(K), 256) if INTERPRET else min(_pow2(K), 64)
+        BQ, BK, BD = lut_config(Q, K, d)
         METRIC = {"l2": 0, "ip": 1, "l2_sqrt": 2}[metric]
         ieee = q.dtype == cb.dtype == torch.float32
         _lut[(triton.cdiv(Q, BQ), M, triton.cdiv(K, BK))](q, cb, out, Q, K, M, d, q.stride(0), cb.stride(0),
                                                         cb.stride(1), METRIC=METRIC, IEEE=ieee, BLOCK_Q=BQ,
-                                                        BLOCK_K=BK, BLOCK_D=_pow2(d))
+                                                        BLOCK_K=BK, BLOCK_D=BD)
     return out
 
 

@@ -294,14 +294,24 @@ def test_two_rank_torchrun_training_keeps_the_ranks_identical(tmp_path):
 
 def test_cli_train_and_eval(tmp_path):
     ckpt = tmp_path / "dpq.pt"
+    log = tmp_path / "log.jsonl"
     out = subprocess.run([sys.executable, "-m", "sqret", "train", "--method", "dpq", "--epochs", "2", "--bits", "16",
-                          "--lr", "3e-3", "--checkpoint", str(ckpt), "--map-at", "100"], capture_output=True, text=True)
+                          "--lr", "3e-3", "--checkpoint", str(ckpt), "--map-at", "100", "--log", str(log),
+                          "--val-every", "1"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     trained = json.loads(out.stdout.strip().splitlines()[-1])
+    gallery = tmp_path / "gallery.png"
     out = subprocess.run([sys.executable, "-m", "sqret", "eval", str(ckpt), "--map-at", "100", "--all-lengths",
-                          "--pr", "4"], capture_output=True, text=True)
+                          "--pr", "4", "--gallery", str(gallery)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     ev = json.loads(out.stdout)
+    assert ev["gallery"] == str(gallery) and gallery.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    curves = tmp_path / "curves.png"
+    out = subprocess.run([sys.executable, "-m", "sqret", "curves", str(log), "--out", str(curves)], capture_output=True,
+                         text=True)
+    assert out.returncode == 0 and curves.read_bytes()[:4] == b"\x89PNG", out.stderr
+    out = subprocess.run([sys.executable, "-m", "sqret", "curves", str(ckpt)], capture_output=True, text=True)
+    assert out.returncode != 0 and "line 1 is not JSON" in out.stderr and "Traceback" not in out.stderr
     assert ev["16 bits"]["mAP@100"] == pytest.approx(trained["mAP@100"], abs=1e-6)  # the same model, reloaded
     assert set(ev) >= {"8 bits", "16 bits"} and len(ev["16 bits"]["pr_curve"]["recall"]) == 4
     assert ev["16 bits"]["pr_curve"]["recall"][-1] == pytest.approx(1.0)
