@@ -12,23 +12,30 @@ from .soft import INTERPRET, _pow2
 @triton.jit
 def _lut(q_ptr, c_ptr, out_ptr, Q, K, M, d, sqb, scm, sck, METRIC: tl.constexpr, IEEE: tl.constexpr,
          BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
-    """METRIC 0: squared l2, 1: inner product, 2: l2 (non-squared, the SPQ/HQC score)."""
+    """METRIC 0: squared l2, 1: inner product, 2: l2 (non-squared, the SPQ/HQC score). l2 sums the squared
+    differences lane by lane (no ||x||^2 - 2 x.c + ||c||^2 expansion, whose cancellation loses float32 digits
+    when a sub-vector is near a codeword); the inner product is one tensor-core dot."""
     pq, m, pk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rq = pq * BLOCK_Q + tl.arange(0, BLOCK_Q)
     rk = pk * BLOCK_K + tl.arange(0, BLOCK_K)
-    rd = tl.arange(0, BLOCK_D)
-    mq, mk, md = rq < Q, rk < K, rd < d
-    x = tl.load(q_ptr + rq[:, None] * sqb + (m * d + rd)[None, :], mask=mq[:, None] & md[None, :], other=0.0)
-    c = tl.load(c_ptr + m * scm + rk[:, None] * sck + rd[None, :], mask=mk[:, None] & md[None, :], other=0.0)
-    x, c = x.to(tl.float32), c.to(tl.float32)
-    if IEEE:
-        dot = tl.dot(x, tl.trans(c), input_precision="ieee")
-    else:
-        dot = tl.dot(x, tl.trans(c))
+    mq, mk = rq < Q, rk < K
     if METRIC == 1:
-        v = dot
+        rd = tl.arange(0, BLOCK_D)
+        md = rd < d
+        x = tl.load(q_ptr + rq[:, None] * sqb + (m * d + rd)[None, :], mask=mq[:, None] & md[None, :], other=0.0)
+        c = tl.load(c_ptr + m * scm + rk[:, None] * sck + rd[None, :], mask=mk[:, None] & md[None, :], other=0.0)
+        x, c = x.to(tl.float32), c.to(tl.float32)
+        if IEEE:
+            v = tl.dot(x, tl.trans(c), input_precision="tf32x3")
+        else:
+            v = tl.dot(x, tl.trans(c))
     else:
-        v = tl.maximum(tl.sum(x * x, 1)[:, None] - 2.0 * dot + tl.sum(c * c, 1)[None, :], 0.0)
+        v = tl.zeros([BLOCK_Q, BLOCK_K], tl.float32)
+        for j in range(0, d):
+            xj = tl.load(q_ptr + rq * sqb + m * d + j, mask=mq, other=0.0).to(tl.float32)
+            cj = tl.load(c_ptr + m * scm + rk * sck + j, mask=mk, other=0.0).to(tl.float32)
+            diff = xj[:, None] - cj[None, :]
+            v += diff * diff
         if METRIC == 2:
             v = tl.sqrt(v)
     tl.store(out_ptr + rq[:, None] * (M * K) + m * K + rk[None, :], v.to(out_ptr.dtype.element_ty),
