@@ -4,8 +4,8 @@ The lists live on the device as one array of codes [N_total, code bytes] (4-bit 
 when K <= 16) with offsets [nlist + 1]. One program per (query, probe, split of the list) reads its slice of
 the probed list once, sums the table entries of its (query, list) pair (residual tables: one table per
 pair; otherwise one per query) plus a per-pair bias (the inner product <q, c_l> for ip), and keeps a running
-top-KEEP of keys (ordered float bits << 32 | position in the concatenated lists) with the streaming scan's
-merge (``adc._running_topk``). One small sort over the (probe, split) candidates of each query merges them.
+top-KEEP of keys (ordered float bits << 32 | position in the concatenated lists, below 2**32:
+``ops.DeviceLists`` checks it) with the streaming scan's merge (``adc._running_topk``). One small sort over the (probe, split) candidates of each query merges them.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import triton.language as tl
 
 from .adc import _dist_tile, _keys, _running_topk, stream_config
 from .soft import INTERPRET
-
-MAX_POSITIONS = 1 << 32  # positions in the concatenated lists fit the low 32 bits of a key
 
 
 def scan_config(keep: int) -> dict:
