@@ -5,7 +5,8 @@ when K <= 16) with offsets [nlist + 1]. One program per (query, probe, split of 
 the probed list once, sums the table entries of its (query, list) pair (residual tables: one table per
 pair; otherwise one per query) plus a per-pair bias (the inner product <q, c_l> for ip), and keeps a running
 top-KEEP of keys (ordered float bits << 32 | position in the concatenated lists, below 2**32:
-``ops.DeviceLists`` checks it) with the streaming scan's merge (``adc._running_topk``). One small sort over the (probe, split) candidates of each query merges them.
+``ops.DeviceLists`` checks it) with the streaming scan's merge (``adc._running_topk``). One small sort
+over the (probe, split) candidates of each query merges them.
 """
 
 from __future__ import annotations
