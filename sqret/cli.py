@@ -410,7 +410,7 @@ def _eval(args: argparse.Namespace) -> int:
     db, q = embed(method, data.database), embed(method, data.queries)
     k = min(args.map_at, len(data.database))
     result = {"checkpoint": args.checkpoint, "dataset": data.name, "queries": len(q), "database": len(db)}
-    progressive = hasattr(method, "levels")
+    progressive = method.progressive
     if args.all_lengths and not progressive:
         _warn(f"--all-lengths is ignored: {method.__class__.__name__} codes have one length (only dpq is progressive)")
     levels = range(1, method.levels + 1) if progressive and args.all_lengths else [None]

@@ -129,9 +129,14 @@ def _optimizer(method, cfg: TrainConfig):
     d = method.defaults
     lr = cfg.lr or d["lr"]
     wd = d.get("weight_decay", 0.0) if cfg.weight_decay is None else cfg.weight_decay
-    if d.get("optimizer", "adam") == "sgd":
+    name = d.get("optimizer", "adam")
+    if name == "sgd":
         return torch.optim.SGD(method.parameters(), lr=lr, momentum=d.get("momentum", 0.9), weight_decay=wd)
-    return torch.optim.Adam(method.parameters(), lr=lr, weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(method.parameters(), lr=lr, weight_decay=wd)
+    if name == "adam":
+        return torch.optim.Adam(method.parameters(), lr=lr, weight_decay=wd)
+    raise ValueError(f"{type(method).__name__}: unknown optimizer {name!r}; expected one of adam, adamw, sgd")
 
 
 def _sync(method, what: str = "all") -> None:

@@ -96,8 +96,11 @@ def test_build_lut_matches_brute_force(p):
     seed=st.integers(0, 2**32 - 1),
     chunk=st.sampled_from([7, 64, 1 << 22]),
 )
-def test_adc_topk_matches_brute_force_with_ties(Q, M, K, N, k, largest, seed, chunk, monkeypatch_chunk):
-    """Small-integer LUTs make ties common: values, ids and order must equal the stable brute force."""
+def test_adc_topk_matches_brute_force_with_ties(Q, M, K, N, k, largest, seed, chunk, monkeypatch_chunk, backend):
+    """Small-integer LUTs make ties common: values, ids and order must equal the stable brute force. Triton
+    (the interpreter is slow at large k and many chunks): k <= 40, N <= 120 here, larger in test_triton."""
+    if backend == "triton":
+        k, N = 1 + (k - 1) % 40, N % 121
     rng = np.random.default_rng(seed)
     table = rng.integers(0, 4, (Q, M, K)).astype(np.float32)
     codes = rng.integers(0, K, (N, M)).astype(np.uint8)

@@ -14,8 +14,10 @@ import torch
 from sqret import losses
 from sqret.augment import random_flip, random_resized_crop, two_views
 from sqret.data import load_digits_images
-from sqret.methods import METHODS, SPQ, build_method
+from sqret.methods import DPQ, METHODS, SPQ, Method, build_method
+from sqret.methods.base import pq_shape
 from sqret.models import SmallCNN
+from sqret.nn import ProductQuantizer
 from sqret.train import TrainConfig, lr_factor, train
 
 
@@ -263,6 +265,51 @@ def test_dpq_prefix_codes_serve_every_length(digits):
     _, ids = index.search(embed(m, digits.queries[:3]), 5)
     brute = torch.cdist(embed(m, digits.queries[:3]), m.rq.decode(codes[:, :2])).topk(5, largest=False).indices
     assert torch.equal(ids, brute)
+
+
+class _Tiny(Method):
+    """A recipe in a few lines: what the Method base asks of a new one."""
+
+    defaults = {"optimizer": "adamw", "lr": 1e-3}
+
+    def __init__(self, backbone, *, bits=16, K=16, dsub=4):
+        super().__init__()
+        self.backbone = backbone
+        self.pq = ProductQuantizer(pq_shape(bits, K) * dsub, pq_shape(bits, K), K, mode="soft", kmeans_init=False)
+
+    @classmethod
+    def feature_dim(cls, *, bits, K=16, dsub=4, **_):
+        return pq_shape(bits, K) * dsub
+
+    def features(self, x):
+        return self.backbone(x)
+
+    def loss(self, xa, xb, labels=None):
+        fa, fb = self.features(xa), self.features(xb)
+        return losses.nt_xent(self.pq(fa), self.pq(fb), 0.5)
+
+
+def test_a_new_recipe_is_one_class_and_one_registry_line(digits, monkeypatch):
+    monkeypatch.setitem(METHODS, "tiny", _Tiny)
+    torch.manual_seed(0)
+    m = build_method("tiny", 16, "small", 1, 8, 10, width=8, dsub=2)
+    assert m.defaults["schedule"] is None and m.defaults["optimizer"] == "adamw"  # the base's keys filled in
+    assert m.code_bits == 16 and not m.progressive and m.spec["dsub"] == 2
+    result = train(m, digits, TrainConfig(epochs=1, batch_size=64, progress=False))
+    assert result["bits"] == 16 and result["mAP@100"] > 0.15, result  # chance is about 0.1
+
+
+def test_the_method_contract_is_checked():
+    with pytest.raises(TypeError, match="optimizer 'lamb' is not one of"):
+        type("Bad", (Method,), {"defaults": {"optimizer": "lamb"}})
+    with pytest.raises(TypeError, match="schedule 'step' is not one of"):
+        type("Bad", (Method,), {"defaults": {"schedule": "step"}})
+    with pytest.raises(TypeError, match="positional"):
+        SPQ(SmallCNN(), 32)  # keyword-only after the backbone
+    assert DPQ.progressive and not SPQ.progressive
+    assert build_method("dpq", 16, "small", 1, 8, 7, width=8).classifier.out_features == 7  # build_args
+    old = build_method("spq", 16, "small", 1, 8, 10, width=8, sub_dim=4)  # a checkpoint's spec before dsub
+    assert old.spec["dsub"] == 4 and "sub_dim" not in old.spec and old.pq.dim == 16
 
 
 def test_bad_recipe_and_inputs(digits):

@@ -3,6 +3,8 @@ two augmented views (and labels, for supervised methods) and the index its codes
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -17,13 +19,48 @@ def pq_shape(bits: int, K: int) -> int:
     return bits // nbits
 
 
-class Method(nn.Module):
-    """Base of the recipes. Subclasses set ``defaults`` (optimizer, lr, weight_decay, schedule, warmup) and
-    implement ``features`` (the continuous retrieval features) and ``loss``."""
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = (None, "cosine")
 
-    defaults: dict = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "schedule": None, "warmup": 0.0}
-    views = 2  # augmented views per image the loss takes
-    supervised = False
+
+class Method(nn.Module):
+    """Base of the recipes. A recipe is one module with one subclass and one line in ``METHODS``; it declares
+
+    - ``defaults``: ``optimizer`` (one of ``OPTIMIZERS``), ``lr``, ``weight_decay``, ``schedule`` (``None`` or
+      ``"cosine"``), ``warmup`` (fraction of the steps), ``momentum`` (sgd); missing keys take the base's;
+    - ``views`` (augmented views per image the loss takes), ``supervised`` (the loss takes labels),
+      ``progressive`` (one model serves ``levels`` code lengths: ``index(levels)``);
+    - ``feature_dim(*, bits, **kwargs)``: the backbone's output width for these constructor arguments;
+    - ``build_args(*, num_classes)``: constructor arguments it needs from the data (the hook ``build_method``
+      calls; none by default);
+
+    and implements ``features`` and ``loss``. Constructors take the backbone, then keywords only."""
+
+    defaults: ClassVar[dict] = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "schedule": None, "warmup": 0.0}
+    views: ClassVar[int] = 2
+    supervised: ClassVar[bool] = False
+    progressive: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.defaults = {**Method.defaults, **cls.defaults}
+        opt, schedule = cls.defaults["optimizer"], cls.defaults["schedule"]
+        if opt not in OPTIMIZERS:
+            raise TypeError(f"{cls.__name__}.defaults: optimizer {opt!r} is not one of {OPTIMIZERS}")
+        if schedule not in SCHEDULES:
+            raise TypeError(f"{cls.__name__}.defaults: schedule {schedule!r} is not one of {SCHEDULES}")
+        if cls.views not in (1, 2):
+            raise TypeError(f"{cls.__name__}.views must be 1 or 2, got {cls.views!r}")
+
+    @classmethod
+    def feature_dim(cls, *, bits: int, **kwargs) -> int:
+        """Width of the features the backbone must output for ``cls(backbone, bits=bits, **kwargs)``."""
+        raise NotImplementedError(f"{cls.__name__} does not declare feature_dim")
+
+    @classmethod
+    def build_args(cls, *, num_classes: int) -> dict:
+        """Constructor arguments the recipe takes from the data (e.g. ``num_classes`` for a classifier)."""
+        return {}
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -29,8 +29,9 @@ class DPQ(Method):
     defaults = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "schedule": "cosine", "warmup": 0.0}
     views = 1
     supervised = True
+    progressive = True
 
-    def __init__(self, backbone: nn.Module, bits: int = 32, num_classes: int = 10, K: int = 256, dim: int = 64,
+    def __init__(self, backbone: nn.Module, *, bits: int = 32, num_classes: int = 10, K: int = 256, dim: int = 64,
                  tau: float = 1.0, w_center: float = 0.01, w_distortion: float = 0.1):
         super().__init__()
         self.levels = pq_shape(bits, K)
@@ -40,9 +41,13 @@ class DPQ(Method):
         self.centers = nn.Parameter(torch.randn(num_classes, dim) * 0.1)
         self.w_center, self.w_distortion = w_center, w_distortion
 
-    @staticmethod
-    def feature_dim(bits: int, K: int = 256, dim: int = 64) -> int:
+    @classmethod
+    def feature_dim(cls, *, bits: int, K: int = 256, dim: int = 64, **_) -> int:
         return dim
+
+    @classmethod
+    def build_args(cls, *, num_classes: int) -> dict:
+        return {"num_classes": num_classes}
 
     @property
     def code_bits(self) -> int:

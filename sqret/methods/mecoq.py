@@ -24,13 +24,13 @@ class MeCoQ(Method):
     defaults = {"optimizer": "sgd", "lr": 1e-2, "weight_decay": 1e-5, "momentum": 0.9, "schedule": "cosine",
                 "warmup": 0.02}
 
-    def __init__(self, backbone: nn.Module, bits: int = 32, K: int = 256, sub_dim: int = 16, alpha: float = 10.0,
+    def __init__(self, backbone: nn.Module, *, bits: int = 32, K: int = 256, dsub: int = 16, alpha: float = 10.0,
                  tau: float = 0.4, pos_prior: float = 0.1, memory: int = 512, memory_from_epoch: int = 3,
                  w_entropy: float = 0.05, w_codeword: float = 0.5):
         super().__init__()
         self.M = pq_shape(bits, K)
         self.backbone = backbone
-        self.pq = ProductQuantizer(self.M * sub_dim, self.M, K, tau=1.0 / alpha, metric="cos", mode="soft",
+        self.pq = ProductQuantizer(self.M * dsub, self.M, K, tau=1.0 / alpha, metric="cos", mode="soft",
                                    kmeans_init=False)
         self.tau, self.pos_prior, self.memory_from_epoch = tau, pos_prior, memory_from_epoch
         self.w_entropy, self.w_codeword = w_entropy, w_codeword
@@ -39,15 +39,15 @@ class MeCoQ(Method):
         self.register_buffer("memory_next", torch.zeros((), dtype=torch.int64))  # ring-buffer position
         self._use_memory = False
 
-    @staticmethod
-    def feature_dim(bits: int, K: int = 256, sub_dim: int = 16) -> int:
-        return pq_shape(bits, K) * sub_dim
+    @classmethod
+    def feature_dim(cls, *, bits: int, K: int = 256, dsub: int = 16, **_) -> int:
+        return pq_shape(bits, K) * dsub
 
     def start_epoch(self, epoch: int) -> None:
         self._use_memory = self.memory.shape[0] > 0 and epoch >= self.memory_from_epoch
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Backbone features with each sub-vector L2-normalised [B, M * sub_dim]."""
+        """Backbone features with each sub-vector L2-normalised [B, M * dsub]."""
         f = self.backbone(x)
         return F.normalize(f.reshape(f.shape[0], self.M, -1), dim=-1).reshape(f.shape[0], -1)
 

@@ -18,20 +18,20 @@ from .base import Method, pq_shape
 class SPQ(Method):
     defaults = {"optimizer": "adam", "lr": 3e-4, "weight_decay": 1e-5, "schedule": None, "warmup": 0.0}
 
-    def __init__(self, backbone: nn.Module, bits: int = 32, K: int = 16, sub_dim: int = 16, tau_q: float = 0.2,
+    def __init__(self, backbone: nn.Module, *, bits: int = 32, K: int = 16, dsub: int = 16, tau_q: float = 0.2,
                  tau_c: float = 0.5):
         super().__init__()
         self.M = pq_shape(bits, K)
         self.backbone = backbone
-        self.pq = ProductQuantizer(self.M * sub_dim, self.M, K, tau=tau_q, mode="soft", kmeans_init=False)
+        self.pq = ProductQuantizer(self.M * dsub, self.M, K, tau=tau_q, mode="soft", kmeans_init=False)
         self.tau_c = tau_c
 
-    @staticmethod
-    def feature_dim(bits: int, K: int = 16, sub_dim: int = 16) -> int:
-        return pq_shape(bits, K) * sub_dim
+    @classmethod
+    def feature_dim(cls, *, bits: int, K: int = 16, dsub: int = 16, **_) -> int:
+        return pq_shape(bits, K) * dsub
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Continuous features [B, M * sub_dim] (the backbone must output that many)."""
+        """Continuous features [B, M * dsub] (the backbone must output that many)."""
         return self.backbone(x)
 
     def loss(self, xa: torch.Tensor, xb: torch.Tensor, labels=None) -> torch.Tensor:

@@ -25,12 +25,12 @@ from .base import Method, pq_shape
 class SSCQ(Method):
     defaults = {"optimizer": "adam", "lr": 5e-4, "weight_decay": 1e-5, "schedule": "cosine", "warmup": 0.05}
 
-    def __init__(self, backbone: nn.Module, bits: int = 32, K: int = 256, sub_dim: int = 16, tau_q: float = 0.2,
+    def __init__(self, backbone: nn.Module, *, bits: int = 32, K: int = 256, dsub: int = 16, tau_q: float = 0.2,
                  tau: float = 0.5, tau_cc: float = 0.2, neighbours: int = 20, w_quant: float = 1.0, w_cc: float = 0.4,
                  w_pn: float = 0.1, w_div: float = 0.2):
         super().__init__()
         self.M = pq_shape(bits, K)
-        dim = self.M * sub_dim
+        dim = self.M * dsub
         self.backbone = backbone
         width = getattr(backbone, "dim", dim)
         self.embed = nn.Sequential(nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(), nn.Linear(width, dim))
@@ -38,12 +38,12 @@ class SSCQ(Method):
         self.tau, self.tau_cc, self.neighbours = tau, tau_cc, neighbours
         self.w = {"quant": w_quant, "cc": w_cc, "pn": w_pn, "div": w_div}
 
-    @staticmethod
-    def feature_dim(bits: int, K: int = 256, sub_dim: int = 16) -> int:
-        return pq_shape(bits, K) * sub_dim
+    @classmethod
+    def feature_dim(cls, *, bits: int, K: int = 256, dsub: int = 16, **_) -> int:
+        return pq_shape(bits, K) * dsub
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The embeddings f [B, M * sub_dim] that are quantized and searched."""
+        """The embeddings f [B, M * dsub] that are quantized and searched."""
         return self.embed(self.backbone(x))
 
     def loss(self, xa: torch.Tensor, xb: torch.Tensor, labels=None) -> torch.Tensor:

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import checks, reference
+from . import reference
 from .checks import code_dtype
-from .registry import mark_unavailable, register
+from .registry import Impl, mark_unavailable, register
 
 try:
     from .. import _cpu
@@ -54,10 +54,13 @@ def _finish(v: torch.Tensor, i: torch.Tensor, largest: bool):
     return (v.neg_() if largest else v), i
 
 
+def _float64(*tensors: torch.Tensor) -> str | None:
+    if any(t.dtype == torch.float64 for t in tensors):
+        return "float64 inputs: float64 results are the reference's"
+    return None
+
+
 def adc_topk(lut: torch.Tensor, codes: torch.Tensor, k: int, largest: bool, packed: bool):
-    if lut.dtype == torch.float64:  # float64 results are the reference's job
-        checks.no_nan(lut, "lut")
-        return reference.adc_topk(lut, codes, k, largest, packed)
     Q, M, K = lut.shape
     N = codes.shape[0]
     if packed:
@@ -91,8 +94,6 @@ _LUT_METRIC = {"l2": 0, "ip": 1, "cos": 1, "l2_sqrt": 2}
 
 
 def build_lut(q: torch.Tensor, codebooks: torch.Tensor, metric: str, dtype: torch.dtype | None) -> torch.Tensor:
-    if torch.float64 in (q.dtype, codebooks.dtype):
-        return reference.build_lut(q, codebooks, metric, dtype)
     M, K, d = codebooks.shape
     xs, C = reference.kernel_inputs(q, codebooks, metric)
     out = torch.empty((q.shape[0], M, K), dtype=torch.float32)
@@ -104,9 +105,7 @@ def build_lut(q: torch.Tensor, codebooks: torch.Tensor, metric: str, dtype: torc
 
 def pq_search(queries: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor, n: int | None, k: int, metric: str,
               exact: bool = True):
-    """Tables and scan in one native call (no LUT tensor); NotImplemented where the composed ops serve better."""
-    if torch.float64 in (queries.dtype, codebooks.dtype) or (n is None and codes.dtype not in _WIDTH):
-        return NotImplemented
+    """Tables and scan in one native call (no LUT tensor)."""
     M, K, d = codebooks.shape
     xs, C = reference.kernel_inputs(queries, codebooks, metric)
     c = codes.contiguous()
@@ -140,10 +139,23 @@ def pq_search_whole(queries, codebooks, codes, n: int | None, k, metric, ids=Non
                              torch.get_num_threads(), ids, check_finite, exact)
 
 
+def _pq_search_accepts(queries, codebooks, codes, n, k, metric, exact=True) -> str | None:
+    if n is None and codes.dtype not in _WIDTH:
+        return f"codes of dtype {codes.dtype}: the kernel reads uint8, int16 or int32"
+    return _float64(queries, codebooks)
+
+
+ENCODE_MAX_DSUB = 32  # from this sub-dimension on the reference's GEMM is faster
+
+
+def _encode_accepts(x, codebooks, metric) -> str | None:
+    if codebooks.shape[2] >= ENCODE_MAX_DSUB:
+        return f"dsub = {codebooks.shape[2]} >= {ENCODE_MAX_DSUB}: the reference's GEMM is faster"
+    return _float64(x, codebooks)
+
+
 def encode(x: torch.Tensor, codebooks: torch.Tensor, metric: str) -> torch.Tensor:
     M, K, d = codebooks.shape
-    if x.dtype == torch.float64 or codebooks.dtype == torch.float64 or d >= 32:
-        return reference.encode(x, codebooks, metric)  # wide sub-vectors: the reference's GEMM is faster
     C = codebooks.to(torch.float32)
     if metric == "cos":  # argmax of cos(x, c) = argmax of x . c / ||c||
         C = F.normalize(C, dim=-1)
@@ -155,9 +167,13 @@ def encode(x: torch.Tensor, codebooks: torch.Tensor, metric: str) -> torch.Tenso
     return out.to(code_dtype(K))
 
 
+def _refine_accepts(queries, vectors, candidates, k, metric, labels=None, sq8=None) -> str | None:
+    if not vectors.is_cpu or not vectors.is_contiguous():
+        return "the stored vectors are not a contiguous CPU tensor (the kernel reads them in place)"
+    return None
+
+
 def refine_topk(queries, vectors, candidates, k: int, metric: str, labels=None, sq8=None):
-    if not vectors.is_contiguous() or not vectors.is_cpu:
-        return reference.refine_topk(queries, vectors, candidates, k, metric, labels, sq8)
     from .refine import STORE_DTYPES
 
     q = queries.to(torch.float32).contiguous()
@@ -188,8 +204,6 @@ def ivf_search(queries, centroids, codebooks, lists, probes, k: int, metric: str
                by_residual=True):
     """lists: an ops.InvertedLists, which holds the arrays whose addresses it lists (alive through the call)."""
     M, K, _ = codebooks.shape
-    if any(torch.float64 == t.dtype for t in (queries, centroids, codebooks)):
-        return reference.ivf_search(queries, centroids, codebooks, lists, probes, k, metric, None, exact, by_residual)
     pre = _f32(precomputed) if precomputed is not None and metric == "l2" else None
     Q, d = queries.shape
     q, cen, cb = _f32(queries), _f32(centroids), _f32(codebooks)
@@ -215,14 +229,14 @@ if _cpu is not None:
         "cpu_native",
         ("cpu",),
         {
-            "adc_topk": adc_topk,
+            "adc_topk": Impl(adc_topk, lambda lut, *_: _float64(lut)),
             "adc_topk_fastscan": adc_topk_fastscan,
-            "build_lut": build_lut,
-            "encode": encode,
-            "ivf_search": ivf_search,
+            "build_lut": Impl(build_lut, lambda q, codebooks, *_: _float64(q, codebooks)),
+            "encode": Impl(encode, _encode_accepts),
+            "ivf_search": Impl(ivf_search, lambda q, cen, cb, *_: _float64(q, cen, cb)),
             "smallest_k_rows": smallest_k_rows,
-            "refine_topk": refine_topk,
-            "pq_search": pq_search,
+            "refine_topk": Impl(refine_topk, _refine_accepts),
+            "pq_search": Impl(pq_search, _pq_search_accepts),
             "pq_search_whole": pq_search_whole,
         },
         priority=10,

@@ -2,10 +2,11 @@
 ``sqret._cuda`` (csrc/cuda, nvcc + pybind11), for CUDA tensors. Unavailable, with the reason, when the module
 was not built or there is no GPU.
 
-Soft quantization has two GPU implementations (this one and the Triton kernel). Which one serves a shape is
-decided by measurement: ``benchmarks/gpu_check.sh`` times both and writes ``soft_policy.json`` beside this
-file (shape -> winner); a shape takes the winner of the nearest measured shape. Without measurements the
-Triton kernel stays the default. ``SQRET_CUDA_SOFT=cuda|triton`` forces one.
+Soft quantization has two GPU implementations (this one and the Triton kernel). Which one the automatic choice
+tries first is a registry policy decided by measurement: ``benchmarks/gpu_check.sh`` times both and writes
+``soft_policy.json`` beside this file (shape -> winner); a shape takes the winner of the nearest measured shape.
+Without measurements the Triton kernel stays the default. ``SQRET_CUDA_SOFT=cuda|triton`` overrides the policy;
+``sqret.use_backend("cuda")`` runs this kernel wherever it accepts the shape.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 
 from . import reference
 from .checks import code_dtype
-from .registry import mark_unavailable, register
+from .registry import Impl, mark_unavailable, register, set_policy
 
 try:
     from .. import _cuda
@@ -35,9 +36,17 @@ def _stream() -> int:
     return torch.cuda.current_stream().cuda_stream
 
 
+def _adc_accepts(table: torch.Tensor, codes: torch.Tensor, k: int, largest: bool, packed: bool) -> str | None:
+    if table.dtype == torch.float64:
+        return "float64 LUT: float64 results are the reference's"
+    if codes.dtype != torch.uint8:
+        return f"codes of dtype {codes.dtype}: the kernel reads uint8"
+    if min(k, codes.shape[0]) > MAX_K:
+        return f"k = {k} > {MAX_K}, the kernel's largest"
+    return None
+
+
 def adc_topk(table: torch.Tensor, codes: torch.Tensor, k: int, largest: bool, packed: bool):
-    if table.dtype == torch.float64 or codes.dtype != torch.uint8 or min(k, codes.shape[0]) > MAX_K:
-        return reference.adc_topk(table, codes, k, largest, packed)
     lut = table.to(torch.float32).contiguous()
     Q, M, K = lut.shape
 
@@ -89,14 +98,16 @@ def soft_impl(B: int, M: int, K: int, d: int) -> str:
     return best["winner"]
 
 
-def _triton():
-    from . import triton_backend
+def _soft_accepts(x: torch.Tensor, codebooks: torch.Tensor, *_) -> str | None:
+    if x.dtype == torch.float64 or codebooks.dtype == torch.float64:
+        return "float64 inputs: float64 results are the reference's"
+    if codebooks.shape[2] > _cuda.soft_max_dim:
+        return f"dsub = {codebooks.shape[2]} > {_cuda.soft_max_dim}, the kernel's largest"
+    return None
 
-    return triton_backend if triton_backend.soft is not None else None
 
-
-def _fits(codebooks: torch.Tensor, x: torch.Tensor) -> bool:
-    return codebooks.shape[2] <= _cuda.soft_max_dim and x.dtype != torch.float64
+def _prefer_forward(x: torch.Tensor, codebooks: torch.Tensor, *_) -> str:
+    return soft_impl(x.shape[0], *codebooks.shape)
 
 
 def _soft_forward(x, codebooks, tau: float, metric: str):
@@ -122,31 +133,15 @@ def _soft_backward(grad, x, codebooks, tau: float, metric: str):
     return gx.to(x.dtype), gc.to(codebooks.dtype)
 
 
-def _other(x, codebooks):
-    """The implementation to delegate to for this shape, or None to run the CUDA kernel."""
-    M, K, d = codebooks.shape
-    if not _fits(codebooks, x):
-        return reference
-    if soft_impl(x.shape[0], M, K, d) == "triton":
-        return _triton()
-    return None
-
-
-def soft_quantize(x, codebooks, tau: float, metric: str):
-    other = _other(x, codebooks)
-    return other.soft_quantize(x, codebooks, tau, metric) if other else _soft_forward(x, codebooks, tau, metric)
-
-
-def soft_quantize_backward(grad, x, codebooks, tau: float, metric: str):
-    other = _other(x, codebooks)
-    if other:
-        return other.soft_quantize_backward(grad, x, codebooks, tau, metric)
-    return _soft_backward(grad, x, codebooks, tau, metric)
-
-
 if _cuda is not None:
     if _cuda.device_count() > 0 and torch.cuda.is_available():
-        register("cuda", ("cuda",), {"adc_topk": adc_topk, "encode": encode, "soft_quantize": soft_quantize,
-                                     "soft_quantize_backward": soft_quantize_backward}, priority={"cuda": 30})
+        register("cuda", ("cuda",), {
+            "adc_topk": Impl(adc_topk, _adc_accepts),
+            "encode": encode,
+            "soft_quantize": Impl(_soft_forward, _soft_accepts),
+            "soft_quantize_backward": Impl(_soft_backward, lambda grad, x, codebooks, *_: _soft_accepts(x, codebooks)),
+        }, priority={"cuda": 30})
+        set_policy("soft_quantize", _prefer_forward)
+        set_policy("soft_quantize_backward", lambda grad, x, codebooks, *_: _prefer_forward(x, codebooks))
     else:
         mark_unavailable("cuda", "sqret._cuda is built, but there is no CUDA GPU on this machine")

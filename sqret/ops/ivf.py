@@ -251,8 +251,8 @@ def ivf_search(
         raise ValueError("precomputed tables are of residuals: pass none with by_residual=False")
     checks.same_device(("queries", queries), ("centroids", centroids), ("codebooks", codebooks),
                        ("probes", probes))
-    impl = registry.select("ivf_search", registry.device_type(queries))[1]
-    return impl(queries, centroids, codebooks, lists, probes, k, metric, precomputed, exact, by_residual)
+    return registry.run("ivf_search", registry.device_type(queries), queries, centroids, codebooks, lists, probes, k,
+                        metric, precomputed, exact, by_residual)
 
 
 def _within(t: Tensor, lo: int, hi: int) -> bool:
@@ -281,8 +281,7 @@ def coarse_probe(queries: Tensor, centroids: Tensor, nprobe: int, metric: str = 
         dist = torch.addmm(norms, q, centroids.T, alpha=-2)
     if dist.dtype != torch.float32:
         dist = dist.to(torch.float32)
-    impl = registry.select("smallest_k_rows", registry.device_type(queries))[1]
-    return impl(dist.contiguous(), nprobe)
+    return registry.run("smallest_k_rows", registry.device_type(queries), dist.contiguous(), nprobe)
 
 
 def ivf_precomputed_table(centroids: Tensor, codebooks: Tensor) -> Tensor:

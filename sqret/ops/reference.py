@@ -480,7 +480,12 @@ def ivf_search(queries, centroids, codebooks, lists, probes, k: int, metric: str
     Fast-scan lists with ``exact=False``: the quantized distances of each (query, list)'s table, the list's
     base term (||q - c||^2 is in the residual table; -<q, c> for ip) added to its first sub-space before the
     quantization, as the native kernel does. ``by_residual=False``: codes of the vectors, the tables of q.
+    Queries on another device are searched on the CPU, where the lists are, and the results moved back.
     """
+    if not queries.is_cpu:
+        v, i = ivf_search(queries.cpu(), centroids.cpu(), codebooks.cpu(), lists, probes.cpu(), k, metric, None, exact,
+                          by_residual)
+        return v.to(queries.device), i.to(queries.device)
     ids, sizes = lists.ids, lists.sizes
     approx = lists.layout == "fastscan" and not exact
     cd = _compute_dtype(queries, centroids, codebooks)

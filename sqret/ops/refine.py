@@ -77,5 +77,5 @@ def refine_topk(queries: Tensor, vectors, candidates: Tensor, k: int, metric: st
             raise ValueError(f"labels must be [n = {n}], got {tuple(labels.shape)}")
     k = checks.topk_k(k)
     checks.metric(metric, ("l2", "ip"))
-    impl = registry.select("refine_topk", registry.device_type(queries))[1]
-    return impl(queries, vectors, candidates, k, metric, labels, sq8)
+    return registry.run("refine_topk", registry.device_type(queries), queries, vectors, candidates, k, metric,
+                        labels, sq8)

@@ -10,7 +10,7 @@ import torch
 
 from . import reference
 from .checks import code_dtype
-from .registry import mark_unavailable, register
+from .registry import Impl, mark_unavailable, register
 
 try:
     from sqret_kernels import adc, ivf, lut, soft
@@ -68,10 +68,7 @@ def build_lut(q, codebooks, metric: str, dtype):
 
 def adc_topk(table: torch.Tensor, codes: torch.Tensor, k: int, largest: bool, packed: bool):
     """Fused per-program top-k for k <= FUSED_MAX_K; else a chunked multi-pass path. Values float32
-    (float64 LUTs go to the reference), ties by smaller position, FAISS padding."""
-    if table.dtype == torch.float64:
-        return reference.adc_topk(table, codes, k, largest, packed)
-
+    (float64 LUTs are the reference's), ties by smaller position, FAISS padding."""
     def scan(c: torch.Tensor, kk: int):
         if kk <= adc.FUSED_MAX_K:
             return reference.keys_to_topk(adc.adc_topk_fused(table, c, kk, largest, packed), -1.0 if largest else 1.0)
@@ -89,12 +86,8 @@ def ivf_search(queries, centroids, codebooks, lists, probes, k: int, metric: str
     tables built by the LUT kernel (residual tables per (query, list) for l2 by residual, one per query
     otherwise), the probed lists scanned by ``sqret_kernels.ivf``. Scores are always exact float sums (the
     quantized scoring of ``exact=False`` is the CPU fast scan's). Ties: within a list by the smaller id,
-    across lists by list order. k above the fused kernel's limit, or float64 inputs: the reference."""
+    across lists by list order."""
     dev = queries.device
-    if k > adc.FUSED_MAX_K or torch.float64 in (queries.dtype, centroids.dtype, codebooks.dtype):
-        v, i = reference.ivf_search(queries.cpu(), centroids.cpu(), codebooks.cpu(), lists, probes.cpu(), k, metric,
-                                    None, True, by_residual)
-        return v.to(dev), i.to(dev)
     store = lists.device_copy(dev)
     Q, P = probes.shape
     M, K, _ = codebooks.shape
@@ -125,6 +118,18 @@ def ivf_search(queries, centroids, codebooks, lists, probes, k: int, metric: str
     return torch.cat(values), torch.cat(ids)
 
 
+def _float64(*tensors: torch.Tensor) -> str | None:
+    if any(t.dtype == torch.float64 for t in tensors):
+        return "float64 inputs: float64 results are the reference's"
+    return None
+
+
+def _ivf_accepts(queries, centroids, codebooks, lists, probes, k, *_) -> str | None:
+    if k > adc.FUSED_MAX_K:
+        return f"k = {k} > {adc.FUSED_MAX_K}, the fused scan's largest"
+    return _float64(queries, centroids, codebooks)
+
+
 def _devices() -> tuple[str, ...]:
     devices = ("cuda",) if torch.cuda.is_available() else ()
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -145,8 +150,8 @@ if soft is not None:
                 "encode": encode,
                 "decode": lut.decode,
                 "build_lut": build_lut,
-                "adc_topk": adc_topk,
-                "ivf_search": ivf_search,
+                "adc_topk": Impl(adc_topk, lambda table, *_: _float64(table)),
+                "ivf_search": Impl(ivf_search, _ivf_accepts),
             },
             priority={"cuda": 20, "cpu": -1},
         )
