@@ -298,6 +298,9 @@ def _check_device(device: str | None) -> None:
         raise UsageError(f"--device {device}: only cpu and cuda are supported")
 
 
+CONTRASTIVE = ("spq", "sscq", "mecoq", "mopq")  # recipes with a contrastive loss: --cross-device-negatives
+
+
 def _train(args: argparse.Namespace) -> int:
     import json
 
@@ -343,9 +346,19 @@ def _train(args: argparse.Namespace) -> int:
     else:
         data = _load_data(args.dataset, args.data, args.seed, args.image_size)
     c, h, _ = data.shape
+    extra = {}
+    if args.cross_device_negatives:
+        if args.method not in CONTRASTIVE:
+            raise UsageError(f"--cross-device-negatives: {args.method} has no contrastive loss "
+                             f"(it is for {', '.join(CONTRASTIVE)})")
+        extra["cross_device_negatives"] = True
+    if args.pairs:
+        if args.method != "mopq":
+            raise UsageError("--pairs is an option of --method mopq")
+        extra["pairs"] = args.pairs
     try:
         method = build_method(args.method, args.bits, args.backbone, c, h, data.num_classes, args.weights,
-                              args.width)
+                              args.width, **extra)
     except ValueError as err:
         raise UsageError(f"--method {args.method} --bits {args.bits}: {err}") from None
     if args.batch_size > len(data.train):
@@ -353,6 +366,7 @@ def _train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                       amp=not args.no_amp, log=args.log, checkpoint=args.checkpoint, every=args.every,
                       resume=args.resume, val_every=args.val_every, map_at=args.map_at, train_size=args.train_size,
+                      adv_eps=args.adv_eps, adv_steps=args.adv_steps,
                       meta={"dataset": args.dataset, "data": args.data, "seed": args.seed,
                             "image_size": args.image_size,
                             "val_per_class": 0 if args.dataset == "digits" and not args.val_every else None})
@@ -367,33 +381,32 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval(args: argparse.Namespace) -> int:
-    import json
-
+def _load_trained(arg: str, what: str = "CHECKPOINT"):
+    """(method, checkpoint state) of a checkpoint written by sqret train; a UsageError naming ``what``."""
     from .checkpoint import CheckpointError, load_checkpoint
-    from .eval import mean_average_precision, precision_at_k, precision_recall_curve
     from .methods import build_method
-    from .train import embed
 
-    p = _input_file(args.checkpoint, "CHECKPOINT")
-    if args.gallery:
-        _output_file(args.gallery, "--gallery")
+    p = _input_file(arg, what)
     try:
         state = load_checkpoint(p)
     except CheckpointError as err:
-        raise UsageError(f"CHECKPOINT {args.checkpoint}: {_strip(str(err), p)}") from None
-    spec, meta = state.get("spec"), state.get("meta") or {}
+        raise UsageError(f"{what} {arg}: {_strip(str(err), p)}") from None
+    spec = state.get("spec")
     if not isinstance(spec, dict) or "model" not in state:
-        raise UsageError(f"CHECKPOINT {args.checkpoint}: no method spec in the checkpoint (was it written by sqret "
-                         "train?)")
+        raise UsageError(f"{what} {arg}: no method spec in the checkpoint (was it written by sqret train?)")
     spec = dict(spec)
     try:
         method = build_method(spec.pop("name"), spec.pop("bits"), spec.pop("backbone"), spec.pop("in_channels"),
                               spec.pop("image_size"), spec.pop("num_classes"), None, spec.pop("width"), **spec)
         method.load_state_dict(state["model"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise UsageError(f"CHECKPOINT {args.checkpoint}: its model cannot be rebuilt ({str(err).splitlines()[0]})"
-                         ) from None
+        raise UsageError(f"{what} {arg}: its model cannot be rebuilt ({str(err).splitlines()[0]})") from None
+    return method, state
+
+
+def _data_of(args: argparse.Namespace, state: dict):
+    """The split a checkpoint was trained on (or ``--dataset`` / ``--data``), checked against its input size."""
+    meta = state.get("meta") or {}
     name = args.dataset or meta.get("dataset")
     if name is None:
         raise UsageError("the checkpoint does not name its dataset: pass --dataset")
@@ -407,6 +420,19 @@ def _eval(args: argparse.Namespace) -> int:
     if tuple(data.shape[:2]) != want:
         raise UsageError(f"--dataset {name}: its images are {data.shape[0]} x {data.shape[1]} px (channels x side), "
                          f"the checkpoint's model takes {want[0]} x {want[1]}")
+    return data
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .eval import mean_average_precision, precision_at_k, precision_recall_curve
+    from .train import embed
+
+    if args.gallery:
+        _output_file(args.gallery, "--gallery")
+    method, state = _load_trained(args.checkpoint)
+    data = _data_of(args, state)
     db, q = embed(method, data.database), embed(method, data.queries)
     k = min(args.map_at, len(data.database))
     result = {"checkpoint": args.checkpoint, "dataset": data.name, "queries": len(q), "database": len(db)}
@@ -434,6 +460,40 @@ def _eval(args: argparse.Namespace) -> int:
 
             result["gallery"] = str(save_gallery(args.gallery, data.queries, data.query_labels, data.database,
                                                  data.database_labels, ranked))
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def _fraction(text: str) -> float:
+    """A number or a fraction such as 8/255."""
+    try:
+        num, _, den = text.partition("/")
+        v = float(num) / float(den) if den else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number or a fraction such as 8/255, got {text!r}") from None
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1] (pixels in [0, 1]), got {text!r} = {v:g}")
+    return v
+
+
+def _attack(args: argparse.Namespace) -> int:
+    import json
+
+    from .attack import attack_retrieval, same_input
+
+    target, state = _load_trained(args.checkpoint)
+    surrogate = None
+    if args.surrogate:
+        surrogate, _ = _load_trained(args.surrogate, "--surrogate")
+        try:
+            same_input(target, surrogate)
+        except ValueError as err:
+            raise UsageError(f"--surrogate {args.surrogate}: {err}") from None
+    data = _data_of(args, state)
+    result = {"checkpoint": args.checkpoint, "surrogate": args.surrogate, "dataset": data.name,
+              "queries": len(data.queries), "database": len(data.database)}
+    result.update(attack_retrieval(target, data, eps=args.eps, steps=args.steps, surrogate=surrogate,
+                                   map_at=args.map_at, seed=args.seed))
     print(json.dumps(result, indent=1))
     return 0
 
@@ -520,6 +580,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--checkpoint", help="checkpoint file (written atomically)")
     tr.add_argument("--every", type=positive_int, default=1, help="checkpoint every N epochs")
     tr.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    tr.add_argument("--cross-device-negatives", action="store_true",
+                    help="under torchrun, every rank's embeddings are negatives for every query, gradients flowing "
+                         f"back to their owners ({', '.join(CONTRASTIVE)})")
+    tr.add_argument("--adv-eps", type=_fraction, default=0.0,
+                    help="adversarial training: PGD queries within this L-infinity budget (e.g. 8/255; 0: off)")
+    tr.add_argument("--adv-steps", type=positive_int, default=3, help="PGD steps of --adv-eps")
+    tr.add_argument("--pairs", choices=("views", "labels"),
+                    help="mopq: a query's key is its other view (default) or another image of its label")
     tr.set_defaults(func=_train)
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint of sqret train: mAP@k, precision@k, PR curve",
@@ -535,6 +603,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="precision-recall curve at POINTS cut-offs")
     ev.add_argument("--all-lengths", action="store_true", help="progressive methods (dpq): every prefix length")
     ev.set_defaults(func=_eval)
+
+    at = sub.add_parser("attack", help="PQ-AG: mAP of a checkpoint clean and under adversarial queries (PGD)",
+                        parents=[common], formatter_class=fmt)
+    at.add_argument("checkpoint", help="the target: a checkpoint written by sqret train")
+    at.add_argument("--eps", type=_fraction, default=8 / 255, help="L-infinity budget, pixels in [0, 1] (e.g. 8/255)")
+    at.add_argument("--steps", type=positive_int, default=10, help="PGD steps")
+    at.add_argument("--surrogate", help="craft on this checkpoint and transfer (black box); default: the target's "
+                                        "own gradients (white box)")
+    at.add_argument("--dataset", choices=DATASETS, help="default: the checkpoint's")
+    at.add_argument("--data", help="dataset location (default: the checkpoint's)")
+    at.add_argument("--map-at", type=positive_int, default=100, help="mAP@k")
+    at.add_argument("--seed", type=int, default=0, help="seed of the attack's random start")
+    at.set_defaults(func=_attack)
 
     cu = sub.add_parser("curves", help="training curves (loss, lr, validation mAP) of a sqret train --log file as PNG",
                         parents=[common], formatter_class=fmt)

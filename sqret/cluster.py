@@ -9,7 +9,7 @@ from . import ops
 
 
 def _kmeans_pp(xs: torch.Tensor, K: int, g: torch.Generator) -> torch.Tensor:
-    """k-means++ seeding in every sub-space at once: xs [N, M, d] -> codebooks [M, K, d]."""
+    """k-means++ seeding in every sub-space at once: xs [N, M, d] -> codebooks [M, K, dsub]."""
     N, M, d = xs.shape
     sub = xs.transpose(0, 1)  # [M, N, d]
     ar = torch.arange(M, device=xs.device)
@@ -37,17 +37,17 @@ def train_pq(
     progress: bool | None = None,
     init: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Codebooks [M, K, d] from training vectors x [N, D] (D = M * d) by Lloyd's k-means per sub-space.
+    """Codebooks [M, K, dsub] from training vectors x [N, d] (d = M * dsub) by Lloyd's k-means per sub-space.
 
     Seeding is k-means++ per sub-space; assignment is ``ops.encode`` (so it runs on the fastest backend);
     the update is a scatter-add of the sub-vectors. Empty clusters are re-seeded with random training
     sub-vectors. For ``metric="cos"`` the codewords are kept unit-norm (spherical k-means); ``"ip"``
     trains with l2, as FAISS does.
     At most ``max_points_per_centroid * K`` points are used (a random sample), as in FAISS. ``init``
-    [M, K, d] starts from given codebooks instead of k-means++ (warm starts, e.g. in OPQ).
+    [M, K, dsub] starts from given codebooks instead of k-means++ (warm starts, e.g. in OPQ).
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point():
-        raise ValueError(f"x must be a float tensor [N, D], got {getattr(x, 'shape', type(x))}")
+        raise ValueError(f"x must be a float tensor [N, d], got {getattr(x, 'shape', type(x))}")
     N, D = x.shape
     if M < 1 or D % M:
         raise ValueError(f"D = {D} features are not divisible into M = {M} sub-spaces")

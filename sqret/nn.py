@@ -45,7 +45,7 @@ class ProductQuantizer(nn.Module):
         self.initialized.fill_(True)
 
     def codewords(self) -> torch.Tensor:
-        """The codewords used for reconstruction [M, K, d] (L2-normalised for the cosine metric)."""
+        """The codewords used for reconstruction [M, K, dsub] (L2-normalised for the cosine metric)."""
         return F.normalize(self.codebooks, dim=-1) if self.metric == "cos" else self.codebooks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -111,6 +111,16 @@ class ResidualQuantizer(nn.Module):
             soft.append(x - soft_r)
             hard.append(x - hard_r)
         return torch.stack(soft), torch.stack(hard)
+
+    def probs(self, x: torch.Tensor) -> torch.Tensor:
+        """Soft assignments [B, levels, K]: level l's softmax over its codewords of the soft residual."""
+        x = x.to(self.codebooks.dtype)
+        r, out = x, []
+        for l in range(self.levels):
+            C = self.codebooks[l : l + 1]
+            out.append(ops.assign_probs(r, C, self.tau)[:, 0])
+            r = r - ops.soft_quantize(r, C, self.tau)
+        return torch.stack(out, 1)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, levels: int | None = None) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from .attack import pgd
 from .augment import Augment, two_views
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, spec_differences
 from .data.images import ImageSplit, to_float
@@ -42,6 +43,8 @@ class TrainConfig:
     train_size: int | None = None  # train on a random subset of N training images (a CPU budget)
     meta: dict | None = None  # saved in the checkpoint (e.g. how to reload the dataset for sqret eval)
     progress: bool | None = None
+    adv_eps: float = 0.0  # adversarial training: view a replaced by its PGD attack (sqret.attack) within this budget
+    adv_steps: int = 3
 
     def __post_init__(self) -> None:
         def whole(name: str, lo: int, none: bool = False) -> None:
@@ -55,6 +58,9 @@ class TrainConfig:
         whole("batch_size", 1)
         whole("every", 1)
         whole("val_every", 0)
+        whole("adv_steps", 1)
+        if isinstance(self.adv_eps, bool) or not isinstance(self.adv_eps, (int, float)) or not 0 <= self.adv_eps <= 1:
+            raise ValueError(f"adv_eps must be a number in [0, 1] (pixels in [0, 1]), got {self.adv_eps!r}")
         whole("map_at", 1)
         whole("train_size", 1, none=True)
         for name in ("lr", "weight_decay"):
@@ -215,6 +221,8 @@ def train(method, data: ImageSplit, cfg: TrainConfig) -> dict:
                 xa, xb = two_views(batch, augment, gen)
             else:
                 xa, xb = augment(batch, gen), None
+            if cfg.adv_eps:  # the attack of the current model on view a (input gradients only)
+                xa = pgd(method, xa, eps=cfg.adv_eps, steps=cfg.adv_steps, generator=gen)
             for g, lr in zip(opt.param_groups, base_lrs, strict=False):
                 g["lr"] = lr * lr_factor(epoch * steps_per_epoch + s, total_steps, method.defaults.get("schedule"),
                                          method.defaults.get("warmup", 0.0))

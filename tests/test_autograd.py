@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import sqret
 from sqret import ops
 
 OPS = torch.ops.sqret
@@ -14,29 +15,44 @@ def _inputs(dtype=torch.float64, B=5, M=3, K=6, d=4, grad=True):
     return x, C
 
 
-@pytest.mark.parametrize("metric", ops.METRICS)
-def test_opcheck_soft_ops(metric):
+def _samples(metric):
+    """Arguments for each sqret:: op, per metric (the op's reference implementation must accept them)."""
     x, C = _inputs(torch.float32)
-    torch.library.opcheck(OPS.soft_quantize.default, (x, C, 0.5, metric))
-    torch.library.opcheck(OPS.assign_probs.default, (x, C, 0.5, metric))
-    g = torch.randn(5, 12)
-    torch.library.opcheck(OPS.soft_quantize_backward.default, (g, x.detach(), C.detach(), 0.5, metric))
-    gp = torch.randn(5, 3, 6)
-    torch.library.opcheck(OPS.assign_probs_backward.default, (gp, x.detach(), C.detach(), 0.5, metric))
-    torch.library.opcheck(OPS.encode.default, (x.detach(), C.detach(), metric))
-    torch.library.opcheck(OPS.build_lut.default, (x.detach(), C.detach(), metric, None))
-
-
-def test_opcheck_decode_and_adc_topk():
-    C = torch.randn(3, 16, 4, requires_grad=True)
+    xd, Cd = x.detach(), C.detach()
+    C16 = torch.randn(3, 16, 4, requires_grad=True)
     codes = torch.randint(0, 16, (9, 3), dtype=torch.uint8)
-    torch.library.opcheck(OPS.decode.default, (codes, C, False))
-    torch.library.opcheck(OPS.decode.default, (ops.pack4(codes), C, True))
-    torch.library.opcheck(OPS.decode_backward.default, (torch.randn(9, 12), codes, C.detach(), False))
     lut = torch.randn(4, 3, 16)
-    torch.library.opcheck(OPS.adc_topk.default, (lut, codes, 5, False, False))
-    torch.library.opcheck(OPS.adc_topk.default, (lut, ops.pack4(codes), 12, True, True))
-    torch.library.opcheck(OPS.build_lut.default, (torch.randn(4, 12), C.detach(), "l2_sqrt", torch.float16))
+    blocks = ops.fastscan_pack(codes).blocks
+    lut_metric = metric if metric in ops.LUT_METRICS else "l2"
+    return {
+        "soft_quantize": [(x, C, 0.5, metric)],
+        "assign_probs": [(x, C, 0.5, metric)],
+        "soft_quantize_backward": [(torch.randn(5, 12), xd, Cd, 0.5, metric)],
+        "assign_probs_backward": [(torch.randn(5, 3, 6), xd, Cd, 0.5, metric)],
+        "encode": [(xd, Cd, metric)],
+        "build_lut": [(xd, Cd, lut_metric, None), (torch.randn(4, 12), C16.detach(), "l2_sqrt", torch.float16)],
+        "decode": [(codes, C16, False), (ops.pack4(codes), C16, True)],
+        "decode_backward": [(torch.randn(9, 12), codes, C16.detach(), False)],
+        "adc_topk": [(lut, codes, 5, False, False), (lut, ops.pack4(codes), 12, True, True)],
+        "adc_topk_fastscan": [(lut, blocks, 9, 5, False, True), (lut, blocks, 9, 12, True, False)],
+    }
+
+
+def _custom_ops():
+    return sorted(n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("sqret::"))
+
+
+def test_every_custom_op_has_opcheck_samples():
+    """The opcheck list comes from the registered ops: a new op without samples fails here."""
+    assert set(_samples("l2")) == set(_custom_ops())
+    assert set(_custom_ops()) <= set(sqret.ops.registry._registry["reference"].impls)  # and has a reference
+
+
+@pytest.mark.parametrize("metric", ops.METRICS)
+@pytest.mark.parametrize("op", _custom_ops())
+def test_opcheck(op, metric):
+    for args in _samples(metric)[op]:
+        torch.library.opcheck(getattr(OPS, op).default, args)
 
 
 @pytest.mark.parametrize("metric", ops.METRICS)

@@ -12,7 +12,7 @@ x, C = torch.randn(4, 12), torch.randn(3, 8, 4)
 @pytest.mark.parametrize(
     "call, err, match",
     [
-        (lambda: ops.soft_quantize(torch.randn(4, 10), C), ValueError, r"x has D = 10 .* D = M \* d = 12"),
+        (lambda: ops.soft_quantize(torch.randn(4, 10), C), ValueError, r"x has d = 10 .* d = M \* dsub = 12"),
         (lambda: ops.soft_quantize(x.double()[None], C), ValueError, "x must be 2-D"),
         (lambda: ops.soft_quantize(x.int(), C), TypeError, "x must have dtype"),
         (lambda: ops.soft_quantize(x, C[0]), ValueError, "codebooks must be 3-D"),

@@ -9,10 +9,11 @@ from ..models import build_backbone
 from .base import OPTIMIZERS, Method
 from .dpq import DPQ
 from .mecoq import MeCoQ
+from .mopq import MoPQ
 from .spq import SPQ
 from .sscq import SSCQ
 
-METHODS = {"spq": SPQ, "sscq": SSCQ, "dpq": DPQ, "mecoq": MeCoQ}
+METHODS = {"spq": SPQ, "sscq": SSCQ, "dpq": DPQ, "mecoq": MeCoQ, "mopq": MoPQ}
 
 
 def build_method(name: str, bits: int = 32, backbone: str = "small", in_channels: int = 3, image_size: int = 32,
@@ -32,4 +33,4 @@ def build_method(name: str, bits: int = 32, backbone: str = "small", in_channels
     return method
 
 
-__all__ = ["DPQ", "METHODS", "MeCoQ", "Method", "OPTIMIZERS", "SPQ", "SSCQ", "build_method"]
+__all__ = ["DPQ", "METHODS", "MeCoQ", "MoPQ", "Method", "OPTIMIZERS", "SPQ", "SSCQ", "build_method"]

@@ -68,6 +68,10 @@ class Method(nn.Module):
     def loss(self, xa: torch.Tensor, xb: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def code_probs(self, feats: torch.Tensor) -> torch.Tensor:
+        """Soft code assignments [B, M, K] of features (what the PQ-AG attack pushes away from the clean ones)."""
+        return self.pq.probs(feats)
+
     def start_epoch(self, epoch: int) -> None:
         """Called by the trainer before each epoch (0-based)."""
 

@@ -70,6 +70,9 @@ class DPQ(Method):
     def encode(self, feats: torch.Tensor) -> torch.Tensor:
         return self.rq.encode(feats)
 
+    def code_probs(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.rq.probs(feats)
+
     def index(self, levels: int | None = None) -> ResidualIndex:
         """An empty index over the first ``levels`` levels (default all: the full code)."""
         return ResidualIndex.from_quantizer(self.rq, levels)

@@ -26,7 +26,7 @@ class MeCoQ(Method):
 
     def __init__(self, backbone: nn.Module, *, bits: int = 32, K: int = 256, dsub: int = 16, alpha: float = 10.0,
                  tau: float = 0.4, pos_prior: float = 0.1, memory: int = 512, memory_from_epoch: int = 3,
-                 w_entropy: float = 0.05, w_codeword: float = 0.5):
+                 w_entropy: float = 0.05, w_codeword: float = 0.5, cross_device_negatives: bool = False):
         super().__init__()
         self.M = pq_shape(bits, K)
         self.backbone = backbone
@@ -34,6 +34,7 @@ class MeCoQ(Method):
                                    kmeans_init=False)
         self.tau, self.pos_prior, self.memory_from_epoch = tau, pos_prior, memory_from_epoch
         self.w_entropy, self.w_codeword = w_entropy, w_codeword
+        self.cross_device = bool(cross_device_negatives)
         self.register_buffer("memory", torch.zeros(memory, self.M, K))
         self.register_buffer("memory_size", torch.zeros((), dtype=torch.int64))  # filled entries
         self.register_buffer("memory_next", torch.zeros((), dtype=torch.int64))  # ring-buffer position
@@ -67,7 +68,7 @@ class MeCoQ(Method):
         if self._use_memory and int(self.memory_size):
             mem = self.memory[: int(self.memory_size)].clone()  # soft codes (a copy: updated below)
             memory = torch.einsum("smk,mkd->smd", mem, self.pq.codewords()).reshape(mem.shape[0], -1)
-        loss = (losses.debiased_contrastive(za, zb, self.tau, self.pos_prior, memory)
+        loss = (losses.debiased_contrastive(za, zb, self.tau, self.pos_prior, memory, cross_device=self.cross_device)
                 + self.w_entropy * (losses.assignment_entropy(pa) + losses.assignment_entropy(self.pq.probs(fb))) / 2
                 + self.w_codeword * losses.codeword_similarity(self.pq.codebooks))
         if self.training and self.memory.shape[0]:

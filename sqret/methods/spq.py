@@ -19,12 +19,12 @@ class SPQ(Method):
     defaults = {"optimizer": "adam", "lr": 3e-4, "weight_decay": 1e-5, "schedule": None, "warmup": 0.0}
 
     def __init__(self, backbone: nn.Module, *, bits: int = 32, K: int = 16, dsub: int = 16, tau_q: float = 0.2,
-                 tau_c: float = 0.5):
+                 tau_c: float = 0.5, cross_device_negatives: bool = False):
         super().__init__()
         self.M = pq_shape(bits, K)
         self.backbone = backbone
         self.pq = ProductQuantizer(self.M * dsub, self.M, K, tau=tau_q, mode="soft", kmeans_init=False)
-        self.tau_c = tau_c
+        self.tau_c, self.cross_device = tau_c, bool(cross_device_negatives)
 
     @classmethod
     def feature_dim(cls, *, bits: int, K: int = 16, dsub: int = 16, **_) -> int:
@@ -37,4 +37,4 @@ class SPQ(Method):
     def loss(self, xa: torch.Tensor, xb: torch.Tensor, labels=None) -> torch.Tensor:
         """Cross-quantized contrastive loss of two augmented views [B, C, H, W]."""
         fa, fb = self.features(xa), self.features(xb)
-        return cross_quantized_contrastive(fa, self.pq(fa), fb, self.pq(fb), self.tau_c)
+        return cross_quantized_contrastive(fa, self.pq(fa), fb, self.pq(fb), self.tau_c, cross_device=self.cross_device)

@@ -27,7 +27,7 @@ class SSCQ(Method):
 
     def __init__(self, backbone: nn.Module, *, bits: int = 32, K: int = 256, dsub: int = 16, tau_q: float = 0.2,
                  tau: float = 0.5, tau_cc: float = 0.2, neighbours: int = 20, w_quant: float = 1.0, w_cc: float = 0.4,
-                 w_pn: float = 0.1, w_div: float = 0.2):
+                 w_pn: float = 0.1, w_div: float = 0.2, cross_device_negatives: bool = False):
         super().__init__()
         self.M = pq_shape(bits, K)
         dim = self.M * dsub
@@ -36,6 +36,7 @@ class SSCQ(Method):
         self.embed = nn.Sequential(nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(), nn.Linear(width, dim))
         self.pq = ProductQuantizer(dim, self.M, K, tau=tau_q, mode="soft", kmeans_init=False)
         self.tau, self.tau_cc, self.neighbours = tau, tau_cc, neighbours
+        self.cross_device = bool(cross_device_negatives)  # for the two NT-Xent terms (the others are per batch)
         self.w = {"quant": w_quant, "cc": w_cc, "pn": w_pn, "div": w_div}
 
     @classmethod
@@ -51,8 +52,9 @@ class SSCQ(Method):
         za, zb = self.pq(fa), self.pq(fb)
         sub = lambda z: z.reshape(z.shape[0], self.M, -1)  # noqa: E731
         probs = ops.assign_probs(torch.cat([fa, fb]).float(), self.pq.codebooks, self.pq.tau, "cos")
-        return (losses.nt_xent(fa, fb, self.tau)
-                + self.w["quant"] * losses.nt_xent(za, zb, self.tau)
+        xd = self.cross_device
+        return (losses.nt_xent(fa, fb, self.tau, cross_device=xd)
+                + self.w["quant"] * losses.nt_xent(za, zb, self.tau, cross_device=xd)
                 + self.w["cc"] * losses.consistent_contrastive(fa + za, fb + zb, self.tau_cc)
                 + self.w["pn"] * losses.part_neighbour_consistency(sub(za), sub(zb), self.tau, self.neighbours)
                 + self.w["div"] * losses.codeword_diversity(probs))

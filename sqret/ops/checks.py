@@ -54,30 +54,30 @@ def metric(m: object, allowed: tuple[str, ...] = METRICS) -> str:
 
 def codebooks(c: object) -> tuple[int, int, int]:
     tensor(c, "codebooks", 3, FLOATS)
-    M, K, d = c.shape  # type: ignore[union-attr]
-    if M < 1 or K < 1 or d < 1:
-        raise ValueError(f"codebooks must be [M, K, d] with M, K, d >= 1, got {tuple(c.shape)}")  # type: ignore[union-attr]
-    return M, K, d
+    M, K, dsub = c.shape  # type: ignore[union-attr]
+    if M < 1 or K < 1 or dsub < 1:
+        raise ValueError(f"codebooks must be [M, K, dsub] with M, K, dsub >= 1, got {tuple(c.shape)}")  # type: ignore[union-attr]
+    return M, K, dsub
 
 
 def features(x: object, cb: torch.Tensor, name: str = "x") -> tuple[int, int, int]:
-    """x [B, D] against codebooks [M, K, d]: D must equal M * d. Returns (M, K, d)."""
+    """x [B, d] against codebooks [M, K, dsub]: d must equal M * dsub. Returns (M, K, dsub)."""
     T = torch.Tensor  # accepted in one go (each attribute read once: a search of one query takes microseconds)
     if type(x) is T and type(cb) is T and x.is_cpu and cb.is_cpu and x.dtype in FLOATS and cb.dtype in FLOATS:
         xs, cs = x.shape, cb.shape
         if len(xs) == 2 and len(cs) == 3:
-            M, K, d = cs
-            if xs[1] == M * d and M > 0 and K > 0 and d > 0:
-                return M, K, d
-    M, K, d = codebooks(cb)
+            M, K, dsub = cs
+            if xs[1] == M * dsub and M > 0 and K > 0 and dsub > 0:
+                return M, K, dsub
+    M, K, dsub = codebooks(cb)
     tensor(x, name, 2, FLOATS)
-    if x.shape[1] != M * d:  # type: ignore[union-attr]
+    if x.shape[1] != M * dsub:  # type: ignore[union-attr]
         raise ValueError(
-            f"{name} has D = {x.shape[1]} features, but codebooks of shape [M={M}, K={K}, d={d}] "  # type: ignore[union-attr]
-            f"need D = M * d = {M * d}"
+            f"{name} has d = {x.shape[1]} features, but codebooks of shape [M={M}, K={K}, dsub={dsub}] "  # type: ignore[union-attr]
+            f"need d = M * dsub = {M * dsub}"
         )
     same_device((name, x), ("codebooks", cb))  # type: ignore[arg-type]
-    return M, K, d
+    return M, K, dsub
 
 
 def temperature(tau: object) -> float:

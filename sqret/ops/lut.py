@@ -16,7 +16,7 @@ def largest_for(metric: str) -> bool:
 
 
 def check_lut(q, codebooks, metric) -> tuple[int, int, int]:
-    """Queries [Q, M*d] against codebooks [M, K, d], a LUT metric; returns (M, K, d)."""
+    """Queries [Q, d] against codebooks [M, K, dsub], a LUT metric; returns (M, K, dsub)."""
     checks.metric(metric, checks.LUT_METRICS)
     return checks.features(q, codebooks, "queries")
 

@@ -27,12 +27,12 @@ def _row_chunks(n: int, per_row: int) -> list[tuple[int, int]]:
 
 
 def _split(x: torch.Tensor, M: int) -> torch.Tensor:
-    """[n, M*d] -> [M, n, d]."""
+    """[n, d] -> [M, n, dsub]."""
     return x.reshape(x.shape[0], M, -1).transpose(0, 1)
 
 
 def _merge(zs: torch.Tensor) -> torch.Tensor:
-    """[M, n, d] -> [n, M*d]."""
+    """[M, n, dsub] -> [n, d]."""
     return zs.transpose(0, 1).reshape(zs.shape[1], -1)
 
 
@@ -41,7 +41,7 @@ def _codewords(codebooks: torch.Tensor, metric: str) -> torch.Tensor:
 
 
 def cosine_inputs(x: torch.Tensor, codebooks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine as an inner product: x [B, M*d] with every sub-vector L2-normalized, and normalized codebooks."""
+    """Cosine as an inner product: x [B, d] with every sub-vector L2-normalized, and normalized codebooks."""
     M, _, d = codebooks.shape
     xn = F.normalize(x.reshape(x.shape[0], M, d), dim=-1).reshape(x.shape[0], M * d)
     return xn, F.normalize(codebooks, dim=-1)
@@ -60,7 +60,7 @@ def kernel_inputs(x: torch.Tensor, codebooks: torch.Tensor, metric: str) -> tupl
 
 
 def _scores(xs: torch.Tensor, C: torch.Tensor, metric: str) -> torch.Tensor:
-    """Similarity, larger is closer: xs [M, n, d], C [M, K, d] (normalized for cos) -> [M, n, K]."""
+    """Similarity, larger is closer: xs [M, n, dsub], C [M, K, dsub] (normalized for cos) -> [M, n, K]."""
     if metric == "cos":
         xs = F.normalize(xs, dim=-1)
     dot = torch.bmm(xs, C.transpose(1, 2))
@@ -82,7 +82,7 @@ def _probs_chunk(x: torch.Tensor, codebooks: torch.Tensor, tau: float, metric: s
 
 
 def soft_quantize(x: torch.Tensor, codebooks: torch.Tensor, tau: float, metric: str) -> torch.Tensor:
-    """z [B, D]: per sub-space softmax(s(x_m, c) / tau) @ C_m."""
+    """z [B, d]: per sub-space softmax(s(x_m, c) / tau) @ C_m."""
     M, K, _ = codebooks.shape
     cd = _compute_dtype(x, codebooks)
     cb = codebooks.to(cd)
@@ -104,7 +104,7 @@ def assign_probs(x: torch.Tensor, codebooks: torch.Tensor, tau: float, metric: s
 
 
 def cosine_backward(x: torch.Tensor, codebooks: torch.Tensor, gx: torch.Tensor, gc: torch.Tensor):
-    """Gradients w.r.t. the raw x [B, M*d] and codebooks [M, K, d] (float32) from those w.r.t. the
+    """Gradients w.r.t. the raw x [B, d] and codebooks [M, K, dsub] (float32) from those w.r.t. the
     normalized inputs of :func:`cosine_inputs` (how the kernels run the cosine metric)."""
     B, (M, _, d) = x.shape[0], codebooks.shape
     gx = _normalize_backward(x.float().reshape(B, M, d), gx.reshape(B, M, d)).reshape(B, M * d)
@@ -121,8 +121,8 @@ def _normalize_backward(v: torch.Tensor, g: torch.Tensor, eps: float = 1e-12) ->
 def _backward_chunk(g, xs, C, tau: float, metric: str, wrt_probs: bool):
     """Gradients for one chunk, recomputing the probabilities.
 
-    xs [M, n, d] and raw codebooks C [M, K, d]; g is [M, n, d] (grad of z) or [M, n, K] (grad of p).
-    Returns dx [M, n, d] and the codebook gradient [M, K, d] w.r.t. the codewords used (normalized for
+    xs [M, n, dsub] and raw codebooks C [M, K, dsub]; g is [M, n, dsub] (grad of z) or [M, n, K] (grad of p).
+    Returns dx [M, n, dsub] and the codebook gradient [M, K, dsub] w.r.t. the codewords used (normalized for
     cos: the caller applies the normalization's backward once, after summing the chunks).
     """
     Cw = _codewords(C, metric)
@@ -162,12 +162,12 @@ def _backward(grad, x, codebooks, tau: float, metric: str, wrt_probs: bool):
 
 
 def soft_quantize_backward(grad, x, codebooks, tau: float, metric: str):
-    """(grad_x [B, D], grad_codebooks [M, K, d]) of soft_quantize for grad [B, D]."""
+    """(grad_x [B, d], grad_codebooks [M, K, dsub]) of soft_quantize for grad [B, d]."""
     return _backward(grad, x, codebooks, tau, metric, wrt_probs=False)
 
 
 def assign_probs_backward(grad, x, codebooks, tau: float, metric: str):
-    """(grad_x [B, D], grad_codebooks [M, K, d]) of assign_probs for grad [B, M, K]."""
+    """(grad_x [B, d], grad_codebooks [M, K, dsub]) of assign_probs for grad [B, M, K]."""
     return _backward(grad, x, codebooks, tau, metric, wrt_probs=True)
 
 
@@ -198,7 +198,7 @@ def pack4(codes: torch.Tensor) -> torch.Tensor:
 
 
 def decode(codes: torch.Tensor, codebooks: torch.Tensor, packed: bool) -> torch.Tensor:
-    """[N, M*d]: the codewords that codes select."""
+    """[N, d]: the codewords that codes select."""
     M, K, d = codebooks.shape
     out = torch.empty((codes.shape[0], M * d), dtype=codebooks.dtype, device=codebooks.device)
     sub = torch.arange(M, device=codebooks.device)
@@ -209,7 +209,7 @@ def decode(codes: torch.Tensor, codebooks: torch.Tensor, packed: bool) -> torch.
 
 
 def decode_backward(grad: torch.Tensor, codes: torch.Tensor, codebooks: torch.Tensor, packed: bool):
-    """grad_codebooks [M, K, d] of decode: grad [N, D] scattered back onto the selected codewords."""
+    """grad_codebooks [M, K, dsub] of decode: grad [N, d] scattered back onto the selected codewords."""
     M, K, d = codebooks.shape
     gc = torch.zeros(codebooks.shape, dtype=grad.dtype, device=grad.device)
     sub = torch.arange(M, device=grad.device).expand(1, M)

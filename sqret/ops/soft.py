@@ -98,7 +98,7 @@ _assign_probs_op.register_autograd(_assign_probs_grad, setup_context=_save_x_cod
 def soft_quantize(
     x: Tensor, codebooks: Tensor, tau: float = 1.0, metric: str = "l2", *, check_finite: bool = False
 ) -> Tensor:
-    """Soft product quantization z [B, D] of x [B, D]: per sub-space softmax(s(x_m, c) / tau) @ C_m.
+    """Soft product quantization z [B, d] of x [B, d]: per sub-space softmax(s(x_m, c) / tau) @ C_m.
 
     Differentiable w.r.t. ``x`` and ``codebooks``; the backward recomputes the probabilities, so only
     x and codebooks are saved. For ``"cos"`` the codewords are L2-normalized before use.
