@@ -1,7 +1,7 @@
 """The methods x code lengths x datasets table: each recipe trained for a fixed CPU budget, its mAP beside
 PQ on raw pixels (FAISS IndexPQ, 8 bits per sub-quantizer) at the same bits.
 
-    python benchmarks/train_table.py [--datasets digits cifar10] [--bits 16 32 64] [--methods spq sscq mecoq dpq]
+    python benchmarks/train_table.py [--datasets digits cifar10] [--bits 16 32 64] [--methods spq ... phpq]
 
 digits: the bundled 8x8 digits, 20 queries per class, mAP@100, 30 epochs on all 1,597 database images.
 cifar10: protocol I (10,000 test queries, 50,000 train images as database), mAP@1000, trained on a random
@@ -27,7 +27,7 @@ from sqret.methods import build_method
 from sqret.train import TrainConfig, train
 
 RESULTS = Path(__file__).parent / "results"
-LR = {"spq": 1e-3, "sscq": 1e-3, "mecoq": None, "dpq": None}  # None: the paper's default
+LR = {"spq": 1e-3, "sscq": 1e-3, "mecoq": None, "dpq": None, "mopq": 1e-3, "phpq": None}  # None: the recipe's
 
 
 def pixels_pq(data, bits: int, k: int, seed: int = 0) -> tuple[float, float]:
@@ -50,7 +50,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--datasets", nargs="+", default=["digits", "cifar10"])
     p.add_argument("--bits", nargs="+", type=int, default=[16, 32, 64])
-    p.add_argument("--methods", nargs="+", default=["spq", "sscq", "mecoq", "dpq"])
+    p.add_argument("--methods", nargs="+", default=["spq", "sscq", "mecoq", "dpq", "mopq", "phpq"])
     p.add_argument("--digits-epochs", type=int, default=30)
     p.add_argument("--cifar-epochs", type=int, default=3)
     p.add_argument("--cifar-train", type=int, default=10_000)
@@ -92,7 +92,7 @@ def main() -> None:
                 write_markdown(record)
 
 
-ORDER = ["pq-pixels (faiss)", "spq", "sscq", "mecoq", "dpq"]
+ORDER = ["pq-pixels (faiss)", "spq", "sscq", "mecoq", "dpq", "mopq", "phpq"]
 
 
 def _rank(method: str) -> int:

@@ -568,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="epochs in all, also when resuming (default: 30 on digits, as the README's table; else 10)")
     tr.add_argument("--batch-size", type=positive_int, default=128, help="global batch (split over torchrun ranks)")
     tr.add_argument("--lr", type=positive_float, default=None,
-                    help="learning rate (default: the method's; 1e-3 for spq / sscq on digits, as the README)")
+                    help="learning rate (default: the method's; 1e-3 for spq / sscq / mopq on digits, as the README)")
     tr.add_argument("--train-size", type=positive_int, help="train on a random subset of N training images")
     tr.add_argument("--seed", type=int, default=0, help="random seed")
     tr.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")

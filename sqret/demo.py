@@ -20,7 +20,7 @@ DIGITS_EPOCHS = 30  # the deep methods' budget on the digits: the demo's table, 
 
 def digits_lr(method: str) -> float | None:
     """The learning rate of the short digits runs (None: the method's own)."""
-    return 1e-3 if method in ("spq", "sscq") else None  # the papers' lr is for long runs
+    return 1e-3 if method in ("spq", "sscq", "mopq") else None  # the papers' lr is for long runs
 
 
 @dataclass

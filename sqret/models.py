@@ -100,3 +100,35 @@ def build_backbone(name: str, dim: int, in_channels: int = 3, image_size: int = 
     if name == "vgg16":
         return vgg16(dim, weights)
     raise ValueError(f"unknown backbone {name!r}; expected one of {BACKBONES}")
+
+
+def stage_maps(backbone: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The feature maps [B, C_s, H_s, W_s] after each stage of a backbone, shallow to deep (PHPQ's pyramid):
+    the conv blocks of the small CNN, layer1..layer4 of a ResNet, the outputs of VGG's pooling layers."""
+    if isinstance(backbone, SmallCNN):
+        maps, h = [], x
+        for layer in backbone.features:
+            if isinstance(layer, (nn.AdaptiveAvgPool2d, nn.Flatten)):
+                break
+            h = layer(h)
+            if isinstance(layer, (nn.ReLU, nn.MaxPool2d)):
+                if maps and isinstance(layer, nn.MaxPool2d):
+                    maps[-1] = h  # a block ends after its pool
+                elif isinstance(layer, nn.ReLU):
+                    maps.append(h)
+        return maps
+    if hasattr(backbone, "layer4"):  # torchvision ResNet
+        h = backbone.maxpool(backbone.relu(backbone.bn1(backbone.conv1(x))))
+        maps = []
+        for name in ("layer1", "layer2", "layer3", "layer4"):
+            h = getattr(backbone, name)(h)
+            maps.append(h)
+        return maps
+    if hasattr(backbone, "features") and hasattr(backbone, "classifier"):  # torchvision VGG
+        maps, h = [], x
+        for layer in backbone.features:
+            h = layer(h)
+            if isinstance(layer, nn.MaxPool2d):
+                maps.append(h)
+        return maps
+    raise ValueError(f"no stages known for a {type(backbone).__name__} backbone")

@@ -204,7 +204,7 @@ class _Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("name", ["spq", "mecoq", "sscq"])
+@pytest.mark.parametrize("name", ["spq", "mecoq", "sscq", "mopq", "phpq"])
 def test_checkpoint_and_resume_reproduce_uninterrupted_training(tmp_path, digits, name):
     def fresh():
         m = _tiny(name)

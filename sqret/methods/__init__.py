@@ -10,10 +10,11 @@ from .base import OPTIMIZERS, Method
 from .dpq import DPQ
 from .mecoq import MeCoQ
 from .mopq import MoPQ
+from .phpq import PHPQ
 from .spq import SPQ
 from .sscq import SSCQ
 
-METHODS = {"spq": SPQ, "sscq": SSCQ, "dpq": DPQ, "mecoq": MeCoQ, "mopq": MoPQ}
+METHODS = {"spq": SPQ, "sscq": SSCQ, "dpq": DPQ, "mecoq": MeCoQ, "mopq": MoPQ, "phpq": PHPQ}
 
 
 def build_method(name: str, bits: int = 32, backbone: str = "small", in_channels: int = 3, image_size: int = 32,
@@ -25,7 +26,7 @@ def build_method(name: str, bits: int = 32, backbone: str = "small", in_channels
     cls = METHODS[name]
     if "sub_dim" in kwargs:  # the name checkpoints written before dsub carry
         kwargs["dsub"] = kwargs.pop("sub_dim")
-    kwargs = {**cls.build_args(num_classes=num_classes), **kwargs}
+    kwargs = {**cls.build_args(num_classes=num_classes, in_channels=in_channels, image_size=image_size), **kwargs}
     net = build_backbone(backbone, cls.feature_dim(bits=bits, **kwargs), in_channels, image_size, weights, width)
     method = cls(net, bits=bits, **kwargs)
     method.spec = {"name": name, "bits": bits, "backbone": backbone, "in_channels": in_channels,
@@ -33,4 +34,4 @@ def build_method(name: str, bits: int = 32, backbone: str = "small", in_channels
     return method
 
 
-__all__ = ["DPQ", "METHODS", "MeCoQ", "MoPQ", "Method", "OPTIMIZERS", "SPQ", "SSCQ", "build_method"]
+__all__ = ["DPQ", "METHODS", "MeCoQ", "MoPQ", "Method", "PHPQ", "OPTIMIZERS", "SPQ", "SSCQ", "build_method"]

@@ -31,8 +31,8 @@ class Method(nn.Module):
     - ``views`` (augmented views per image the loss takes), ``supervised`` (the loss takes labels),
       ``progressive`` (one model serves ``levels`` code lengths: ``index(levels)``);
     - ``feature_dim(*, bits, **kwargs)``: the backbone's output width for these constructor arguments;
-    - ``build_args(*, num_classes)``: constructor arguments it needs from the data (the hook ``build_method``
-      calls; none by default);
+    - ``build_args(*, num_classes, in_channels, image_size)``: constructor arguments it needs from the data
+      (the hook ``build_method`` calls; none by default);
 
     and implements ``features`` and ``loss``. Constructors take the backbone, then keywords only."""
 
@@ -58,7 +58,7 @@ class Method(nn.Module):
         raise NotImplementedError(f"{cls.__name__} does not declare feature_dim")
 
     @classmethod
-    def build_args(cls, *, num_classes: int) -> dict:
+    def build_args(cls, *, num_classes: int, in_channels: int, image_size: int) -> dict:
         """Constructor arguments the recipe takes from the data (e.g. ``num_classes`` for a classifier)."""
         return {}
 

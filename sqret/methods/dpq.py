@@ -46,7 +46,7 @@ class DPQ(Method):
         return dim
 
     @classmethod
-    def build_args(cls, *, num_classes: int) -> dict:
+    def build_args(cls, *, num_classes: int, **_) -> dict:
         return {"num_classes": num_classes}
 
     @property
