@@ -13,22 +13,58 @@ namespace sqret_cuda {
 
 namespace {
 
-constexpr int kRows = 128;  // rows (threads) per block of the row kernels
+constexpr int kRows = 128;  // rows (threads) per block of the row kernels when a row fits in registers
+constexpr int kWideRows = 32;  // ... when it does not (its values live in shared memory)
+constexpr int kRegDim = 64;  // up to this d a thread's row values are registers
 
-__device__ __forceinline__ float score(const float* x, const float* c, int d, int metric) {
+// One thread's d values. Up to kRegDim: a register array whose loops are fully unrolled over MAXD (predicated by
+// j < d), so every index is a constant and nothing lands on the stack; beyond: a column of shared memory
+// (element j at col[j * blockDim.x]: consecutive threads, consecutive banks).
+template <int MAXD>
+struct Row {
+  static constexpr bool kRegs = MAXD <= kRegDim;
+  static constexpr int kUnroll = kRegs ? MAXD : 4;
+  float r[kRegs ? MAXD : 1];
+  float* col;
+  __device__ __forceinline__ explicit Row(float* column) : col(column) {}
+  __device__ __forceinline__ float& operator[](int j) {
+    if constexpr (kRegs) return r[j];
+    else return col[j * blockDim.x];
+  }
+};
+
+template <int MAXD>
+constexpr int rows_per_block() { return Row<MAXD>::kRegs ? kRows : kWideRows; }
+
+// Shared memory a block of `rows` threads needs for `arrays` rows of MAXD values each (0 when in registers).
+template <int MAXD>
+size_t row_smem(int arrays) {
+  return Row<MAXD>::kRegs ? 0 : static_cast<size_t>(arrays) * MAXD * rows_per_block<MAXD>() * sizeof(float);
+}
+
+template <int MAXD>
+__device__ __forceinline__ float score(Row<MAXD>& x, const float* c, int d, int metric) {
   float s = 0.f;
-  if (metric == 0) {
-    for (int j = 0; j < d; ++j) {
-      const float t = x[j] - c[j];
-      s -= t * t;
+#pragma unroll Row<MAXD>::kUnroll
+  for (int j = 0; j < MAXD; ++j) {
+    if (j < d) {
+      const float t = metric == 0 ? x[j] - c[j] : 0.f;
+      s += metric == 0 ? -t * t : x[j] * c[j];
     }
-  } else {
-    for (int j = 0; j < d; ++j) s += x[j] * c[j];
   }
   return s;
 }
 
-// Codebook m into shared memory when it fits (the caller passes the dynamic size), else read from global.
+template <int MAXD>
+__device__ __forceinline__ float dot(Row<MAXD>& a, const float* c, int d) {
+  float s = 0.f;
+#pragma unroll Row<MAXD>::kUnroll
+  for (int j = 0; j < MAXD; ++j)
+    if (j < d) s += a[j] * c[j];
+  return s;
+}
+
+// The block's dynamic shared memory: row columns first (wide rows), then codebook m when it fits.
 __device__ __forceinline__ const float* codebook(const float* cb, float* smem, bool in_smem, int m, int K, int d) {
   const float* C = cb + static_cast<long long>(m) * K * d;
   if (!in_smem) return C;
@@ -38,16 +74,29 @@ __device__ __forceinline__ const float* codebook(const float* cb, float* smem, b
 }
 
 template <int MAXD>
+__device__ __forceinline__ size_t row_floats(int arrays) {  // floats of the row columns ahead of the codebook
+  return Row<MAXD>::kRegs ? 0 : static_cast<size_t>(arrays) * MAXD * blockDim.x;
+}
+
+template <int MAXD>
+__device__ __forceinline__ float* column(float* smem, int array) {
+  return smem + static_cast<size_t>(array) * MAXD * blockDim.x + threadIdx.x;
+}
+
+template <int MAXD>
 __global__ void soft_fwd(const float* __restrict__ x, const float* __restrict__ cb, long long B, int M, int K, int d,
                          float inv_tau, int metric, bool in_smem, float* __restrict__ z) {
   extern __shared__ float smem[];
   const int m = blockIdx.y;
-  const float* C = codebook(cb, smem, in_smem, m, K, d);
+  float* rows = smem;
+  const float* C = codebook(cb, smem + row_floats<MAXD>(2), in_smem, m, K, d);
   const long long b = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (b >= B) return;
-  float xs[MAXD], acc[MAXD];
+  Row<MAXD> xs(column<MAXD>(rows, 0)), acc(column<MAXD>(rows, 1));
   const float* xr = x + b * M * d + static_cast<long long>(m) * d;
-  for (int j = 0; j < d; ++j) xs[j] = xr[j], acc[j] = 0.f;
+#pragma unroll Row<MAXD>::kUnroll
+  for (int j = 0; j < MAXD; ++j)
+    if (j < d) xs[j] = xr[j], acc[j] = 0.f;
   float mx = -INFINITY, sum = 0.f;
   for (int k = 0; k < K; ++k) {
     const float* c = C + k * d;
@@ -55,15 +104,21 @@ __global__ void soft_fwd(const float* __restrict__ x, const float* __restrict__ 
     if (s > mx) {  // rescale what was accumulated under the old maximum
       const float r = __expf(mx - s);
       sum *= r;
-      for (int j = 0; j < d; ++j) acc[j] *= r;
+#pragma unroll Row<MAXD>::kUnroll
+      for (int j = 0; j < MAXD; ++j)
+        if (j < d) acc[j] *= r;
       mx = s;
     }
     const float p = __expf(s - mx);
     sum += p;
-    for (int j = 0; j < d; ++j) acc[j] += p * c[j];
+#pragma unroll Row<MAXD>::kUnroll
+    for (int j = 0; j < MAXD; ++j)
+      if (j < d) acc[j] += p * c[j];
   }
   float* zr = z + b * M * d + static_cast<long long>(m) * d;
-  for (int j = 0; j < d; ++j) zr[j] = acc[j] / sum;
+#pragma unroll Row<MAXD>::kUnroll
+  for (int j = 0; j < MAXD; ++j)
+    if (j < d) zr[j] = acc[j] / sum;
 }
 
 template <int MAXD>
@@ -72,19 +127,21 @@ __global__ void soft_bwd_rows(const float* __restrict__ g, const float* __restri
                               float* __restrict__ gx, float* __restrict__ lse_out, float* __restrict__ gz_out) {
   extern __shared__ float smem[];
   const int m = blockIdx.y;
-  const float* C = codebook(cb, smem, in_smem, m, K, d);
+  float* rows = smem;
+  const float* C = codebook(cb, smem + row_floats<MAXD>(3), in_smem, m, K, d);
   const long long b = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (b >= B) return;
   const long long off = b * M * d + static_cast<long long>(m) * d;
-  float xs[MAXD], gs[MAXD], acc[MAXD];
-  for (int j = 0; j < d; ++j) xs[j] = x[off + j], gs[j] = g[off + j], acc[j] = 0.f;
+  Row<MAXD> xs(column<MAXD>(rows, 0)), gs(column<MAXD>(rows, 1)), acc(column<MAXD>(rows, 2));
+#pragma unroll Row<MAXD>::kUnroll
+  for (int j = 0; j < MAXD; ++j)
+    if (j < d) xs[j] = x[off + j], gs[j] = g[off + j], acc[j] = 0.f;
   // pass 1: log-sum-exp and g.z = sum_k p_k (g.c_k), online
   float mx = -INFINITY, sum = 0.f, gz = 0.f;
   for (int k = 0; k < K; ++k) {
     const float* c = C + k * d;
     const float s = score(xs, c, d, metric) * inv_tau;
-    float gc = 0.f;
-    for (int j = 0; j < d; ++j) gc += gs[j] * c[j];
+    const float gc = dot(gs, c, d);
     if (s > mx) {
       const float r = __expf(mx - s);
       sum *= r, gz *= r, mx = s;
@@ -99,14 +156,16 @@ __global__ void soft_bwd_rows(const float* __restrict__ g, const float* __restri
   for (int k = 0; k < K; ++k) {
     const float* c = C + k * d;
     const float p = __expf(score(xs, c, d, metric) * inv_tau - lse);
-    float gc = 0.f;
-    for (int j = 0; j < d; ++j) gc += gs[j] * c[j];
-    const float ds = p * (gc - gz);
+    const float ds = p * (dot(gs, c, d) - gz);
     sum_ds += ds;
-    for (int j = 0; j < d; ++j) acc[j] += ds * c[j];
+#pragma unroll Row<MAXD>::kUnroll
+    for (int j = 0; j < MAXD; ++j)
+      if (j < d) acc[j] += ds * c[j];
   }
   const float scale = (metric == 0 ? 2.f : 1.f) * inv_tau;
-  for (int j = 0; j < d; ++j) gx[off + j] = scale * (acc[j] - (metric == 0 ? sum_ds * xs[j] : 0.f));
+#pragma unroll Row<MAXD>::kUnroll
+  for (int j = 0; j < MAXD; ++j)
+    if (j < d) gx[off + j] = scale * (acc[j] - (metric == 0 ? sum_ds * xs[j] : 0.f));
   lse_out[b * M + m] = lse;
   gz_out[b * M + m] = gz;
 }
@@ -117,67 +176,83 @@ __global__ void soft_bwd_codewords(const float* __restrict__ g, const float* __r
                                    const float* __restrict__ cb, const float* __restrict__ lse,
                                    const float* __restrict__ gzs, long long B, int M, int K, int d, float inv_tau,
                                    int metric, float* __restrict__ gc_out) {
+  extern __shared__ float smem[];
   const long long t = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t >= static_cast<long long>(M) * K) return;
   const int m = static_cast<int>(t / K);
-  float c[MAXD], acc[MAXD];
+  Row<MAXD> c(column<MAXD>(smem, 0)), acc(column<MAXD>(smem, 1));
   const float* cr = cb + t * d;
-  for (int j = 0; j < d; ++j) c[j] = cr[j], acc[j] = 0.f;
+#pragma unroll Row<MAXD>::kUnroll
+  for (int j = 0; j < MAXD; ++j)
+    if (j < d) c[j] = cr[j], acc[j] = 0.f;
   const float scale = (metric == 0 ? 2.f : 1.f) * inv_tau;
   for (long long b = 0; b < B; ++b) {
     const long long off = b * M * d + static_cast<long long>(m) * d;
     const float* xr = x + off;
     const float* gr = g + off;
-    const float p = __expf(score(xr, c, d, metric) * inv_tau - lse[b * M + m]);
-    float gc = 0.f;
-    for (int j = 0; j < d; ++j) gc += gr[j] * c[j];
-    const float ds = p * (gc - gzs[b * M + m]);
+    const float p = __expf(score(c, xr, d, metric) * inv_tau - lse[b * M + m]);
+    const float ds = p * (dot(c, gr, d) - gzs[b * M + m]);
     // z = sum p c: p g; score: ds * d s / d c = ds * 2 (x - c) / tau (l2) or ds * x / tau (ip)
-    for (int j = 0; j < d; ++j) acc[j] += p * gr[j] + ds * scale * (metric == 0 ? xr[j] - c[j] : xr[j]);
+#pragma unroll Row<MAXD>::kUnroll
+    for (int j = 0; j < MAXD; ++j)
+      if (j < d) acc[j] += p * gr[j] + ds * scale * (metric == 0 ? xr[j] - c[j] : xr[j]);
   }
   float* out = gc_out + t * d;
-  for (int j = 0; j < d; ++j) out[j] = acc[j];
+#pragma unroll Row<MAXD>::kUnroll
+  for (int j = 0; j < MAXD; ++j)
+    if (j < d) out[j] = acc[j];
 }
 
-bool codebook_in_smem(int K, int d, size_t* bytes) {
-  int dev = 0, max_smem = 0;
+int max_smem() {
+  int dev = 0, bytes = 0;
   check(cudaGetDevice(&dev), "cudaGetDevice");
-  check(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "cudaDeviceGetAttribute");
-  *bytes = static_cast<size_t>(K) * d * sizeof(float);
-  return *bytes <= static_cast<size_t>(max_smem);
+  check(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "cudaDeviceGetAttribute");
+  return bytes;
+}
+
+// Dynamic shared memory of a row kernel: its row columns, plus codebook m when the two fit (else it is read from
+// global memory). Sets the kernel's opt-in limit when above the default.
+template <typename Kernel>
+size_t plan_smem(Kernel kernel, size_t rows_bytes, int K, int d, bool* in_smem) {
+  const size_t cb_bytes = static_cast<size_t>(K) * d * sizeof(float);
+  const size_t limit = static_cast<size_t>(max_smem());
+  if (rows_bytes > limit) throw std::runtime_error("soft quantization: the row buffers exceed shared memory");
+  *in_smem = rows_bytes + cb_bytes <= limit;
+  const size_t total = rows_bytes + (*in_smem ? cb_bytes : 0);
+  if (total > 48 * 1024)
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(total)),
+          "cudaFuncSetAttribute");
+  return total;
 }
 
 template <int MAXD>
 void launch_fwd(const float* x, long long B, const float* cb, int M, int K, int d, float inv_tau, int metric,
                 float* z, cudaStream_t stream) {
-  size_t bytes = 0;
-  const bool in_smem = codebook_in_smem(K, d, &bytes);
-  const size_t smem = in_smem ? bytes : 0;
-  if (in_smem)
-    check(cudaFuncSetAttribute(soft_fwd<MAXD>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
-          "cudaFuncSetAttribute");
-  dim3 grid(static_cast<unsigned>((B + kRows - 1) / kRows), static_cast<unsigned>(M));
-  soft_fwd<MAXD><<<grid, kRows, smem, stream>>>(x, cb, B, M, K, d, inv_tau, metric, in_smem, z);
+  bool in_smem = false;
+  const size_t smem = plan_smem(soft_fwd<MAXD>, row_smem<MAXD>(2), K, d, &in_smem);
+  const int rows = rows_per_block<MAXD>();
+  dim3 grid(static_cast<unsigned>((B + rows - 1) / rows), static_cast<unsigned>(M));
+  soft_fwd<MAXD><<<grid, rows, smem, stream>>>(x, cb, B, M, K, d, inv_tau, metric, in_smem, z);
   check(cudaGetLastError(), "soft_fwd launch");
 }
 
 template <int MAXD>
 void launch_bwd(const float* g, const float* x, long long B, const float* cb, int M, int K, int d, float inv_tau,
                 int metric, float* gx, float* gc, float* scratch, cudaStream_t stream) {
-  size_t bytes = 0;
-  const bool in_smem = codebook_in_smem(K, d, &bytes);
-  const size_t smem = in_smem ? bytes : 0;
-  if (in_smem)
-    check(cudaFuncSetAttribute(soft_bwd_rows<MAXD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(smem)),
-          "cudaFuncSetAttribute");
+  bool in_smem = false;
+  const size_t smem = plan_smem(soft_bwd_rows<MAXD>, row_smem<MAXD>(3), K, d, &in_smem);
   float* lse = scratch;
   float* gz = scratch + B * M;
-  dim3 grid(static_cast<unsigned>((B + kRows - 1) / kRows), static_cast<unsigned>(M));
-  soft_bwd_rows<MAXD><<<grid, kRows, smem, stream>>>(g, x, cb, B, M, K, d, inv_tau, metric, in_smem, gx, lse, gz);
+  const int rows = rows_per_block<MAXD>();
+  dim3 grid(static_cast<unsigned>((B + rows - 1) / rows), static_cast<unsigned>(M));
+  soft_bwd_rows<MAXD><<<grid, rows, smem, stream>>>(g, x, cb, B, M, K, d, inv_tau, metric, in_smem, gx, lse, gz);
   check(cudaGetLastError(), "soft_bwd_rows launch");
   const long long threads = static_cast<long long>(M) * K;
-  soft_bwd_codewords<MAXD><<<static_cast<unsigned>((threads + 127) / 128), 128, 0, stream>>>(
+  const size_t cw_smem = row_smem<MAXD>(2);
+  if (cw_smem > 48 * 1024)
+    check(cudaFuncSetAttribute(soft_bwd_codewords<MAXD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(cw_smem)), "cudaFuncSetAttribute");
+  soft_bwd_codewords<MAXD><<<static_cast<unsigned>((threads + rows - 1) / rows), rows, cw_smem, stream>>>(
       g, x, cb, lse, gz, B, M, K, d, inv_tau, metric, gc);
   check(cudaGetLastError(), "soft_bwd_codewords launch");
 }
