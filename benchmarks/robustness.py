@@ -74,10 +74,11 @@ def write_markdown(record: dict) -> None:
     lines = [f"Machine: {record['machine']}, torch {record['torch']}. Command: `python benchmarks/robustness.py`.",
              "", f"digits, {record['bits']} bits, {record['epochs']} epochs, mAP@100 of 200 queries; PGD "
              f"{record['steps']} steps on the soft codes; transfer: crafted on the same recipe from another seed.",
-             "", f"| method | training | clean | {head} |", "|---" * (3 + 2 * len(EPS)) + "|"]
+             "", f"| method | training | clean | {head} | top-10 changed (white 8/255) |",
+             "|---" * (4 + 2 * len(EPS)) + "|"]
     for r in record["rows"]:
         cells = " | ".join(f"{r[f'white {e}']:.3f} | {r[f'transfer {e}']:.3f}" for e in EPS)
-        lines.append(f"| {r['method']} | {r['training']} | {r['clean']:.3f} | {cells} |")
+        lines.append(f"| {r['method']} | {r['training']} | {r['clean']:.3f} | {cells} | {r['top-10 changed 8']:.0%} |")
     (RESULTS / "robustness.md").write_text("\n".join(lines) + "\n")
 
 
