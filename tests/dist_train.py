@@ -1,4 +1,6 @@
-"""Run under torchrun (gloo): train SSCQ on digits data-parallel; save this rank's final state."""
+"""Run under torchrun (gloo): train a recipe (default SSCQ) on digits data-parallel; save this rank's final state.
+
+    dist_train.py OUT [METHOD [cross]]   (cross: with cross-device negatives)"""
 
 import sys
 
@@ -14,7 +16,9 @@ def main(out: str) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     torch.manual_seed(rank)  # different initial weights per rank: the trainer must take rank 0's
-    method = build_method("sscq", 16, "small", 1, 8, 10, width=8)
+    name = sys.argv[2] if len(sys.argv) > 2 else "sscq"
+    extra = {"cross_device_negatives": True} if sys.argv[3:] == ["cross"] else {}
+    method = build_method(name, 16, "small", 1, 8, 10, width=8, **extra)
     if rank == 0:
         torch.save({k: v.clone() for k, v in method.state_dict().items()}, f"{out}/init.pt")
     result = train(method, load_digits_images(), TrainConfig(epochs=2, batch_size=128, lr=1e-3, progress=False))

@@ -324,10 +324,11 @@ def test_bad_recipe_and_inputs(digits):
 HERE = Path(__file__).parent
 
 
-def test_two_rank_torchrun_training_keeps_the_ranks_identical(tmp_path):
+@pytest.mark.parametrize("recipe", [["sscq"], ["mopq", "cross"]], ids=["sscq", "mopq-cross-device-negatives"])
+def test_two_rank_torchrun_training_keeps_the_ranks_identical(tmp_path, recipe):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    out = subprocess.run(torchrun + [str(HERE / "dist_train.py"), str(tmp_path)], capture_output=True, text=True,
-                         timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = subprocess.run(torchrun + [str(HERE / "dist_train.py"), str(tmp_path), *recipe], capture_output=True,
+                         text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     s0, s1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     init = torch.load(tmp_path / "init.pt")
