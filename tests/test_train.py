@@ -304,6 +304,8 @@ def test_the_method_contract_is_checked():
         type("Bad", (Method,), {"defaults": {"optimizer": "lamb"}})
     with pytest.raises(TypeError, match="schedule 'step' is not one of"):
         type("Bad", (Method,), {"defaults": {"schedule": "step"}})
+    with pytest.raises(TypeError, match="Bad must define feature_dim, loss"):
+        type("Bad", (Method,), {"features": lambda self, x: x})
     with pytest.raises(TypeError, match="positional"):
         SPQ(SmallCNN(), 32)  # keyword-only after the backbone
     assert DPQ.progressive and not SPQ.progressive

@@ -21,6 +21,7 @@ def pq_shape(bits: int, K: int) -> int:
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = (None, "cosine")
+REQUIRED = ("feature_dim", "features", "loss")  # what every recipe defines (checked when its class is created)
 
 
 class Method(nn.Module):
@@ -51,11 +52,15 @@ class Method(nn.Module):
             raise TypeError(f"{cls.__name__}.defaults: schedule {schedule!r} is not one of {SCHEDULES}")
         if cls.views not in (1, 2):
             raise TypeError(f"{cls.__name__}.views must be 1 or 2, got {cls.views!r}")
+        missing = [n for n in REQUIRED if not any(n in vars(c) for c in cls.__mro__[: cls.__mro__.index(Method)])]
+        if missing:
+            raise TypeError(f"{cls.__name__} must define {', '.join(missing)} (the Method contract)")
 
     @classmethod
     def feature_dim(cls, *, bits: int, **kwargs) -> int:
-        """Width of the features the backbone must output for ``cls(backbone, bits=bits, **kwargs)``."""
-        raise NotImplementedError(f"{cls.__name__} does not declare feature_dim")
+        """Width of the features the backbone must output for ``cls(backbone, bits=bits, **kwargs)``
+        (every recipe defines it: checked when the class is created)."""
+        raise TypeError("Method.feature_dim is the contract's declaration: call it on a recipe")
 
     @classmethod
     def build_args(cls, *, num_classes: int, in_channels: int, image_size: int) -> dict:
@@ -63,10 +68,13 @@ class Method(nn.Module):
         return {}
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The continuous retrieval features [B, d] of images x [B, C, H, W] (defined by every recipe)."""
+        raise TypeError("Method.features is the contract's declaration: call it on a recipe")
 
     def loss(self, xa: torch.Tensor, xb: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The training loss of one batch: view a, view b (None when ``views == 1``), labels (defined by every
+        recipe)."""
+        raise TypeError("Method.loss is the contract's declaration: call it on a recipe")
 
     def code_probs(self, feats: torch.Tensor) -> torch.Tensor:
         """Soft code assignments [B, M, K] of features (what the PQ-AG attack pushes away from the clean ones)."""
