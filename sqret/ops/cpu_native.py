@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from . import reference
 from .checks import code_dtype
-from .registry import Impl, mark_unavailable, register
+from .registry import Impl, declines_float64, mark_unavailable, register
 
 try:
     from .. import _cpu
@@ -52,12 +52,6 @@ def _signed_lut(lut: torch.Tensor, largest: bool) -> torch.Tensor:
 
 def _finish(v: torch.Tensor, i: torch.Tensor, largest: bool):
     return (v.neg_() if largest else v), i
-
-
-def _float64(*tensors: torch.Tensor) -> str | None:
-    if any(t.dtype == torch.float64 for t in tensors):
-        return "float64 inputs: float64 results are the reference's"
-    return None
 
 
 def adc_topk(lut: torch.Tensor, codes: torch.Tensor, k: int, largest: bool, packed: bool):
@@ -142,7 +136,7 @@ def pq_search_whole(queries, codebooks, codes, n: int | None, k, metric, ids=Non
 def _pq_search_accepts(queries, codebooks, codes, n, k, metric, exact=True) -> str | None:
     if n is None and codes.dtype not in _WIDTH:
         return f"codes of dtype {codes.dtype}: the kernel reads uint8, int16 or int32"
-    return _float64(queries, codebooks)
+    return declines_float64(queries, codebooks)
 
 
 ENCODE_MAX_DSUB = 32  # from this sub-dimension on the reference's GEMM is faster
@@ -151,7 +145,7 @@ ENCODE_MAX_DSUB = 32  # from this sub-dimension on the reference's GEMM is faste
 def _encode_accepts(x, codebooks, metric) -> str | None:
     if codebooks.shape[2] >= ENCODE_MAX_DSUB:
         return f"dsub = {codebooks.shape[2]} >= {ENCODE_MAX_DSUB}: the reference's GEMM is faster"
-    return _float64(x, codebooks)
+    return declines_float64(x, codebooks)
 
 
 def encode(x: torch.Tensor, codebooks: torch.Tensor, metric: str) -> torch.Tensor:
@@ -229,11 +223,11 @@ if _cpu is not None:
         "cpu_native",
         ("cpu",),
         {
-            "adc_topk": Impl(adc_topk, lambda lut, *_: _float64(lut)),
+            "adc_topk": Impl(adc_topk, lambda lut, *_: declines_float64(lut)),
             "adc_topk_fastscan": adc_topk_fastscan,
-            "build_lut": Impl(build_lut, lambda q, codebooks, *_: _float64(q, codebooks)),
+            "build_lut": Impl(build_lut, lambda q, codebooks, *_: declines_float64(q, codebooks)),
             "encode": Impl(encode, _encode_accepts),
-            "ivf_search": Impl(ivf_search, lambda q, cen, cb, *_: _float64(q, cen, cb)),
+            "ivf_search": Impl(ivf_search, lambda q, cen, cb, *_: declines_float64(q, cen, cb)),
             "smallest_k_rows": smallest_k_rows,
             "refine_topk": Impl(refine_topk, _refine_accepts),
             "pq_search": Impl(pq_search, _pq_search_accepts),

@@ -20,7 +20,7 @@ import torch
 
 from . import reference
 from .checks import code_dtype
-from .registry import Impl, mark_unavailable, register, set_policy
+from .registry import Impl, declines_float64, mark_unavailable, register, set_policy
 
 try:
     from .. import _cuda
@@ -37,8 +37,8 @@ def _stream() -> int:
 
 
 def _adc_accepts(table: torch.Tensor, codes: torch.Tensor, k: int, largest: bool, packed: bool) -> str | None:
-    if table.dtype == torch.float64:
-        return "float64 LUT: float64 results are the reference's"
+    if why := declines_float64(table):
+        return why
     if codes.dtype != torch.uint8:
         return f"codes of dtype {codes.dtype}: the kernel reads uint8"
     if min(k, codes.shape[0]) > MAX_K:
@@ -99,8 +99,8 @@ def soft_impl(B: int, M: int, K: int, d: int) -> str:
 
 
 def _soft_accepts(x: torch.Tensor, codebooks: torch.Tensor, *_) -> str | None:
-    if x.dtype == torch.float64 or codebooks.dtype == torch.float64:
-        return "float64 inputs: float64 results are the reference's"
+    if why := declines_float64(x, codebooks):
+        return why
     if codebooks.shape[2] > _cuda.soft_max_dim:
         return f"dsub = {codebooks.shape[2]} > {_cuda.soft_max_dim}, the kernel's largest"
     return None

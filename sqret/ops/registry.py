@@ -92,6 +92,13 @@ _process: str = _check_name(os.environ.get("SQRET_BACKEND", AUTO) or AUTO, "SQRE
 _context: contextvars.ContextVar[str | None] = contextvars.ContextVar("sqret_backend", default=None)
 
 
+def declines_float64(*tensors) -> str | None:
+    """The reason every accelerated backend gives for float64 inputs (their kernels compute in float32)."""
+    if any(t.dtype == torch.float64 for t in tensors):
+        return "float64 inputs: float64 results are the reference's"
+    return None
+
+
 def _impl(v: Callable | Impl) -> Impl:
     return v if isinstance(v, Impl) else Impl(v)
 

@@ -10,7 +10,7 @@ import torch
 
 from . import reference
 from .checks import code_dtype
-from .registry import Impl, mark_unavailable, register
+from .registry import Impl, declines_float64, mark_unavailable, register
 
 try:
     from sqret_kernels import adc, ivf, lut, soft
@@ -118,16 +118,10 @@ def ivf_search(queries, centroids, codebooks, lists, probes, k: int, metric: str
     return torch.cat(values), torch.cat(ids)
 
 
-def _float64(*tensors: torch.Tensor) -> str | None:
-    if any(t.dtype == torch.float64 for t in tensors):
-        return "float64 inputs: float64 results are the reference's"
-    return None
-
-
 def _ivf_accepts(queries, centroids, codebooks, lists, probes, k, *_) -> str | None:
     if k > adc.FUSED_MAX_K:
         return f"k = {k} > {adc.FUSED_MAX_K}, the fused scan's largest"
-    return _float64(queries, centroids, codebooks)
+    return declines_float64(queries, centroids, codebooks)
 
 
 def _devices() -> tuple[str, ...]:
@@ -150,7 +144,7 @@ if soft is not None:
                 "encode": encode,
                 "decode": lut.decode,
                 "build_lut": build_lut,
-                "adc_topk": Impl(adc_topk, lambda table, *_: _float64(table)),
+                "adc_topk": Impl(adc_topk, lambda table, *_: declines_float64(table)),
                 "ivf_search": Impl(ivf_search, _ivf_accepts),
             },
             priority={"cuda": 20, "cpu": -1},
