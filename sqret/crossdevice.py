@@ -21,14 +21,21 @@ def world() -> tuple[int, int]:
 
 
 def gather(x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Rows of every rank, rank order -> ([world * B, ...], this rank's first row); differentiable. Every rank
-    must pass the same shape (the trainer's equal local batches)."""
+    """Rows of every rank, rank order -> ([world * B, ...], this rank's first row); differentiable for floating
+    tensors, exact for integer ones (labels). Every rank must pass the same shape (the trainer's equal local
+    batches)."""
     rank, size = world()
     if size == 1:
         return x, 0
-    from torch.distributed.nn.functional import all_gather
+    x = x.contiguous()
+    if x.is_floating_point():
+        from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x.contiguous())), rank * x.shape[0]
+        parts = all_gather(x)
+    else:
+        parts = [torch.empty_like(x) for _ in range(size)]
+        dist.all_gather(parts, x)
+    return torch.cat(parts), rank * x.shape[0]
 
 
 def pair_rows(a: torch.Tensor, b: torch.Tensor, cross_device: bool):

@@ -33,7 +33,7 @@ def multinoulli_contrastive(q: torch.Tensor, keys: torch.Tensor, tau: float = 1.
     if cross_device:
         keys, first = gather(keys)
         if labels is not None:
-            labels = gather(labels.float())[0].detach().to(labels.dtype)
+            labels = gather(labels)[0]
     own = torch.arange(first, first + B, device=q.device)
     logits = q @ keys.T / tau  # [B, N]
     if labels is not None:

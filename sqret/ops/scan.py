@@ -95,7 +95,6 @@ def _(lut, blocks, n, k, largest=False, exact=True):
     return lut.new_empty((Q, k), dtype=torch.float32), lut.new_empty((Q, k), dtype=torch.int64)
 
 
-
 CodesLike = Tensor | np.ndarray
 
 
