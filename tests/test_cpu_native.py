@@ -192,7 +192,7 @@ def test_bad_input_is_an_error_not_a_crash():
                                        exact)
             for code_bytes in (0, 1):
                 _cpu.pq_search(x.data_ptr(), Q, x.data_ptr(), 1, 16, 1, 0, True, x.data_ptr(), code_bytes, N, 1,
-                               threads_, v.data_ptr(), i.data_ptr(), True)
+                               threads_, v.data_ptr(), i.data_ptr(), True, 0, 1)
             if Q:  # the last call negated (largest first): an empty result is -inf, id -1
                 assert v.item() == -math.inf and i.item() == -1
     with sqret.use_backend("cpu_native"), pytest.raises(ValueError, match="codes must lie"):
@@ -339,72 +339,73 @@ def test_encode_of_a_row_does_not_depend_on_its_batch(K):
         assert torch.equal(ops.encode(x[3:], C), batch[3:])
 
 
-def test_whole_search_takes_only_what_it_checks():
-    """ops.pq_search first offers its arguments to one native call that reads and checks the tensors itself
-    (cpu_native.pq_search_whole): what it takes gives exactly the checked path's results; anything that is not
-    float32 / uint8 contiguous CPU tensors of matching shapes (ids int64 [N], k an int >= 1, a metric it runs
-    as is) it declines with None, and the checked path runs (and names what is wrong)."""
+def test_pq_search_of_every_input_form_equals_the_reference():
+    """ops.pq_search validates its arguments once, in Python, and hands cpu_native plain buffers (the native
+    entry checks nothing): for arguments of every form it accepts (non-contiguous, float16 / float64 /
+    Parameter codebooks, ids or none, k past N, 4-bit blocks or bytes, every metric) the native path gives
+    the reference's results (integer data: exact in any order, ties by smaller id)."""
     from sqret.ops import cpu_native
 
+    rng = np.random.default_rng(5)
+    M, d, N = 4, 3, 150
+    t = torch.from_numpy
+    q = t(rng.integers(-3, 4, (3, M * d)).astype(np.float32))
+    C4, C8 = (t(rng.integers(-2, 3, (M, K, d)).astype(np.float32)) for K in (16, 256))
+    codes4, codes8 = (t(rng.integers(0, K, (N, M)).astype(np.uint8)) for K in (16, 256))
+    fs = ops.fastscan_pack(codes4)
+    labels = t(rng.permutation(N).astype(np.int64) * 7 + 3)
+    strided = torch.stack([labels, labels], 1)[:, 0]  # non-contiguous ids
+    forms = [
+        (q, C4, fs), (q, C8, codes8), (q, C4, codes4), (q, C8, codes8.to(torch.int16)),
+        (q.t().contiguous().t(), C4, fs), (q, C4.transpose(1, 2).contiguous().transpose(1, 2), fs),
+        (q, C8, torch.cat([codes8, codes8], 1)[:, ::2]), (q.double(), C4, fs), (q, C4.half(), fs),
+        (q, torch.nn.Parameter(C4), fs), (q[:1], C4, fs), (q[:0], C8, codes8), (q, C4, ops.fastscan_pack(codes4[:0])),
+    ]
+    for Q_, C, stored in forms:
+        for metric in ("l2", "ip", "l2_sqrt", "cos"):
+            for k, ids in ((5, None), (1, labels), (400, strided), (N, labels.numpy())):
+                args = dict(ids=ids if len(stored) else None, check_finite=True)
+                with sqret.use_backend("cpu_native"):
+                    got = ops.pq_search(Q_, C, stored, k, metric, **args)
+                with sqret.use_backend("reference"):
+                    want = ops.pq_search(Q_, C, stored, k, metric, **args)
+                want = (want[0].detach(), want[1])
+                if metric in ("cos", "l2_sqrt"):  # normalized, square roots: equal up to rounding
+                    torch.testing.assert_close(got[0], want[0].float())
+                    continue
+                assert_same(got, (want[0].float(), want[1]))
+    assert cpu_native._pq_search_accepts(q.double(), C4, fs.blocks, fs.n, 5, "l2") is not None  # float64: reference
+
+
+def test_pq_search_finite_check_names_what_is_not_finite():
+    """check_finite is done inside the native call (beside the tables, where it costs nothing) with the
+    messages of checks.finite; without it NaN is still an error (NaN tables), and the native kernels search
+    inf as is (the reference's tables of an inf query are NaN)."""
     g = torch.Generator().manual_seed(5)
     M, d = 4, 3
-    q = torch.randn(3, M * d, generator=g)
-    C4, C8 = torch.randn(M, 16, d, generator=g), torch.randn(M, 256, d, generator=g)
-    codes4 = torch.randint(0, 16, (150, M), generator=g, dtype=torch.uint8)
-    codes8 = torch.randint(0, 256, (150, M), generator=g, dtype=torch.uint8)
-    fs = ops.fastscan_pack(codes4)
-    whole = cpu_native.pq_search_whole
-    labels = torch.randperm(150, generator=g) * 7 - 20  # ids of the positions (some negative ones too)
-    for C, data, n in ((C4, fs.blocks, fs.n), (C8, codes8, None)):
-        stored = fs if n is not None else codes8
-        for metric in ("l2", "ip", "l2_sqrt"):
-            for Q, k in ((1, 5), (3, 1), (2, 400), (0, 3)):
-                for ids in (None, labels):
-                    got = whole(q[:Q], C, data, n, k, metric, ids)
-                    assert got is not None
-                    checked = ops.pq_search(q[:Q], C, stored, k, metric, ids=ids, check_finite=True)  # never whole
-                    assert_same(got, checked)
-    declined = [
-        (q.t().contiguous().t(), C4, fs.blocks, fs.n, 5, "l2"),  # non-contiguous queries
-        (q.double(), C4, fs.blocks, fs.n, 5, "l2"),
-        (q, C4.half(), fs.blocks, fs.n, 5, "l2"),
-        (q, torch.nn.Parameter(C4), fs.blocks, fs.n, 5, "l2"),  # a subclass
-        (q[:, :-1].contiguous(), C4, fs.blocks, fs.n, 5, "l2"),  # D != M * d
-        (q[None], C4, fs.blocks, fs.n, 5, "l2"),
-        (q, C4, fs.blocks, 200, 5, "l2"),  # blocks of another n
-        (q, C4, fs.blocks[:, :, :16].contiguous(), fs.n, 5, "l2"),
-        (q, C4, fs.blocks.transpose(0, 1).contiguous().transpose(0, 1), fs.n, 5, "l2"),
-        (q, C8, fs.blocks, fs.n, 5, "l2"),  # fast-scan codes need K = 16
-        (q, C4, codes4, None, 5, "l2"),  # bytes with K < 256 need a range check
-        (q, C8, codes8.to(torch.int16), None, 5, "l2"),
-        (q, C8, codes8[:, :2].contiguous(), None, 5, "l2"),
-        (q, C4, fs.blocks, fs.n, 0, "l2"),
-        (q, C4, fs.blocks, fs.n, True, "l2"),
-        (q, C4, fs.blocks, fs.n, 2.0, "l2"),
-        (q, C4, fs.blocks, fs.n, 5, "cos"),
-        (q, C4, fs.blocks, fs.n, 5, ["l2"]),
-        (q.to("meta"), C4, fs.blocks, fs.n, 5, "l2"),
-        (q.numpy(), C4, fs.blocks, fs.n, 5, "l2"),
-        (q, C4, fs.blocks, fs.n, 5, "l2", labels.to(torch.int32)),
-        (q, C4, fs.blocks, fs.n, 5, "l2", labels[:-1].contiguous()),
-        (q, C4, fs.blocks, fs.n, 5, "l2", torch.stack([labels, labels], 1)[:, 0]),  # non-contiguous ids
-        (q, C4, fs.blocks, fs.n, 5, "l2", labels.numpy()),
-    ]
-    for args in declined:
-        assert whole(*args) is None, args
-    nan = q.clone()
-    nan[0, 0] = float("nan")
-    assert whole(nan, C4, fs.blocks, fs.n, 5, "l2") is None  # the checked path raises, with its message
-    with pytest.raises(ValueError, match="NaN"):
-        ops.pq_search(nan, C4, fs, 5)
+    q, C4 = torch.randn(3, M * d, generator=g), torch.randn(M, 16, d, generator=g)
+    codes8, C8 = torch.randint(0, 256, (150, M), generator=g, dtype=torch.uint8), torch.randn(M, 256, d, generator=g)
+    fs = ops.fastscan_pack(torch.randint(0, 16, (150, M), generator=g, dtype=torch.uint8))
     inf, C_inf = q.clone(), C4.clone()
     inf[2, 5], C_inf[3, 15, 2] = float("inf"), -float("inf")
-    assert_same(whole(q, C4, fs.blocks, fs.n, 5, "l2", None, True), ops.pq_search(q, C4, fs, 5))
-    for bad_q, bad_C, name in ((inf, C4, "queries"), (q, C_inf, "codebooks")):
-        assert whole(bad_q, bad_C, fs.blocks, fs.n, 5, "l2", None, True) is None
-        assert whole(bad_q, bad_C, fs.blocks, fs.n, 5, "l2", None, False) is not None  # inf is only checked on demand
-        with pytest.raises(ValueError, match=f"{name} contains NaN or inf"):
-            ops.pq_search(bad_q, bad_C, fs, 5, check_finite=True)
+    nan = q.clone()
+    nan[0, 0] = float("nan")
+    for backend in ("cpu_native", "reference"):
+        with sqret.use_backend(backend):
+            for bad_q, bad_C, name in ((inf, C4, "queries"), (q, C_inf, "codebooks"), (nan, C4, "queries")):
+                with pytest.raises(ValueError, match=f"{name} contains NaN or inf"):
+                    ops.pq_search(bad_q, bad_C, fs, 5, check_finite=True)
+            with pytest.raises(ValueError, match="codebooks contains NaN or inf"):  # no query: still checked
+                ops.pq_search(q[:0], C_inf, fs, 5, check_finite=True)
+            with pytest.raises(ValueError, match="NaN"):
+                ops.pq_search(nan, C4, fs, 5)
+            C8_inf = C8.clone()
+            C8_inf[0, 0, 0] = float("inf")
+            with pytest.raises(ValueError, match="codebooks contains NaN or inf"):
+                ops.pq_search(q, C8_inf, codes8, 5, check_finite=True)
+    with sqret.use_backend("cpu_native"):
+        v, _ = ops.pq_search(inf, C4, fs, 5)  # inf is only checked on demand
+    assert torch.isinf(v[2]).all() and torch.isfinite(v[:2]).all()
 
 
 @pytest.mark.parametrize("K", [5, 16, 17, 40, 256])

@@ -238,8 +238,11 @@ template void adc_topk_codes<int32_t>(const float*, int64_t, int64_t, int64_t, c
 
 void pq_search(const float* x, int64_t Q, const float* codebooks, int64_t M, int64_t K, int64_t d, int metric,
                bool negate, const void* codes, int code_bytes, int64_t N, int64_t k, int nthreads, float* out_d,
-               int64_t* out_i, bool exact) {
+               int64_t* out_i, bool exact, const int64_t* labels, bool check_finite) {
   if (code_bytes == 0 && K != 16) throw std::invalid_argument("pq_search: fast-scan codes need K = 16");
+  if (check_finite && has_nonfinite(x, std::max<int64_t>(Q, 0) * M * d))
+    throw std::invalid_argument("queries contains NaN or inf");
+  if (check_finite && has_nonfinite(codebooks, M * K * d)) throw std::invalid_argument("codebooks contains NaN or inf");
   // the calling thread's buffer, reused across calls: a fresh one of a kilobyte or more costs a consolidation of
   // malloc's fast bins each call, which the Python around it refills
   thread_local std::vector<float> lut;
@@ -266,8 +269,11 @@ void pq_search(const float* x, int64_t Q, const float* codebooks, int64_t M, int
     default:
       throw std::invalid_argument("pq_search: codes must be 1, 2 or 4 bytes wide, or fast-scan blocks (0)");
   }
+  const int64_t n_out = std::max<int64_t>(Q, 0) * k;
   if (negate)  // back to the metric's own sign (largest first)
-    for (int64_t i = 0; i < std::max<int64_t>(Q, 0) * k; ++i) out_d[i] = -out_d[i];
+    for (int64_t i = 0; i < n_out; ++i) out_d[i] = -out_d[i];
+  if (labels)  // positions -> ids (-1 stays: no code)
+    for (int64_t i = 0; i < n_out; ++i) out_i[i] = out_i[i] >= 0 ? labels[out_i[i]] : -1;
 }
 
 // exported for fastscan.cpp

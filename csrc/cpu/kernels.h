@@ -109,10 +109,12 @@ void build_lut(const float* x, int64_t Q, const float* codebooks, int64_t M, int
 // ADC search from raw queries in one call: the distance tables of x [Q, M*d] (metric as build_lut, negated
 // when `negate`: largest first, and the results negated back) are built here, then scanned.
 // code_bytes 1 / 2 / 4: codes [N, M]; 0: fast-scan blocks holding N 4-bit codes (K = 16), scored exactly or
-// approximately (exact).
+// approximately (exact). labels [N] (null: none): out_i holds labels[position] (-1 stays). check_finite: NaN or
+// inf in x or the codebooks is an invalid_argument naming which (the data check of ops.pq_search, done here
+// where it costs nothing beside the tables).
 void pq_search(const float* x, int64_t Q, const float* codebooks, int64_t M, int64_t K, int64_t d, int metric,
                bool negate, const void* codes, int code_bytes, int64_t N, int64_t k, int nthreads, float* out_d,
-               int64_t* out_i, bool exact = true);
+               int64_t* out_i, bool exact = true, const int64_t* labels = nullptr, bool check_finite = false);
 
 // Refinement: for each query of queries [Q, d], the exact distances (metric 0 l2 squared, 1 ip) to its candidate
 // rows cand [Q, kc] (-1: none; rows >= nrows skipped) of the stored vectors rows [nrows, d] (kind 0 float32,

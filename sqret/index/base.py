@@ -24,6 +24,12 @@ _INT64_MAX = (1 << 63) - 1
 def as_matrix(x, d: int, name: str, finite: bool = True) -> torch.Tensor:
     """float32 [n, d] from a tensor or array; NaN / inf (unless ``finite`` is False: the caller checks) and a
     wrong dimension are clear errors."""
+    if type(x) is torch.Tensor and x.dtype is torch.float32:  # the common case, attributes read once
+        shape = x.shape
+        if len(shape) == 2 and shape[1] == d:
+            if finite:
+                ops.checks.finite(x, name)
+            return x
     if isinstance(x, np.ndarray):
         if x.dtype == object or x.dtype.kind not in "fiub":
             raise TypeError(f"{name} must hold numbers, got dtype {x.dtype}")
@@ -107,6 +113,8 @@ def check_flag(v, name: str) -> bool:
 
 def check_k(k) -> int:
     """k as an int >= 1 (numpy integers accepted)."""
+    if type(k) is int and k >= 1:
+        return k
     return ops.checks.topk_k(int(k) if isinstance(k, np.integer) else k)
 
 
@@ -232,10 +240,7 @@ class Index:
         """(distances [Q, k] float32, ids [Q, k] int64), best first; -1 / +inf (-inf for ip) past ntotal.
         Keyword parameters depend on the kind (nprobe, k_factor, exact, ...)."""
         s = self._ready()  # one consistent state for the whole search
-        return self._search_in(s, as_matrix(queries, self.d, "queries", finite=self._checks_queries),
-                               check_k(k), **params)
-
-    _checks_queries = True  # False where the scan checks the queries itself (natively)
+        return self._search_in(s, as_matrix(queries, self.d, "queries"), check_k(k), **params)
 
     def search_parameters(self) -> tuple[str, ...]:
         """The keyword parameters ``search`` takes (FAISS's ParameterSpace names: nprobe, k_factor, ...)."""

@@ -66,7 +66,6 @@ register(
             "smallest_k_rows",
             "refine_topk",
             "pq_search",
-            "pq_search_whole",
         )
     },
     priority=0,

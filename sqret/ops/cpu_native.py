@@ -10,9 +10,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import reference
+from . import checks, reference
 from .checks import code_dtype
 from .registry import Impl, declines_float64, mark_unavailable, register
+
+_ABI = 2  # sqret._cpu.ABI of the sources this module calls
 
 try:
     from .. import _cpu
@@ -20,18 +22,17 @@ except ImportError as err:  # not built: pure-Python install, or no compiler
     _cpu = None
     mark_unavailable("cpu_native", f"native extension sqret._cpu is not built ({err})")
 else:
-    if getattr(_cpu, "FASTSCAN_BLOCK", None) != reference.FASTSCAN_BLOCK:  # a stale build of another layout
-        _cpu = None
-        mark_unavailable("cpu_native", "sqret._cpu is stale (fast-scan layout differs): rebuild it "
+    if getattr(_cpu, "FASTSCAN_BLOCK", None) != reference.FASTSCAN_BLOCK or getattr(_cpu, "ABI", 1) != _ABI:
+        _cpu = None  # a stale build: another fast-scan layout or other entry arguments
+        mark_unavailable("cpu_native", "sqret._cpu is stale (built from older sources): rebuild it "
                                        "(pip install -e ., as make test does)")
-    else:
-        _cpu.bind_torch(torch.Tensor, torch.float32, torch.uint8, torch.int64, torch.empty)
 
 _WIDTH = {torch.uint8: 1, torch.int16: 2, torch.int32: 4}
+_F32 = torch.float32
 
 
 def _threads() -> int:
-    return max(1, torch.get_num_threads())
+    return torch.get_num_threads() or 1
 
 
 def _outputs(Q: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,6 +86,7 @@ def adc_topk_fastscan(lut: torch.Tensor, blocks: torch.Tensor, n: int, k: int, l
 
 
 _LUT_METRIC = {"l2": 0, "ip": 1, "cos": 1, "l2_sqrt": 2}
+_NEGATED = ("ip", "cos")  # largest first: the kernels keep the smallest of the negated tables
 
 
 def build_lut(q: torch.Tensor, codebooks: torch.Tensor, metric: str, dtype: torch.dtype | None) -> torch.Tensor:
@@ -98,44 +100,40 @@ def build_lut(q: torch.Tensor, codebooks: torch.Tensor, metric: str, dtype: torc
 
 
 def pq_search(queries: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor, n: int | None, k: int, metric: str,
-              exact: bool = True):
-    """Tables and scan in one native call (no LUT tensor)."""
+              exact: bool = True, labels: torch.Tensor | None = None, check_finite: bool = False):
+    """Tables and scan in one native call (no LUT tensor); positions mapped to labels and the finite check of
+    queries and codebooks done there too."""
     M, K, d = codebooks.shape
-    xs, C = reference.kernel_inputs(queries, codebooks, metric)
-    c = codes.contiguous()
-    Q, N = xs.shape[0], c.shape[0] if n is None else n
-    v, i = _outputs(Q, k)
+    xs, C = queries, codebooks  # all bound to names: they outlive the call
+    if metric == "cos" or xs.dtype is not _F32 or C.dtype is not _F32 or not (xs.is_contiguous() and C.is_contiguous()):
+        xs, C = reference.kernel_inputs(queries, codebooks, metric)
+    c = codes if codes.is_contiguous() else codes.contiguous()
+    lab = labels if labels is None or labels.is_contiguous() else labels.contiguous()
+    Q = xs.shape[0]
+    N = c.shape[0] if n is None else n
+    v, i = torch.from_numpy(np.empty((Q, k), np.float32)), torch.from_numpy(np.empty((Q, k), np.int64))  # _outputs
     if Q:
         try:
-            _cpu.pq_search(xs.data_ptr(), Q, C.data_ptr(), M, K, d, _LUT_METRIC[metric], metric in ("ip", "cos"),
-                           c.data_ptr() if N else 1, _WIDTH[c.dtype] if n is None else 0, N, k, _threads(),
-                           v.data_ptr(), i.data_ptr(), exact)  # results in the metric's own sign
+            _cpu.pq_search(xs.data_ptr(), Q, C.data_ptr(), M, K, d, _LUT_METRIC[metric], metric in _NEGATED,
+                           c.data_ptr() if N else 1, 0 if n is not None else _WIDTH[c.dtype], N, k,
+                           torch.get_num_threads() or 1,
+                           v.data_ptr(), i.data_ptr(), exact, 0 if lab is None else lab.data_ptr(),
+                           check_finite)  # results in the metric's own sign
         except ValueError as err:
-            if "NaN" in str(err):
+            if "lut contains NaN" in str(err):
                 raise ValueError("the distance tables contain NaN: check the queries and codebooks") from None
             raise
+    elif check_finite:  # no query, no native call: the codebooks are still checked
+        checks.finite(codebooks, "codebooks")
     return v, i
 
 
-_WHOLE_METRIC = {"l2": 0, "ip": 1, "l2_sqrt": 2}  # cosine normalizes first: the checked path
-
-
-def pq_search_whole(queries, codebooks, codes, n: int | None, k, metric, ids=None, check_finite=False, exact=True):
-    """The whole of ops.pq_search in one native call that reads and checks the tensors itself (a single
-    query's search takes microseconds, Python checks of torch attributes a few more); None where it does not
-    take the arguments as they are (anything but float32 / uint8 contiguous CPU tensors of matching shapes,
-    4-bit blocks or bytes with K = 256, ids int64 [N]; NaN / inf when check_finite): the checked path runs
-    then."""
-    m = _WHOLE_METRIC.get(metric) if type(metric) is str else None
-    if m is None:
-        return None
-    return _cpu.search_whole(queries, codebooks, codes, -1 if n is None else n, k, m, m == 1,
-                             torch.get_num_threads(), ids, check_finite, exact)
-
-
-def _pq_search_accepts(queries, codebooks, codes, n, k, metric, exact=True) -> str | None:
+def _pq_search_accepts(queries, codebooks, codes, n, k, metric, exact=True, labels=None, check_finite=False
+                       ) -> str | None:
     if n is None and codes.dtype not in _WIDTH:
         return f"codes of dtype {codes.dtype}: the kernel reads uint8, int16 or int32"
+    if queries.dtype is _F32 and codebooks.dtype is _F32:  # the common case without a call
+        return None
     return declines_float64(queries, codebooks)
 
 
@@ -231,7 +229,6 @@ if _cpu is not None:
             "smallest_k_rows": smallest_k_rows,
             "refine_topk": Impl(refine_topk, _refine_accepts),
             "pq_search": Impl(pq_search, _pq_search_accepts),
-            "pq_search_whole": pq_search_whole,
         },
         priority=10,
     )

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import checks
 from .checks import code_dtype
 
 CHUNK_ELEMENTS = 1 << 22  # elements per temporary; tests lower it to exercise chunking
@@ -428,19 +429,27 @@ def adc_topk_dist(dist: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     return pad_topk(v, i, k, False)
 
 
-def pq_search_whole(queries, codebooks, codes, n, k, metric, ids=None, check_finite=False, exact=True) -> None:
-    """No one-call path here: None, so ops.pq_search takes its checked path."""
-    return None
-
-
 def pq_search(queries: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor, n: int | None, k: int, metric: str,
-              exact: bool = True):
-    """adc_topk of build_lut(queries): codes [N, M], or fast-scan blocks holding n codes when n is not None."""
+              exact: bool = True, labels: torch.Tensor | None = None, check_finite: bool = False):
+    """adc_topk of build_lut(queries): codes [N, M], or fast-scan blocks holding n codes when n is not None;
+    positions mapped through labels [N] (-1 stays), NaN / inf in queries or codebooks an error when asked."""
+    if check_finite:
+        checks.finite(queries, "queries"), checks.finite(codebooks, "codebooks")
     lut = build_lut(queries, codebooks, metric, None)
     largest = metric in ("ip", "cos")
     if n is None:
-        return adc_topk(lut, codes, k, largest, False)
-    return adc_topk_fastscan(lut, codes, n, k, largest, exact)
+        v, pos = adc_topk(lut, codes, k, largest, False)
+    else:
+        v, pos = adc_topk_fastscan(lut, codes, n, k, largest, exact)
+    return v, map_labels(pos, labels)
+
+
+def map_labels(pos: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """Positions [Q, k] (-1: none) -> labels[pos] (-1 stays); the positions themselves when labels is None."""
+    if labels is None:
+        return pos
+    mapped = labels[pos.clamp_min(0)] if labels.numel() else torch.full_like(pos, -1)
+    return torch.where(pos >= 0, mapped, torch.full_like(mapped, -1))
 
 
 def refine_topk(queries, vectors, candidates, k: int, metric: str, labels=None, sq8=None):

@@ -94,8 +94,9 @@ _context: contextvars.ContextVar[str | None] = contextvars.ContextVar("sqret_bac
 
 def declines_float64(*tensors) -> str | None:
     """The reason every accelerated backend gives for float64 inputs (their kernels compute in float32)."""
-    if any(t.dtype == torch.float64 for t in tensors):
-        return "float64 inputs: float64 results are the reference's"
+    for t in tensors:  # a loop, not any(...): this runs in every one-query search
+        if t.dtype is torch.float64:
+            return "float64 inputs: float64 results are the reference's"
     return None
 
 
@@ -225,9 +226,13 @@ def _ordered(op: str, device_type: str, args: tuple) -> tuple[str, tuple[tuple[s
 
 def choose(op: str, device_type: str, args: tuple) -> tuple[str, Callable]:
     """The backend name and function that run ``op`` on ``args`` (tensors of ``device_type``) now."""
-    _, cands = _ordered(op, device_type, args)
+    forced = _context.get() or _process  # _ordered's steps inline: this runs in every one-query search
+    cands = _order.get((op, device_type, forced)) or _candidates(op, device_type, forced)
+    if forced == AUTO and op in _policies and len(cands) > 2:
+        cands = _ordered(op, device_type, args)[1]
     for name, impl in cands:
-        if impl.accepts is None or impl.accepts(*args) is None:
+        accepts = impl.accepts
+        if accepts is None or accepts(*args) is None:
             return name, impl.fn
     raise AssertionError("unreachable: the reference accepts every call")
 

@@ -149,15 +149,19 @@ def adc_topk(
 
 def _map_ids(pos: Tensor, ids: CodesLike | None, total: int) -> Tensor:
     """Positions [Q, k] (-1: none) -> labels ids[pos] (int64 [total]); positions themselves when ids is None."""
+    return reference.map_labels(pos, _labels(ids, total, pos))
+
+
+def _labels(ids: CodesLike | None, total: int, like: Tensor) -> Tensor | None:
+    """ids as an int64 tensor [total] on like's device (None stays None)."""
     if ids is None:
-        return pos
-    labels = _as_tensor(ids, "ids", pos.device)
+        return None
+    labels = _as_tensor(ids, "ids", like.device)
     if labels.dtype != torch.int64 or labels.dim() != 1 or labels.shape[0] != total:
         raise ValueError(
             f"ids must be int64 [N = {total}], got {str(labels.dtype).replace('torch.', '')} {tuple(labels.shape)}"
         )
-    mapped = labels[pos.clamp_min(0)] if total else torch.full_like(pos, -1)
-    return torch.where(pos >= 0, mapped, torch.full_like(mapped, -1))
+    return labels
 
 
 def pq_search(
@@ -176,37 +180,32 @@ def pq_search(
     ``adc_topk(build_lut(queries, codebooks, metric), codes, k, largest=largest_for(metric), ...)``.
 
     The native CPU backend builds the tables inside the scan, in one call and without a [Q, M, K] tensor
-    (what single queries and small databases need); elsewhere this is those two ops. ``exact`` as adc_topk.
+    (what single queries and small databases need); elsewhere this is those two ops. ``exact`` as adc_topk;
+    ``check_finite``: NaN / inf in queries or codebooks is a ValueError. Every argument is validated here,
+    once (no backend checks again).
     """
-    if not packed and type(queries) is Tensor and type(exact) is bool:  # one call if the backend takes them as is
-        fast = type(codes) is FastScanCodes
-        if fast or type(codes) is Tensor:
-            whole = registry.select("pq_search_whole", registry.device_type(queries))[1]
-            out = whole(queries, codebooks, codes.blocks if fast else codes, codes.n if fast else None, k, metric,
-                        ids, check_finite, exact)
-            if out is not None:
-                return out
     M, K, _ = check_lut(queries, codebooks, metric)
-    exact = _flag(exact, "exact")
-    fused = isinstance(codes, FastScanCodes) or (isinstance(codes, Tensor) and not packed)
-    where = registry.device_type(queries)
-    if fused and registry.select("pq_search", where)[0] != "reference":  # the reference: the composition below
+    if type(exact) is not bool:
+        _flag(exact, "exact")
+    if type(k) is not int or k < 1:
         k = checks.topk_k(k)
-        if check_finite:
-            checks.finite(queries, "queries"), checks.finite(codebooks, "codebooks")
-        if isinstance(codes, FastScanCodes):
+    fast = type(codes) is FastScanCodes
+    if fast or (type(codes) is Tensor and not packed):  # tables and scan in one backend call
+        if fast:
             data, n, total = codes.blocks, codes.n, codes.n
             check_blocks(data, n, M, K)
         else:
             data, n, total = codes, None, codes.shape[0]
             checks.codes(codes, M, K, False)
             checks.code_range(codes, K, False)
-        checks.same_device(("queries", queries), ("codes", data))
-        args = (queries, codebooks, data, n, k, metric, exact)
-        name, impl = registry.choose("pq_search", where, args)
-        if name != "reference":
-            v, pos = impl(*args)
-            return v, _map_ids(pos, ids, total)
+        if not (queries.is_cpu and data.is_cpu):
+            checks.same_device(("queries", queries), ("codes", data))
+        labels = ids if ids is None or (type(ids) is Tensor and ids.dtype is torch.int64 and ids.shape == (total,)
+                                        and ids.is_cpu and queries.is_cpu) else _labels(ids, total, queries)
+        args = (queries, codebooks, data, n, k, metric, exact, labels, check_finite)
+        name, impl = registry.choose("pq_search", "cpu" if queries.is_cpu else queries.device.type, args)
+        if name != "reference":  # the reference: the composition below
+            return impl(*args)
     lut = build_lut(queries, codebooks, metric, check_finite=check_finite)
     return adc_topk(lut, codes, k, largest=largest_for(metric), packed=packed, ids=ids, check_finite=check_finite,
                     exact=exact)
