@@ -28,7 +28,6 @@ else:
                                        "(pip install -e ., as make test does)")
 
 _WIDTH = {torch.uint8: 1, torch.int16: 2, torch.int32: 4}
-_F32 = torch.float32
 
 
 def _threads() -> int:
@@ -86,7 +85,6 @@ def adc_topk_fastscan(lut: torch.Tensor, blocks: torch.Tensor, n: int, k: int, l
 
 
 _LUT_METRIC = {"l2": 0, "ip": 1, "cos": 1, "l2_sqrt": 2}
-_NEGATED = ("ip", "cos")  # largest first: the kernels keep the smallest of the negated tables
 
 
 def build_lut(q: torch.Tensor, codebooks: torch.Tensor, metric: str, dtype: torch.dtype | None) -> torch.Tensor:
@@ -104,19 +102,16 @@ def pq_search(queries: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tenso
     """Tables and scan in one native call (no LUT tensor); positions mapped to labels and the finite check of
     queries and codebooks done there too."""
     M, K, d = codebooks.shape
-    xs, C = queries, codebooks  # all bound to names: they outlive the call
-    if metric == "cos" or xs.dtype is not _F32 or C.dtype is not _F32 or not (xs.is_contiguous() and C.is_contiguous()):
-        xs, C = reference.kernel_inputs(queries, codebooks, metric)
+    xs, C = reference.kernel_inputs(queries, codebooks, metric)  # all bound to names: they outlive the call
     c = codes if codes.is_contiguous() else codes.contiguous()
     lab = labels if labels is None or labels.is_contiguous() else labels.contiguous()
     Q = xs.shape[0]
     N = c.shape[0] if n is None else n
-    v, i = torch.from_numpy(np.empty((Q, k), np.float32)), torch.from_numpy(np.empty((Q, k), np.int64))  # _outputs
+    v, i = _outputs(Q, k)
     if Q:
         try:
-            _cpu.pq_search(xs.data_ptr(), Q, C.data_ptr(), M, K, d, _LUT_METRIC[metric], metric in _NEGATED,
-                           c.data_ptr() if N else 1, 0 if n is not None else _WIDTH[c.dtype], N, k,
-                           torch.get_num_threads() or 1,
+            _cpu.pq_search(xs.data_ptr(), Q, C.data_ptr(), M, K, d, _LUT_METRIC[metric], metric in ("ip", "cos"),
+                           c.data_ptr() if N else 1, 0 if n is not None else _WIDTH[c.dtype], N, k, _threads(),
                            v.data_ptr(), i.data_ptr(), exact, 0 if lab is None else lab.data_ptr(),
                            check_finite)  # results in the metric's own sign
         except ValueError as err:
@@ -132,8 +127,6 @@ def _pq_search_accepts(queries, codebooks, codes, n, k, metric, exact=True, labe
                        ) -> str | None:
     if n is None and codes.dtype not in _WIDTH:
         return f"codes of dtype {codes.dtype}: the kernel reads uint8, int16 or int32"
-    if queries.dtype is _F32 and codebooks.dtype is _F32:  # the common case without a call
-        return None
     return declines_float64(queries, codebooks)
 
 

@@ -226,13 +226,9 @@ def _ordered(op: str, device_type: str, args: tuple) -> tuple[str, tuple[tuple[s
 
 def choose(op: str, device_type: str, args: tuple) -> tuple[str, Callable]:
     """The backend name and function that run ``op`` on ``args`` (tensors of ``device_type``) now."""
-    forced = _context.get() or _process  # _ordered's steps inline: this runs in every one-query search
-    cands = _order.get((op, device_type, forced)) or _candidates(op, device_type, forced)
-    if forced == AUTO and op in _policies and len(cands) > 2:
-        cands = _ordered(op, device_type, args)[1]
+    _, cands = _ordered(op, device_type, args)
     for name, impl in cands:
-        accepts = impl.accepts
-        if accepts is None or accepts(*args) is None:
+        if impl.accepts is None or impl.accepts(*args) is None:
             return name, impl.fn
     raise AssertionError("unreachable: the reference accepts every call")
 

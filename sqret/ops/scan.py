@@ -156,6 +156,8 @@ def _labels(ids: CodesLike | None, total: int, like: Tensor) -> Tensor | None:
     """ids as an int64 tensor [total] on like's device (None stays None)."""
     if ids is None:
         return None
+    if type(ids) is Tensor and ids.dtype is torch.int64 and ids.shape == (total,) and ids.is_cpu and like.is_cpu:
+        return ids  # the common case, without a copy or a device object
     labels = _as_tensor(ids, "ids", like.device)
     if labels.dtype != torch.int64 or labels.dim() != 1 or labels.shape[0] != total:
         raise ValueError(
@@ -190,7 +192,9 @@ def pq_search(
     if type(k) is not int or k < 1:
         k = checks.topk_k(k)
     fast = type(codes) is FastScanCodes
-    if fast or (type(codes) is Tensor and not packed):  # tables and scan in one backend call
+    where = registry.device_type(queries)
+    # tables and scan in one backend call; where only the reference has one, the composition below checks
+    if (fast or (type(codes) is Tensor and not packed)) and registry.select("pq_search", where)[0] != "reference":
         if fast:
             data, n, total = codes.blocks, codes.n, codes.n
             check_blocks(data, n, M, K)
@@ -200,11 +204,9 @@ def pq_search(
             checks.code_range(codes, K, False)
         if not (queries.is_cpu and data.is_cpu):
             checks.same_device(("queries", queries), ("codes", data))
-        labels = ids if ids is None or (type(ids) is Tensor and ids.dtype is torch.int64 and ids.shape == (total,)
-                                        and ids.is_cpu and queries.is_cpu) else _labels(ids, total, queries)
-        args = (queries, codebooks, data, n, k, metric, exact, labels, check_finite)
-        name, impl = registry.choose("pq_search", "cpu" if queries.is_cpu else queries.device.type, args)
-        if name != "reference":  # the reference: the composition below
+        args = (queries, codebooks, data, n, k, metric, exact, _labels(ids, total, queries), check_finite)
+        name, impl = registry.choose("pq_search", where, args)
+        if name != "reference":  # a backend declined: the composition below
             return impl(*args)
     lut = build_lut(queries, codebooks, metric, check_finite=check_finite)
     return adc_topk(lut, codes, k, largest=largest_for(metric), packed=packed, ids=ids, check_finite=check_finite,
