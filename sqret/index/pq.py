@@ -207,8 +207,9 @@ class PQIndex(Index):
         queries too and compares codewords with codewords (SDC, as in the hashing literature). ``exact``
         (default: the index's) as in the class docstring."""
         s = self._ready()  # base.search's steps, without its keyword forwarding: one query takes microseconds
-        return self._search_in(s, as_matrix(queries, self.d, "queries", finite=False), check_k(k),
-                               symmetric=symmetric, exact=exact)
+        if type(queries) is not torch.Tensor or queries.dtype is not torch.float32:  # else the ops check the shape
+            queries = as_matrix(queries, self.d, "queries", finite=False)
+        return self._search_in(s, queries, check_k(k), symmetric=symmetric, exact=exact)
 
     # ------------------------------------------------------------------ persistence
 

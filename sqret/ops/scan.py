@@ -192,21 +192,21 @@ def pq_search(
     if type(k) is not int or k < 1:
         k = checks.topk_k(k)
     fast = type(codes) is FastScanCodes
-    where = registry.device_type(queries)
-    # tables and scan in one backend call; where only the reference has one, the composition below checks
-    if (fast or (type(codes) is Tensor and not packed)) and registry.select("pq_search", where)[0] != "reference":
+    if fast or (type(codes) is Tensor and not packed):  # tables and scan in one backend call where one has it
         if fast:
             data, n, total = codes.blocks, codes.n, codes.n
             check_blocks(data, n, M, K)
         else:
-            data, n, total = codes, None, codes.shape[0]
             checks.codes(codes, M, K, False)
-            checks.code_range(codes, K, False)
+            data, n, total = codes, None, codes.shape[0]
         if not (queries.is_cpu and data.is_cpu):
             checks.same_device(("queries", queries), ("codes", data))
-        args = (queries, codebooks, data, n, k, metric, exact, _labels(ids, total, queries), check_finite)
-        name, impl = registry.choose("pq_search", where, args)
-        if name != "reference":  # a backend declined: the composition below
+        ids = _labels(ids, total, queries)
+        args = (queries, codebooks, data, n, k, metric, exact, ids, check_finite)
+        name, impl = registry.choose("pq_search", registry.device_type(queries), args)
+        if name != "reference":  # else the composition below, which checks the range of the codes itself
+            if not fast:
+                checks.code_range(data, K, False)
             return impl(*args)
     lut = build_lut(queries, codebooks, metric, check_finite=check_finite)
     return adc_topk(lut, codes, k, largest=largest_for(metric), packed=packed, ids=ids, check_finite=check_finite,
