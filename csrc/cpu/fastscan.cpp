@@ -81,7 +81,9 @@ struct QuantLut {
   // bits in at most kMaxSplit sub-spaces whose range exceeds 255 a (their high bytes summed apart and added
   // back as 256 x, saturating: no sum ever reaches 2^16, as a >= (sum of the ranges) / 60000). Skewed ranges
   // (one sub-space of PCA-like data far wider than the rest) then no longer set a for all: a shrinks to the
-  // (kMaxSplit + 1)-th largest range / 255, and the bounds tighten as much. Split only when a shrinks 2x.
+  // (kMaxSplit + 1)-th largest range / 255, and the bounds tighten as much. Split only when a shrinks 2x, and
+  // at most M / 8 sub-spaces: each split one costs the scan's first pass another row of shuffles (8 of 16
+  // sub-spaces made every scan of 16-byte codes 1.5x slower, on any table a split halved).
   static constexpr int64_t kMaxSplit = 8;
 
   QuantLut() = default;
@@ -108,7 +110,7 @@ struct QuantLut {
       bias += mn;
       range_sum += mx - mn;
     }
-    const int64_t S = std::min(kMaxSplit, M - 1);
+    const int64_t S = std::min(kMaxSplit, M / 8);
     float widest = 0.f, rest = 0.f;  // the largest range, and the (S + 1)-th largest
     if (M) widest = *std::max_element(ranges.begin(), ranges.end());
     int64_t wide = 0;  // ranges over half the widest: more than S of them, and a split cannot halve a
@@ -486,8 +488,8 @@ __attribute__((target("avx2,bmi2"))) inline uint64_t block_mask(const uint16_t* 
 }
 
 // Pass 2 over a tile: the codes whose quantized sums pass the cap (and the top-k's own bound) are offered,
-// block by block in ascending ids.
-void offer_tile(const QuantLut& ql, const float* L, TopK& tk, int qcap, int64_t M, const uint8_t* blocks, int64_t c0,
+// block by block in ascending ids. AVX2 (block_mask and the admission tests inline; only the SIMD paths call it).
+__attribute__((target("avx2,bmi2"))) void offer_tile(const QuantLut& ql, const float* L, TopK& tk, int qcap, int64_t M, const uint8_t* blocks, int64_t c0,
                 int64_t c1, int64_t N, const uint16_t* sums, Exact16 exact16, bool exact) {
   const double lower = exact ? ql.elo : 0.0;
   int qthr = std::min(ql.qthreshold(tk, lower), qcap);

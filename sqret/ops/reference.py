@@ -353,14 +353,14 @@ def adc_topk_fastscan(lut: torch.Tensor, blocks: torch.Tensor, n: int, k: int, l
     return approx_topk(lut, codes, k, largest)
 
 
-MAX_SPLIT = 8  # sub-spaces whose fast-scan entries may take 16 bits (see quantize_lut)
+MAX_SPLIT = 8  # sub-spaces whose fast-scan entries may take 16 bits, and at most M // 8 (see quantize_lut)
 
 
 def quantize_lut(lut: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The fast scan's quantization of tables lut [Q, M, 16] (smaller is closer), as the native kernel does it.
 
-    Per query one scale a: the widest sub-space range / 255, unless splitting the (at most MAX_SPLIT) widest
-    sub-spaces halves it at least: then a = max(the (MAX_SPLIT + 1)-th widest range / 255, sum of ranges /
+    Per query one scale a: the widest sub-space range / 255, unless splitting the S = min(MAX_SPLIT, M // 8) widest
+    sub-spaces halves it at least: then a = max(the (S + 1)-th widest range / 255, sum of ranges /
     60000), and every sub-space wider than 255 a keeps entries of 16 bits. Entries q[m, j] = rint(min(top,
     (L[m, j] - min_m) * float32(1 / a))) in float32 (top 255, or 65535 in a split sub-space); bias = the sum
     of the minima (float64, in sub-space order). A code's quantized sum is sum_m (q & 255) + 256 min(255,
@@ -373,7 +373,7 @@ def quantize_lut(lut: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     a = torch.ones(Q, dtype=torch.float64)
     split = torch.zeros((Q, M), dtype=torch.bool)
     bias = torch.zeros(Q, dtype=torch.float64)
-    S = min(MAX_SPLIT, M - 1)
+    S = min(MAX_SPLIT, M // 8)  # each split sub-space costs the scan another row of shuffles
     for qi in range(Q):
         r = ranges[qi]
         range_sum = 0.0
