@@ -602,6 +602,23 @@ void adc_topk_fastscan(const float* lut, int64_t Q, int64_t M, const uint8_t* bl
   merge_partial(p, Q, k, partial, out_d, out_i, nthreads);
 }
 
+// One inverted list's n codes (fast-scan blocks, labels ids) offered to tk, block by block; AVX2 (block_mask and
+// the offers inline; only the SIMD paths call it).
+__attribute__((target("avx2,bmi2"))) void offer_list(Simd simd, const QuantLut& ql, const float* L, int64_t M,
+                                                     const uint8_t* blocks, int64_t n, const int64_t* ids, TopK& tk,
+                                                     Exact16 exact16, bool exact) {
+  alignas(64) uint16_t sums[kB];
+  const double lower = exact ? ql.elo : 0.0;
+  int qthr = ql.qthreshold(tk, lower);
+  for (int64_t b = 0, nb = (n + kB - 1) / kB; b < nb && qthr >= 0; ++b) {
+    const uint8_t* blk = blocks + b * M * kRow;
+    one_block_sums(simd, ql, M, blk, sums);
+    const uint64_t mask = block_mask(sums, qthr);
+    if (mask)
+      offer_block<true>(mask, BlockDist{ql, L, M, blk, sums, exact16, exact}, b * kB, n, ids, tk, qthr, 65535, lower);
+  }
+}
+
 void ivf_fastscan(const float* queries, int64_t Q, int64_t d, const float* centroids, const float* codebooks,
                   int64_t M, const int64_t* list_blocks, const int64_t* list_ids, const int64_t* list_sizes,
                   const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed, bool residual,
@@ -617,7 +634,6 @@ void ivf_fastscan(const float* queries, int64_t Q, int64_t d, const float* centr
 #pragma omp parallel num_threads(team(nthreads, Q))
   {
     std::vector<float> qr(static_cast<size_t>(M * K)), L(static_cast<size_t>(M * K)), resid(static_cast<size_t>(d));
-    alignas(64) uint16_t sums[kB];
     TopK tk(k);
     QuantLut shared, own;  // !residual: one quantized table for every list; residual: one per list
 #pragma omp for schedule(dynamic)
@@ -677,17 +693,7 @@ void ivf_fastscan(const float* queries, int64_t Q, int64_t d, const float* centr
             }
           continue;
         }
-        const QuantLut& ql = residual ? own : shared;
-        const double lower = exact ? ql.elo : 0.0;
-        int qthr = ql.qthreshold(tk, lower);
-        for (int64_t b = 0; b < nb && qthr >= 0; ++b) {
-          const uint8_t* blk = blocks + b * M * kRow;
-          one_block_sums(simd, ql, M, blk, sums);
-          const uint64_t mask = block_mask(sums, qthr);
-          if (mask)
-            offer_block<true>(mask, BlockDist{ql, L.data(), M, blk, sums, exact16, exact}, b * kB, n, ids, tk, qthr,
-                              65535, lower);
-        }
+        offer_list(simd, residual ? own : shared, L.data(), M, blocks, n, ids, tk, exact16, exact);
       }
       tk.write_sorted(sign, out_d + q * k, out_i + q * k);
     }
