@@ -388,16 +388,20 @@ __attribute__((target("avx512f,avx512bw,avx2"))) void tile_sums_avx512(const Qua
                                                                        uint16_t* const* sums) {
   const __m512i low4 = _mm512_set1_epi8(0x0f);
   const int64_t M2 = M / 2 * 2;
+  const uint8_t* tab[NQ];
+  for (int q = 0; q < NQ; ++q) tab[q] = ql[q]->q.data();
   for (int64_t b = c0; b < c1; ++b) {
     const uint8_t* blk = blocks + b * M * kRow;
     __m512i acc[NQ][4];
+    #pragma GCC unroll 2
     for (int q = 0; q < NQ; ++q)
       for (int v = 0; v < 4; ++v) acc[q][v] = _mm512_setzero_si512();
     for (int64_t m = 0; m < M2; m += 2) {
       const __m512i raw = _mm512_loadu_si512(blk + m * kRow);
       const __m512i lo = _mm512_and_si512(raw, low4), hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4);
+      #pragma GCC unroll 2
       for (int q = 0; q < NQ; ++q) {
-        const __m512i t2 = _mm512_loadu_si512(ql[q]->q.data() + m * 32);
+        const __m512i t2 = _mm512_loadu_si512(tab[q] + m * 32);
         const __m512i sl = _mm512_shuffle_epi8(t2, lo), sh = _mm512_shuffle_epi8(t2, hi);
         acc[q][0] = _mm512_add_epi16(acc[q][0], sl);
         acc[q][1] = _mm512_add_epi16(acc[q][1], _mm512_srli_epi16(sl, 8));
@@ -405,11 +409,12 @@ __attribute__((target("avx512f,avx512bw,avx2"))) void tile_sums_avx512(const Qua
         acc[q][3] = _mm512_add_epi16(acc[q][3], _mm512_srli_epi16(sh, 8));
       }
     }
+    #pragma GCC unroll 2  // acc stays in registers (a loop over q indexes it in memory)
     for (int q = 0; q < NQ; ++q) {
       Sums s{fold(acc[q][0]), fold(acc[q][1]), fold(acc[q][2]), fold(acc[q][3])};
       if (M2 < M)
         add_row(s, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + M2 * kRow)),
-                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql[q]->q.data() + M2 * 32)));
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tab[q] + M2 * 32)));
       fix_even(s);
       add_high(s, *ql[q], blk);
       store_sums(sums[q] + (b - c0) * kB, s);
