@@ -241,6 +241,13 @@ def test_bad_inputs_are_clear_errors():
         index.add(x[:2], ids=[1, 2, 3])
     with pytest.raises(ValueError, match="at least nlist"):
         IVFPQIndex(32, 64, 8).train(x[:10])
+    for nbits in (8, 4):  # PQIndex.search leaves float32 tensors' shapes to ops.pq_search: its messages
+        flat = _built("pq", nbits=nbits)[0]
+        for bad_q, msg in ((torch.randn(2, 31), r"queries has d = 31 features, .* need d = M \* dsub = 32"),
+                           (torch.randn(32), "queries must be 2-D"), (torch.randn(2, 2, 32), "queries must be 2-D"),
+                           (np.zeros((2, 31)), r"queries must be \[n, d = 32\]")):
+            with pytest.raises(ValueError, match=msg):
+                flat.search(bad_q, 3)
 
 
 def test_cli_build_and_search(tmp_path, data_dir):
