@@ -575,9 +575,11 @@ void adc_topk_fastscan(const float* lut, int64_t Q, int64_t M, const uint8_t* bl
       for (int64_t j = 0; j < q1 - q0; ++j) scan_scalar(lut + (q0 + j) * M * 16, M, blocks, blk0, blk1, n1, heaps[j]);
       return;
     }
-    std::vector<QuantLut> qluts;  // AVX2 code: only on the SIMD paths
-    qluts.reserve(q1 - q0);
-    for (int64_t q = q0; q < q1; ++q) qluts.emplace_back(lut + q * M * 16, M, exact);
+    // the quantized tables (AVX2 code: only on the SIMD paths) in this thread's buffers, reused across tasks
+    // and calls: a query block holds at most 8 queries, and fresh tables cost five allocations a query
+    thread_local std::vector<QuantLut> qluts;
+    if (qluts.size() < static_cast<size_t>(q1 - q0)) qluts.resize(q1 - q0);
+    for (int64_t q = q0; q < q1; ++q) qluts[q - q0].assign(lut + q * M * 16, M, exact);
     const Exact16 exact16 = simd == Simd::avx512 ? exact16_avx512 : exact16_avx2;
     std::vector<GroupMins> mins(q1 - q0, GroupMins(kk));
     const int64_t tile = std::min(BB, blk1 - blk0) * kB;
