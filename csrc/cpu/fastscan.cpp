@@ -570,7 +570,7 @@ void adc_topk_fastscan(const float* lut, int64_t Q, int64_t M, const uint8_t* bl
     }
     std::vector<TopK>& heaps = partial[t];
     heaps.reserve(q1 - q0);
-    for (int64_t q = q0; q < q1; ++q) heaps.emplace_back(kk);
+    for (int64_t q = q0; q < q1; ++q) heaps.emplace_back(kk, false);  // the reservoir: see TopK
     if (simd == Simd::scalar) {  // no quantized tables here: exact distances in either mode
       for (int64_t j = 0; j < q1 - q0; ++j) scan_scalar(lut + (q0 + j) * M * 16, M, blocks, blk0, blk1, n1, heaps[j]);
       return;

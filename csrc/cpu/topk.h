@@ -85,10 +85,12 @@ class TopK {
  public:
   static constexpr int64_t kHeapMax = 32;
 
-  explicit TopK(int64_t k = 0)
+  // heap = false: the reservoir at every k (the flat fast scan: its offers come in long ascending runs, where
+  // the reservoir's O(1) appends beat the heap's tighter threshold; inverted lists gain from the heap).
+  explicit TopK(int64_t k = 0, bool heap = true)
       : k_(k),
         cap_(std::max<int64_t>(2 * k, k + 16)),
-        heap_(k <= kHeapMax),
+        heap_(heap && k <= kHeapMax),
         buf_(static_cast<size_t>(std::min<int64_t>(heap_ ? std::max<int64_t>(k, 1) : cap_, 256))) {}
 
   inline bool admits(float d) const { return !full_ || d < thr_; }
