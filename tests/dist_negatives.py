@@ -28,6 +28,7 @@ def main(out: str) -> None:
         results[name] = {"loss": mean / world, "grads": grads}
     if rank == 0:
         torch.save(results, f"{out}/negatives.pt")
+    dist.barrier()  # no rank tears gloo down while another still uses it (an abort at exit)
     dist.destroy_process_group()
 
 

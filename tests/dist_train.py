@@ -23,6 +23,7 @@ def main(out: str) -> None:
         torch.save({k: v.clone() for k, v in method.state_dict().items()}, f"{out}/init.pt")
     result = train(method, load_digits_images(), TrainConfig(epochs=2, batch_size=128, lr=1e-3, progress=False))
     torch.save({"model": method.state_dict(), "result": result, "world": dist.get_world_size()}, f"{out}/rank{rank}.pt")
+    dist.barrier()  # no rank tears gloo down while another still uses it (an abort at exit)
     dist.destroy_process_group()
 
 
