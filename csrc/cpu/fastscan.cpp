@@ -493,9 +493,11 @@ __attribute__((target("avx2,bmi2"))) inline uint64_t block_mask(const uint16_t* 
 }
 
 // Pass 2 over a tile: the codes whose quantized sums pass the cap (and the top-k's own bound) are offered,
-// block by block in ascending ids. AVX2 (block_mask and the admission tests inline; only the SIMD paths call it).
-__attribute__((target("avx2,bmi2"))) void offer_tile(const QuantLut& ql, const float* L, TopK& tk, int qcap, int64_t M, const uint8_t* blocks, int64_t c0,
-                int64_t c1, int64_t N, const uint16_t* sums, Exact16 exact16, bool exact) {
+// block by block in ascending ids. AVX2 (block_mask and the admission tests inline; only the SIMD paths call
+// it).
+__attribute__((target("avx2,bmi2"))) void offer_tile(const QuantLut& ql, const float* L, TopK& tk, int qcap,
+                                                     int64_t M, const uint8_t* blocks, int64_t c0, int64_t c1,
+                                                     int64_t N, const uint16_t* sums, Exact16 exact16, bool exact) {
   const double lower = exact ? ql.elo : 0.0;
   int qthr = std::min(ql.qthreshold(tk, lower), qcap);
   for (int64_t b = c0; b < c1 && qthr >= 0; ++b) {
