@@ -2,6 +2,7 @@
 // quantized), parallel over queries, one top-k per query by (distance, label).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -117,6 +118,16 @@ RowDist row_dist(int kind, bool simd) {
   return simd ? fast[kind] : slow[kind];
 }
 
+// Candidate rows are scattered over the stored vectors (the billion-scale case: far beyond the caches): each
+// row's cache lines are requested kPrefetch candidates ahead of its distance.
+constexpr int64_t kPrefetch = 4;
+
+inline void prefetch_row(const void* rows, int64_t row_bytes, int64_t nrows, int64_t r) {
+  if (r < 0 || r >= nrows) return;
+  const char* p = static_cast<const char*>(rows) + r * row_bytes;
+  for (int64_t off = 0; off < row_bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
+}
+
 }  // namespace
 
 void refine_topk(const float* queries, int64_t Q, int64_t d, const void* rows, int kind, int64_t nrows,
@@ -128,6 +139,7 @@ void refine_topk(const float* queries, int64_t Q, int64_t d, const void* rows, i
   __builtin_cpu_init();
   const bool f16c = __builtin_cpu_supports("f16c");
   const RowDist dist_of = row_dist(kind, active_simd() != Simd::scalar && f16c);
+  const int64_t row_bytes = d * (kind == 0 ? 4 : kind == 1 ? 2 : 1);
 #pragma omp parallel num_threads(team(nthreads, Q))
   {
     TopK tk(k);
@@ -135,8 +147,11 @@ void refine_topk(const float* queries, int64_t Q, int64_t d, const void* rows, i
     for (int64_t q = 0; q < Q; ++q) {
       const float* v = queries + q * d;
       tk.reset();
+      const int64_t* cq = cand + q * kc;
+      for (int64_t c = 0; c < std::min<int64_t>(kPrefetch, kc); ++c) prefetch_row(rows, row_bytes, nrows, cq[c]);
       for (int64_t c = 0; c < kc; ++c) {
-        const int64_t r = cand[q * kc + c];
+        if (c + kPrefetch < kc) prefetch_row(rows, row_bytes, nrows, cq[c + kPrefetch]);
+        const int64_t r = cq[c];
         if (r < 0 || r >= nrows) continue;  // no candidate (the caller checked the range)
         const int64_t label = labels ? labels[r] : r;
         if (label < 0) continue;  // a removed row

@@ -126,13 +126,28 @@ class TopK {
   }
 
   // The k best, sorted by (distance, id), written as sign * distance and id, padded with sign * inf and -1.
-  // Sorts the held candidates in place (at most 2k + 16): they are spent.
+  // The held candidates (at most 2k + 16) are cut to the k best, then sorted on integer keys (distance bits,
+  // slot) with runs of equal distance ordered by id: they are spent.
   void write_sorted(float sign, float* out_d, int64_t* out_i) {
-    std::sort(buf_.begin(), buf_.begin() + n_, Better{});
-    const int64_t n = std::min<int64_t>(k_, static_cast<int64_t>(n_));
+    if (static_cast<int64_t>(n_) > k_) shrink(true);
+    const size_t n = n_;
+    keys64_.resize(n);
+    for (size_t i = 0; i < n; ++i) keys64_[i] = (static_cast<uint64_t>(ordered_bits(buf_[i].d)) << 32) | i;
+    std::sort(keys64_.begin(), keys64_.end());
+    for (size_t a = 0; a < n;) {  // equal distances: by id
+      size_t b = a + 1;
+      const uint64_t da = keys64_[a] >> 32;
+      while (b < n && (keys64_[b] >> 32) == da) ++b;
+      if (b - a > 1)
+        std::sort(keys64_.begin() + a, keys64_.begin() + b,
+                  [this](uint64_t x, uint64_t y) { return buf_[x & 0xFFFFFFFFu].id < buf_[y & 0xFFFFFFFFu].id; });
+      a = b;
+    }
     for (int64_t r = 0; r < k_; ++r) {
-      out_d[r] = r < n ? sign * buf_[r].d : sign * std::numeric_limits<float>::infinity();
-      out_i[r] = r < n ? buf_[r].id : -1;
+      const bool in = r < static_cast<int64_t>(n);
+      const Cand* c = in ? &buf_[keys64_[r] & 0xFFFFFFFFu] : nullptr;
+      out_d[r] = in ? sign * c->d : sign * std::numeric_limits<float>::infinity();
+      out_i[r] = in ? c->id : -1;
     }
   }
 
@@ -169,12 +184,54 @@ class TopK {
 
   __attribute__((noinline)) void grow() { buf_.resize(std::min<size_t>(static_cast<size_t>(cap_), 2 * n_)); }
 
-  // In place, no allocation: the k best by (distance, id) to the front; the k-th of them is the threshold
-  // (every kept candidate is better or equal).
-  __attribute__((noinline)) void shrink() {
-    std::nth_element(buf_.begin(), buf_.begin() + (k_ - 1), buf_.begin() + n_, Better{});
-    n_ = static_cast<size_t>(k_);
-    thr_ = buf_[n_ - 1].d;
+  // Cut the held candidates to at most k + (cap - k) / 2 that hold the k best by (distance, id) (exactly the k
+  // best when `exact` or k <= kHeapMax); the threshold becomes the largest kept distance (never below the k-th best, so the
+  // admission tests stay exact). The cut distance T is found by bisection on order-preserving integer keys,
+  // counting (vectorized) instead of comparing candidates: any T with k to k + (cap - k) / 2 keys <= T will
+  // do. Where ties at the k-th distance hold more than that (or `exact`), T is the k-th key itself: below T
+  // are kept, and of T the smallest ids.
+  __attribute__((noinline)) void shrink(bool exact = false) {
+    const size_t n = n_, k = static_cast<size_t>(k_);
+    // small k: the exact k-th (a looser threshold lets more candidates into the exact re-rank than it saves)
+    const size_t most = exact || k_ <= kHeapMax ? k : k + static_cast<size_t>(cap_ - k_) / 2;
+    keys32_.resize(n);
+    uint32_t lo = ~0u, hi = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const uint32_t key = ordered_bits(buf_[i].d);
+      keys32_[i] = key;
+      lo = std::min(lo, key), hi = std::max(hi, key);
+    }
+    const uint32_t* keys = keys32_.data();
+    size_t at_hi = n;  // keys <= hi; invariant: fewer than k keys below lo, at least k keys <= hi
+    while (lo < hi && at_hi > most) {
+      const uint32_t mid = lo + (hi - lo) / 2;
+      size_t c = 0;
+      for (size_t i = 0; i < n; ++i) c += keys[i] <= mid;
+      if (c >= k) hi = mid, at_hi = c;
+      else lo = mid + 1;
+    }
+    Cand* const first = buf_.data();
+    if (at_hi <= most) {  // keep keys <= hi, in place (branchless)
+      size_t w = 0;
+      float top = -std::numeric_limits<float>::infinity();
+      for (size_t i = 0; i < n; ++i) {
+        const bool keep = keys[i] <= hi;
+        first[w] = first[i];
+        top = keep && first[i].d > top ? first[i].d : top;
+        w += keep;
+      }
+      n_ = w;
+      thr_ = top;
+    } else {  // hi is the k-th key: below it, then of it the smallest ids
+      const uint32_t T = hi;
+      Cand* const below = std::partition(first, first + n, [T](const Cand& c) { return ordered_bits(c.d) < T; });
+      Cand* const tied = std::partition(below, first + n, [T](const Cand& c) { return ordered_bits(c.d) == T; });
+      const int64_t need = k_ - (below - first);  // >= 1: T is the k-th key
+      if (tied - below > need)
+        std::nth_element(below, below + (need - 1), tied, [](const Cand& a, const Cand& b) { return a.id < b.id; });
+      thr_ = below->d;
+      n_ = k;
+    }
     full_ = true;
   }
 
@@ -184,6 +241,8 @@ class TopK {
   float thr_ = std::numeric_limits<float>::infinity();
   std::vector<Cand> buf_;
   size_t n_ = 0;
+  std::vector<uint32_t> keys32_;  // shrink's selection keys, reused
+  std::vector<uint64_t> keys64_;  // write_sorted's sort keys, reused
 };
 
 // The k best of cands, sorted best first (cands is reordered).
