@@ -77,8 +77,8 @@ inline void select_k(std::vector<Cand>& cands, int64_t k, bool sorted) {
 
 // The k best offers by (distance, id). Small k (<= kHeapMax): a binary max-heap (the root is the k-th best,
 // so the threshold is always exact and few offers pass it). Larger k: a reservoir: offers below the threshold
-// are appended (O(1)); when 2k are held they are cut to the k best (nth_element) and the threshold becomes
-// the k-th best distance. Offers within one scan come with ascending ids, so an offer equal to the threshold
+// are appended (O(1)); when 2k are held they are cut (shrink: to k, or for k > kHeapMax to at most
+// k + (cap - k) / 2 that hold the k best) and the threshold becomes the largest kept distance. Offers within one scan come with ascending ids, so an offer equal to the threshold
 // is never better than what is kept: `d < thr` is the whole admission test once k are known (admits_any,
 // `d <= thr`, for offers in any id order; push then keeps the better by id).
 class TopK {
@@ -126,28 +126,14 @@ class TopK {
   }
 
   // The k best, sorted by (distance, id), written as sign * distance and id, padded with sign * inf and -1.
-  // The held candidates (at most 2k + 16) are cut to the k best, then sorted on integer keys (distance bits,
-  // slot) with runs of equal distance ordered by id: they are spent.
+  // The held candidates (at most 2k + 16) are cut to the k best, then sorted: they are spent.
   void write_sorted(float sign, float* out_d, int64_t* out_i) {
     if (static_cast<int64_t>(n_) > k_) shrink(true);
-    const size_t n = n_;
-    keys64_.resize(n);
-    for (size_t i = 0; i < n; ++i) keys64_[i] = (static_cast<uint64_t>(ordered_bits(buf_[i].d)) << 32) | i;
-    std::sort(keys64_.begin(), keys64_.end());
-    for (size_t a = 0; a < n;) {  // equal distances: by id
-      size_t b = a + 1;
-      const uint64_t da = keys64_[a] >> 32;
-      while (b < n && (keys64_[b] >> 32) == da) ++b;
-      if (b - a > 1)
-        std::sort(keys64_.begin() + a, keys64_.begin() + b,
-                  [this](uint64_t x, uint64_t y) { return buf_[x & 0xFFFFFFFFu].id < buf_[y & 0xFFFFFFFFu].id; });
-      a = b;
-    }
+    std::sort(buf_.begin(), buf_.begin() + n_, Better{});
+    const int64_t n = static_cast<int64_t>(n_);
     for (int64_t r = 0; r < k_; ++r) {
-      const bool in = r < static_cast<int64_t>(n);
-      const Cand* c = in ? &buf_[keys64_[r] & 0xFFFFFFFFu] : nullptr;
-      out_d[r] = in ? sign * c->d : sign * std::numeric_limits<float>::infinity();
-      out_i[r] = in ? c->id : -1;
+      out_d[r] = r < n ? sign * buf_[r].d : sign * std::numeric_limits<float>::infinity();
+      out_i[r] = r < n ? buf_[r].id : -1;
     }
   }
 
@@ -184,9 +170,9 @@ class TopK {
 
   __attribute__((noinline)) void grow() { buf_.resize(std::min<size_t>(static_cast<size_t>(cap_), 2 * n_)); }
 
-  // Cut the held candidates to at most k + (cap - k) / 2 that hold the k best by (distance, id) (exactly the k
-  // best when `exact` or k <= kHeapMax); the threshold becomes the largest kept distance (never below the k-th best, so the
-  // admission tests stay exact). The cut distance T is found by bisection on order-preserving integer keys,
+  // Cut the held candidates to at most k + (cap - k) / 2 that hold the k best by (distance, id) (exactly the
+  // k best when `exact` or k <= kHeapMax); the threshold becomes the largest kept distance (never below the
+  // k-th best, so the admission tests stay exact). The cut distance T is found by bisection on order-preserving integer keys,
   // counting (vectorized) instead of comparing candidates: any T with k to k + (cap - k) / 2 keys <= T will
   // do. Where ties at the k-th distance hold more than that (or `exact`), T is the k-th key itself: below T
   // are kept, and of T the smallest ids.
@@ -242,7 +228,6 @@ class TopK {
   std::vector<Cand> buf_;
   size_t n_ = 0;
   std::vector<uint32_t> keys32_;  // shrink's selection keys, reused
-  std::vector<uint64_t> keys64_;  // write_sorted's sort keys, reused
 };
 
 // The k best of cands, sorted best first (cands is reordered).
