@@ -78,8 +78,8 @@ inline void select_k(std::vector<Cand>& cands, int64_t k, bool sorted) {
 // The k best offers by (distance, id). Small k (<= kHeapMax): a binary max-heap (the root is the k-th best,
 // so the threshold is always exact and few offers pass it). Larger k: a reservoir: offers below the threshold
 // are appended (O(1)); when 2k are held they are cut (shrink: to k, or for k > kHeapMax to at most
-// k + (cap - k) / 2 that hold the k best) and the threshold becomes the largest kept distance. Offers within one scan come with ascending ids, so an offer equal to the threshold
-// is never better than what is kept: `d < thr` is the whole admission test once k are known (admits_any,
+// k + (cap - k) / 2 that hold the k best) and the threshold becomes the largest kept distance. Offers within
+// one scan come with ascending ids, so an offer equal to the threshold is never better than what is kept: `d < thr` is the whole admission test once k are known (admits_any,
 // `d <= thr`, for offers in any id order; push then keeps the better by id).
 class TopK {
  public:
