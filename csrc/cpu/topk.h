@@ -75,12 +75,12 @@ inline void select_k(std::vector<Cand>& cands, int64_t k, bool sorted) {
   cands.swap(out);
 }
 
-// The k best offers by (distance, id). Small k (<= kHeapMax): a binary max-heap (the root is the k-th best,
-// so the threshold is always exact and few offers pass it). Larger k: a reservoir: offers below the threshold
-// are appended (O(1)); when 2k are held they are cut (shrink: to k, or for k > kHeapMax to at most
-// k + (cap - k) / 2 that hold the k best) and the threshold becomes the largest kept distance. Offers within
-// one scan come with ascending ids, so an offer equal to the threshold is never better than what is kept: `d < thr` is the whole admission test once k are known (admits_any,
-// `d <= thr`, for offers in any id order; push then keeps the better by id).
+// The k best offers by (distance, id). Small k (<= kHeapMax): a binary max-heap (the root is the k-th best, so the
+// threshold is always exact and few offers pass it). Larger k: a reservoir: offers below the threshold are appended
+// (O(1)); when 2k are held they are cut (shrink: to k, or for k > kHeapMax to at most k + (cap - k) / 2 that hold the k
+// best) and the threshold becomes the largest kept distance. Offers within one scan come with ascending ids, so an
+// offer equal to the threshold is never better than what is kept: `d < thr` is the whole admission test once k are
+// known (admits_any, `d <= thr`, for offers in any id order; push then keeps the better by id).
 class TopK {
  public:
   static constexpr int64_t kHeapMax = 32;
@@ -170,12 +170,12 @@ class TopK {
 
   __attribute__((noinline)) void grow() { buf_.resize(std::min<size_t>(static_cast<size_t>(cap_), 2 * n_)); }
 
-  // Cut the held candidates to at most k + (cap - k) / 2 that hold the k best by (distance, id) (exactly the
-  // k best when `exact` or k <= kHeapMax); the threshold becomes the largest kept distance (never below the
-  // k-th best, so the admission tests stay exact). The cut distance T is found by bisection on order-preserving integer keys,
-  // counting (vectorized) instead of comparing candidates: any T with k to k + (cap - k) / 2 keys <= T will
-  // do. Where ties at the k-th distance hold more than that (or `exact`), T is the k-th key itself: below T
-  // are kept, and of T the smallest ids.
+  // Cut the held candidates to at most k + (cap - k) / 2 that hold the k best by (distance, id) (exactly the k best
+  // when `exact` or k <= kHeapMax); the threshold becomes the largest kept distance (never below the k-th best, so the
+  // admission tests stay exact). The cut distance T is found by bisection on order-preserving integer keys, counting
+  // (vectorized) instead of comparing candidates: any T with k to k + (cap - k) / 2 keys <= T will do. Where ties at
+  // the k-th distance hold more than that (or `exact`), T is the k-th key itself: below T are kept, and of T the
+  // smallest ids.
   __attribute__((noinline)) void shrink(bool exact = false) {
     const size_t n = n_, k = static_cast<size_t>(k_);
     // small k: the exact k-th (a looser threshold lets more candidates into the exact re-rank than it saves)
