@@ -377,8 +377,9 @@ def _train(args: argparse.Namespace) -> int:
     if not dist.is_initialized() or dist.get_rank() == 0:
         print(json.dumps(result))
     if joined:
-        dist.barrier()  # no rank tears gloo down while another still prints or saves (an abort at exit)
-        dist.destroy_process_group()
+        from .crossdevice import leave
+
+        leave(0)  # barrier, teardown, os._exit (gloo's teardown can abort a finished rank at exit)
     return 0
 
 

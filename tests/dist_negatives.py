@@ -7,6 +7,8 @@ import torch
 import torch.distributed as dist
 from negatives_cases import CASES, batch, model
 
+from sqret.crossdevice import leave
+
 
 def main(out: str) -> None:
     dist.init_process_group("gloo")
@@ -28,8 +30,7 @@ def main(out: str) -> None:
         results[name] = {"loss": mean / world, "grads": grads}
     if rank == 0:
         torch.save(results, f"{out}/negatives.pt")
-    dist.barrier()  # no rank tears gloo down while another still uses it (an abort at exit)
-    dist.destroy_process_group()
+    leave()  # barrier, teardown, os._exit: see sqret.crossdevice.leave
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import sys
 import torch
 import torch.distributed as dist
 
+from sqret.crossdevice import leave
 from sqret.index import IVFPQIndex, PQIndex, load
 from sqret.index.sharded import ShardedIndex, search_replicated
 
@@ -40,8 +41,7 @@ def main(index_path: str, queries_path: str, out_path: str, nprobe: int) -> None
     Dr, Ir = search_replicated(full, queries, 10, **kw)
     if rank == 0:
         torch.save({"sharded": (D, I), "replicated": (Dr, Ir), "world": world}, out_path)
-    dist.barrier()
-    dist.destroy_process_group()
+    leave()  # barrier, teardown, os._exit: see sqret.crossdevice.leave
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import sys
 import torch
 import torch.distributed as dist
 
+from sqret.crossdevice import leave
 from sqret.data import load_digits_images
 from sqret.methods import build_method
 from sqret.train import TrainConfig, train
@@ -23,8 +24,7 @@ def main(out: str) -> None:
         torch.save({k: v.clone() for k, v in method.state_dict().items()}, f"{out}/init.pt")
     result = train(method, load_digits_images(), TrainConfig(epochs=2, batch_size=128, lr=1e-3, progress=False))
     torch.save({"model": method.state_dict(), "result": result, "world": dist.get_world_size()}, f"{out}/rank{rank}.pt")
-    dist.barrier()  # no rank tears gloo down while another still uses it (an abort at exit)
-    dist.destroy_process_group()
+    leave()  # barrier, teardown, os._exit: see sqret.crossdevice.leave
 
 
 if __name__ == "__main__":
