@@ -28,6 +28,8 @@ def native_extensions():
             Pybind11Extension(
                 "sqret._cpu",
                 cpu,
+                # the headers too: an edit of one rebuilds the module
+                depends=sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cpu").glob("*.h")),
                 # no FMA contraction: every code path (SIMD level, batch size) rounds the same sums alike
                 extra_compile_args=["-O3", "-ffp-contract=off", "-fopenmp", "-Wall", "-Wno-psabi",
                                     "-Wno-maybe-uninitialized"],

@@ -221,6 +221,35 @@ def test_ivf_search_equals_reference(metric, M, K, k):
     assert (got[1] >= 0).sum() > 0
 
 
+@pytest.mark.parametrize("layout", ["codes", "fastscan"])
+@pytest.mark.parametrize("exact", [True, False])
+@pytest.mark.parametrize("k", [1, 10, 33, 160, 700])
+def test_ivf_search_unsorted_holds_the_sorted_results(layout, exact, k):
+    """sorted=False (a re-rank's candidates): per query the same (value, id) pairs as sorted=True, in any
+    order; the -1 / inf padding past the probed codes included. Continuous data: few ties."""
+    g = torch.Generator().manual_seed(k)
+    M, K, d, nlist, Q, nprobe = 8, 16, 32, 9, 7, 4
+    q, cen = torch.randn(Q, d, generator=g), torch.randn(nlist, d, generator=g)
+    cb = torch.randn(M, K, d // M, generator=g)
+    sizes = torch.randint(0, 300, (nlist,), generator=g).tolist()
+    codes = [torch.randint(0, K, (n, M), generator=g, dtype=torch.uint8) for n in sizes]
+    ids = [torch.randperm(10**5, generator=g)[:n] for n in sizes]
+    stored = [ops.fastscan_pack(c).blocks for c in codes] if layout == "fastscan" else codes
+    lists = ops.InvertedLists(stored, ids, M, K, layout=layout)
+    probes = torch.stack([torch.randperm(nlist, generator=g)[:nprobe] for _ in range(Q)])
+    for n_threads in (1, 2):
+        with threads(n_threads), sqret.use_backend("cpu_native"):
+            want = ops.ivf_search(q, cen, cb, lists, None, probes, k, exact=exact)
+            got = ops.ivf_search(q, cen, cb, lists, None, probes, k, exact=exact, sorted=False)
+        for r in range(Q):
+            order = sorted(range(k), key=lambda j: (got[0][r, j].item(), got[1][r, j].item()))  # noqa: B023
+            assert torch.equal(got[0][r, order], want[0][r]) and torch.equal(got[1][r, order], want[1][r])
+    if k >= 160:  # unsorted somewhere: the order really is left alone
+        assert any(not torch.equal(got[1][r], want[1][r]) for r in range(Q))
+    with pytest.raises(TypeError, match="sorted"):
+        ops.ivf_search(q, cen, cb, lists, None, probes, k, sorted=1)
+
+
 @pytest.mark.parametrize("nbits", [4, 8])
 @pytest.mark.parametrize("metric", ["l2", "ip", "cos"])
 @pytest.mark.parametrize("Q,N,k", [(1, 3000, 10), (5, 777, 40), (3, 70, 100), (2, 0, 3), (0, 50, 5)])

@@ -87,7 +87,7 @@ void scan(const float* L, int64_t M, int64_t K, const uint8_t* codes, const int6
 void ivf_search(const float* queries, int64_t Q, int64_t d, const float* centroids, const float* codebooks,
                 int64_t M, int64_t K, const int64_t* list_codes, const int64_t* list_ids, const int64_t* list_sizes,
                 const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed, bool residual,
-                int nthreads, float* out_d, int64_t* out_i) {
+                int nthreads, float* out_d, int64_t* out_i, bool sorted) {
   if (Q < 0 || d < 1 || M < 1 || d % M || K < 1 || K > 256 || nprobe < 1 || k < 1 || (metric != 0 && metric != 1))
     throw std::invalid_argument("ivf_search: bad sizes or metric");
   const int64_t dsub = d / M;
@@ -127,7 +127,7 @@ void ivf_search(const float* queries, int64_t Q, int64_t d, const float* centroi
         scan(lut.data(), M, K, reinterpret_cast<const uint8_t*>(list_codes[l]),
              reinterpret_cast<const int64_t*>(list_ids[l]), list_sizes[l], base, sign, tk);
       }
-      tk.write_sorted(sign, out_d + q * k, out_i + q * k);
+      tk.write(sign, out_d + q * k, out_i + q * k, sorted);
     }
   }
 }

@@ -69,11 +69,12 @@ void adc_topk_fastscan(const float* lut, int64_t Q, int64_t M, const uint8_t* bl
 // IVF-PQ fast scan: 4-bit codes of each list in fast-scan blocks (list_blocks: addresses of [ceil(n_l/64), M, 32]
 // uint8), per (query, list) the LUT of the residual (as ivf_search: precomputed tables for l2 when given, ip
 // as <q, c_l> + LUT(q)) quantized once, the SIMD scan of the list's blocks, one top-k per query over all
-// probed lists (ties by smaller id). exact as adc_topk_fastscan.
+// probed lists (ties by smaller id). exact as adc_topk_fastscan. sorted = false: each query's k results in no
+// particular order (the candidates of a re-rank: the sort is spared).
 void ivf_fastscan(const float* queries, int64_t Q, int64_t d, const float* centroids, const float* codebooks,
                   int64_t M, const int64_t* list_blocks, const int64_t* list_ids, const int64_t* list_sizes,
                   const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed, bool residual,
-                  bool exact, int nthreads, float* out_d, int64_t* out_i);
+                  bool exact, int nthreads, float* out_d, int64_t* out_i, bool sorted = true);
 
 // Codebooks [M][K][d] transposed to [M][d][K] (vectorizable over the K codewords), and norms [M][K] if asked.
 struct Transposed {
@@ -96,7 +97,7 @@ void axpy_table(const float* pre, const float* qr, float alpha, int64_t n, float
 void ivf_search(const float* queries, int64_t Q, int64_t d, const float* centroids, const float* codebooks,
                 int64_t M, int64_t K, const int64_t* list_codes, const int64_t* list_ids, const int64_t* list_sizes,
                 const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed, bool residual,
-                int nthreads, float* out_d, int64_t* out_i);
+                int nthreads, float* out_d, int64_t* out_i, bool sorted = true);
 
 // Per row of dist [Q, n]: the positions of its k smallest values (ties by position), sorted: out [Q, k] int64.
 // (The coarse quantizer's probes: n centroid distances per query, k = nprobe.)

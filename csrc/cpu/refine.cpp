@@ -158,7 +158,7 @@ void refine_topk(const float* queries, int64_t Q, int64_t d, const void* rows, i
         const float dist = sign * dist_of(v, rows, d, r, vmin, scale, metric);
         if (tk.admits_any(dist)) tk.push(dist, label);
       }
-      tk.write_sorted(sign, out_d + q * k, out_i + q * k);
+      tk.write(sign, out_d + q * k, out_i + q * k);
     }
   }
 }

@@ -31,6 +31,14 @@ inline uint32_t ordered_bits(float d) {
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
+// The float of ordered_bits' key (inverse on every float but -0.0, which comes back as +0.0).
+inline float from_ordered_bits(uint32_t key) {
+  const uint32_t b = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
+  float d;
+  std::memcpy(&d, &b, sizeof d);
+  return d;
+}
+
 // The k best of cands by (d, id), exactly; sorted best first when `sorted`. Selection and sorting run on
 // 64-bit integer keys (distance bits << 32 | index), then runs of equal distance are ordered by id.
 inline void select_k(std::vector<Cand>& cands, int64_t k, bool sorted) {
@@ -125,11 +133,12 @@ class TopK {
     thr_ = std::numeric_limits<float>::infinity();
   }
 
-  // The k best, sorted by (distance, id), written as sign * distance and id, padded with sign * inf and -1.
-  // The held candidates (at most 2k + 16) are cut to the k best, then sorted: they are spent.
-  void write_sorted(float sign, float* out_d, int64_t* out_i) {
+  // The k best, sorted by (distance, id) (in no particular order when !sorted), written as sign * distance and
+  // id, padded with sign * inf and -1. The held candidates (at most 2k + 16) are cut to the k best, then sorted:
+  // they are spent.
+  void write(float sign, float* out_d, int64_t* out_i, bool sorted = true) {
     if (static_cast<int64_t>(n_) > k_) shrink(true);
-    std::sort(buf_.begin(), buf_.begin() + n_, Better{});
+    if (sorted) std::sort(buf_.begin(), buf_.begin() + n_, Better{});
     const int64_t n = static_cast<int64_t>(n_);
     for (int64_t r = 0; r < k_; ++r) {
       out_d[r] = r < n ? sign * buf_[r].d : sign * std::numeric_limits<float>::infinity();
@@ -176,7 +185,28 @@ class TopK {
   // (vectorized) instead of comparing candidates: any T with k to k + (cap - k) / 2 keys <= T will do. Where ties at
   // the k-th distance hold more than that (or `exact`), T is the k-th key itself: below T are kept, and of T the
   // smallest ids.
-  __attribute__((noinline)) void shrink(bool exact = false) {
+  // (The same integer steps compiled twice: with AVX2 the counting and the maximum run 8 keys an instruction.)
+  void shrink(bool exact = false) {
+    static const bool avx2 = __builtin_cpu_supports("avx2");
+    if (avx2) shrink_avx2(exact);
+    else shrink_any(exact);
+  }
+  __attribute__((noinline, target("avx2"))) void shrink_avx2(bool exact) { shrink_body(exact); }
+  __attribute__((noinline)) void shrink_any(bool exact) { shrink_body(exact); }
+
+  // How many of keys[0, n) are <= t (32-bit counters within chunks: they vectorize twice as wide).
+  __attribute__((always_inline)) static inline size_t count_le(const uint32_t* keys, size_t n, uint32_t t) {
+    size_t c = 0;
+    for (size_t i0 = 0; i0 < n; i0 += size_t{1} << 30) {
+      const size_t i1 = std::min(n, i0 + (size_t{1} << 30));
+      uint32_t part = 0;
+      for (size_t i = i0; i < i1; ++i) part += keys[i] <= t;
+      c += part;
+    }
+    return c;
+  }
+
+  __attribute__((always_inline)) inline void shrink_body(bool exact) {
     const size_t n = n_, k = static_cast<size_t>(k_);
     // small k: the exact k-th (a looser threshold lets more candidates into the exact re-rank than it saves)
     const size_t most = exact || k_ <= kHeapMax ? k : k + static_cast<size_t>(cap_ - k_) / 2;
@@ -191,23 +221,21 @@ class TopK {
     size_t at_hi = n;  // keys <= hi; invariant: fewer than k keys below lo, at least k keys <= hi
     while (lo < hi && at_hi > most) {
       const uint32_t mid = lo + (hi - lo) / 2;
-      size_t c = 0;
-      for (size_t i = 0; i < n; ++i) c += keys[i] <= mid;
+      const size_t c = count_le(keys, n, mid);
       if (c >= k) hi = mid, at_hi = c;
       else lo = mid + 1;
     }
     Cand* const first = buf_.data();
     if (at_hi <= most) {  // keep keys <= hi, in place (branchless)
+      uint32_t top = 0;  // the largest kept key: a reduction of its own (in the copy loop, its chain bounds it)
+      for (size_t i = 0; i < n; ++i) top = std::max(top, keys[i] <= hi ? keys[i] : 0u);
       size_t w = 0;
-      float top = -std::numeric_limits<float>::infinity();
       for (size_t i = 0; i < n; ++i) {
-        const bool keep = keys[i] <= hi;
         first[w] = first[i];
-        top = keep && first[i].d > top ? first[i].d : top;
-        w += keep;
+        w += keys[i] <= hi;
       }
       n_ = w;
-      thr_ = top;
+      thr_ = from_ordered_bits(top);
     } else {  // hi is the k-th key: below it, then of it the smallest ids
       const uint32_t T = hi;
       Cand* const below = std::partition(first, first + n, [T](const Cand& c) { return ordered_bits(c.d) < T; });

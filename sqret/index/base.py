@@ -180,7 +180,8 @@ class Index:
     """What every index kind shares: one immutable state (``self._state``) that a search reads once, mutations
     that compute the next state under ``self._lock`` and publish it whole (``_set_state``), persistence.
 
-    A kind implements the pure state functions: ``_count(s)``, ``_search_in(s, q, k, **params)``,
+    A kind implements the pure state functions: ``_count(s)``, ``_search_in(s, q, k, **params)`` (and may
+    override ``_candidates``),
     ``_add_to(s, x, ids)`` (x float32 [n, d], finite; ids int64 [n] or None: ntotal, ntotal + 1, ...),
     ``_remove_from(s, ids) -> (s, removed)``, ``_emptied(s)``, ``_trained(s)``, ``_train(x, ...) -> s`` and,
     for files, ``_meta(s)``, ``_write(s, w, prefix, progress)``, ``_schema(f, meta, prefix)`` and
@@ -210,6 +211,11 @@ class Index:
 
     def _set_state(self, s) -> None:
         self._state = s
+
+    def _candidates(self, s, q: torch.Tensor, k: int, **params) -> torch.Tensor:
+        """The ids [Q, k] of the k best of each query in no particular order (-1 past ntotal): the input of a
+        re-rank, which spares the sort where a kind can."""
+        return self._search_in(s, q, k, **params)[1]
 
     # ------------------------------------------------------------------ public
 

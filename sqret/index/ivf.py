@@ -133,8 +133,8 @@ class IVFPQIndex(Index):
     def _emptied(self, s: _State) -> _State:
         return _State(s.centroids, s.codebooks, self._empty_lists(), None, s.cache)
 
-    def _search_in(self, s: _State, q: torch.Tensor, k: int, *, nprobe: int = 1, exact: bool | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _search_in(self, s: _State, q: torch.Tensor, k: int, *, nprobe: int = 1, exact: bool | None = None,
+                   sorted: bool = True) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: A002 (torch.topk's name)
         exact = self.exact if exact is None else check_flag(exact, "exact")
         nprobe = check_nprobe(nprobe, self.nlist)
         device = q.device if q.device.type != "cpu" else self.device
@@ -147,10 +147,14 @@ class IVFPQIndex(Index):
                                      (s.centroids * s.centroids).sum(1).to(device))
             probes = ops.coarse_probe(q, on[0], nprobe, self.metric, centroid_norms=on[2])
             return ops.ivf_search(q, on[0], on[1], s.lists, None, probes, k, self.metric, exact=exact,
-                                  by_residual=self.by_residual)
+                                  by_residual=self.by_residual, sorted=sorted)
         probes = _probe(s, q, nprobe, self.metric)
         return ops.ivf_search(q, s.centroids, s.codebooks, s.lists, None, probes, k, self.metric,
-                              precomputed=self._precomputed(s), exact=exact, by_residual=self.by_residual)
+                              precomputed=self._precomputed(s), exact=exact, by_residual=self.by_residual,
+                              sorted=sorted)
+
+    def _candidates(self, s: _State, q: torch.Tensor, k: int, **params) -> torch.Tensor:
+        return self._search_in(s, q, k, **params, sorted=False)[1]
 
     def _stored(self, codes: torch.Tensor) -> torch.Tensor:
         """A list's codes [n, M] as this index stores them (fast-scan blocks when fast_scan)."""

@@ -125,7 +125,7 @@ class RefineIndex(Index):
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         kf = self.k_factor if k_factor is None else check_k_factor(k_factor)
         kc = max(k, math.ceil(k * kf))
-        _, rows = self.base._search_in(s.base, q, kc, **base_params)
+        rows = self.base._candidates(s.base, q, kc, **base_params)
         return ops.refine_topk(q, _tensor(s.rows), rows, k, self.metric, labels=_tensor(s.labels), sq8=s.sq8)
 
     def search(self, queries, k: int, *, k_factor: float | None = None, **base_params

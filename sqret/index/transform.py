@@ -168,6 +168,9 @@ class PreTransformIndex(Index):
     def _search_in(self, s: _State, q: torch.Tensor, k: int, **params) -> tuple[torch.Tensor, torch.Tensor]:
         return self.base._search_in(s.base, s.transform.apply(q), k, **params)
 
+    def _candidates(self, s: _State, q: torch.Tensor, k: int, **params) -> torch.Tensor:
+        return self.base._candidates(s.base, s.transform.apply(q), k, **params)
+
     def _tune(self, x: torch.Tensor, options: dict) -> dict:
         s = self._state
         if "queries" in options and options["queries"] is not None:

@@ -186,7 +186,7 @@ def smallest_k_rows(dist: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def ivf_search(queries, centroids, codebooks, lists, probes, k: int, metric: str, precomputed=None, exact=True,
-               by_residual=True):
+               by_residual=True, sorted=True):  # noqa: A002 (torch.topk's name)
     """lists: an ops.InvertedLists, which holds the arrays whose addresses it lists (alive through the call)."""
     M, K, _ = codebooks.shape
     pre = _f32(precomputed) if precomputed is not None and metric == "l2" else None
@@ -199,12 +199,11 @@ def ivf_search(queries, centroids, codebooks, lists, probes, k: int, metric: str
         return v, i
     args = (c_addr.data_ptr(), i_addr.data_ptr(), sizes.data_ptr(), pr.data_ptr(), pr.shape[1], k,
             0 if metric == "l2" else 1, pre.data_ptr() if pre is not None else 0, by_residual)
+    out = (v.data_ptr(), i.data_ptr(), sorted)
     if lists.layout == "fastscan":
-        _cpu.ivf_fastscan(q.data_ptr(), Q, d, cen.data_ptr(), cb.data_ptr(), M, *args, exact, _threads(), v.data_ptr(),
-                          i.data_ptr())
+        _cpu.ivf_fastscan(q.data_ptr(), Q, d, cen.data_ptr(), cb.data_ptr(), M, *args, exact, _threads(), *out)
     else:
-        _cpu.ivf_search(q.data_ptr(), Q, d, cen.data_ptr(), cb.data_ptr(), M, K, *args, _threads(), v.data_ptr(),
-                        i.data_ptr())
+        _cpu.ivf_search(q.data_ptr(), Q, d, cen.data_ptr(), cb.data_ptr(), M, K, *args, _threads(), *out)
     return v, i
 
 

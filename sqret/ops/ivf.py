@@ -200,8 +200,11 @@ def ivf_search(
     precomputed: Tensor | None = None,
     exact: bool = True,
     by_residual: bool = True,
+    sorted: bool = True,  # noqa: A002 (torch.topk's name)
 ) -> tuple[Tensor, Tensor]:
-    """IVF-PQ search over inverted lists: (values [Q, k], ids [Q, k]) best first, ties by smaller id.
+    """IVF-PQ search over inverted lists: (values [Q, k], ids [Q, k]) best first, ties by smaller id (with
+    ``sorted=False``, as torch.topk's, the same k results of each query in no particular order: candidates
+    for a re-rank, the sort spared).
 
     queries [Q, d], centroids [nlist, d], codebooks [M, K, d/M] of residuals; ``codes`` an
     :class:`InvertedLists` (``ids`` None), or one codes array [n_l, M] uint8 per list with ``ids`` one int64
@@ -244,7 +247,7 @@ def ivf_search(
             raise ValueError(f"precomputed must be [nlist, M, K] = {[nlist, M, K]}, got {list(precomputed.shape)}")
     k = checks.topk_k(k)
     checks.metric(metric, ("l2", "ip"))
-    for name, flag in (("exact", exact), ("by_residual", by_residual)):
+    for name, flag in (("exact", exact), ("by_residual", by_residual), ("sorted", sorted)):
         if type(flag) is not bool:
             raise TypeError(f"{name} must be True or False, got {flag!r}")
     if precomputed is not None and not by_residual:
@@ -252,7 +255,7 @@ def ivf_search(
     checks.same_device(("queries", queries), ("centroids", centroids), ("codebooks", codebooks),
                        ("probes", probes))
     return registry.run("ivf_search", registry.device_type(queries), queries, centroids, codebooks, lists, probes, k,
-                        metric, precomputed, exact, by_residual)
+                        metric, precomputed, exact, by_residual, sorted)
 
 
 def _within(t: Tensor, lo: int, hi: int) -> bool:

@@ -481,7 +481,7 @@ def smallest_k_rows(dist: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def ivf_search(queries, centroids, codebooks, lists, probes, k: int, metric: str, precomputed=None, exact=True,
-               by_residual=True):
+               by_residual=True, sorted=True):  # noqa: A002 (torch.topk's name); the results are always sorted
     """IVF-PQ search: (values [Q, k], ids [Q, k]) over the lists in probes [Q, nprobe] (-1: none).
 
     l2 scores the LUT of the residual q - c_l; ip scores <q, c_l> + LUT(q). Ties by smaller id.

@@ -81,7 +81,7 @@ _TABLE_BYTES = 256 << 20  # residual tables per query chunk of the IVF scan
 
 
 def ivf_search(queries, centroids, codebooks, lists, probes, k: int, metric: str, precomputed=None, exact=True,
-               by_residual=True):
+               by_residual=True, sorted=True):  # noqa: A002 (torch.topk's name); the results are always sorted
     """IVF-PQ search on the device of the queries: the lists copied there once (``lists.device_copy``), the
     tables built by the LUT kernel (residual tables per (query, list) for l2 by residual, one per query
     otherwise), the probed lists scanned by ``sqret_kernels.ivf``. Scores are always exact float sums (the
