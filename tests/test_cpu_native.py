@@ -221,6 +221,22 @@ def test_ivf_search_equals_reference(metric, M, K, k):
     assert (got[1] >= 0).sum() > 0
 
 
+@pytest.mark.parametrize("level", LEVELS)
+def test_smallest_k_rows_equals_a_stable_sort(level):
+    """The coarse probe's selection (8 values a compare where SIMD): positions of the k smallest of each row,
+    sorted, ties by position, as a stable sort; odd row lengths (the 8-wide tail), k up to n, heavy ties."""
+    g = torch.Generator().manual_seed(7)
+    for n in (1, 5, 8, 9, 31, 200, 1001):
+        for k in sorted({1, 2, 3, 10, n // 2 + 1, n} - {0}):
+            if k > n:
+                continue
+            for dist in (torch.randn(13, n, generator=g), torch.randint(0, 4, (13, n), generator=g).float()):
+                want = torch.sort(dist, dim=1, stable=True).indices[:, :k]
+                with simd(level), sqret.use_backend("cpu_native"):
+                    got = ops.registry.run("smallest_k_rows", "cpu", dist.contiguous(), k)
+                assert torch.equal(got, want), (n, k)
+
+
 @pytest.mark.parametrize("layout", ["codes", "fastscan"])
 @pytest.mark.parametrize("exact", [True, False])
 @pytest.mark.parametrize("k", [1, 10, 33, 160, 700])

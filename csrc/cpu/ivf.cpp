@@ -1,8 +1,10 @@
 // IVF-PQ search in one call: parallel over queries; each query builds the LUT of every probed list and
 // scans that list's codes where they lie (tensors or memory-mapped files), keeping one reservoir top-k.
+#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
+#include <limits>
 #include <stdexcept>
 #include <vector>
 
@@ -132,27 +134,55 @@ void ivf_search(const float* queries, int64_t Q, int64_t d, const float* centroi
   }
 }
 
+namespace {
+
+// The k best of row [n] into the sorted buffer bv / bi (held of them so far): insertion behind one predictable
+// test against the k-th (positions ascend, so an equal value never displaces an earlier one: ties by position).
+inline void insert_best(float v, int64_t j, int64_t k, float* bv, int64_t* bi, int64_t& held, float& thr) {
+  if (held == k && !(v < thr)) return;
+  int64_t at = held < k ? held++ : k - 1;
+  while (at > 0 && v < bv[at - 1]) {
+    bv[at] = bv[at - 1], bi[at] = bi[at - 1];
+    --at;
+  }
+  bv[at] = v, bi[at] = j;
+  if (held == k) thr = bv[k - 1];
+}
+
+// The same offers, 8 values at a time tested against the k-th in one compare: only those below it (or all,
+// while fewer than k are held) are offered, in ascending position, so the result is the scalar loop's.
+__attribute__((target("avx2,bmi"))) void smallest_k_avx2(const float* row, int64_t n, int64_t k, float* bv,
+                                                          int64_t* bi) {
+  int64_t held = 0, j = 0;
+  float thr = std::numeric_limits<float>::infinity();
+  for (; j + 8 <= n; j += 8) {
+    unsigned mask = held < k ? 0xffu
+                             : static_cast<unsigned>(_mm256_movemask_ps(
+                                   _mm256_cmp_ps(_mm256_loadu_ps(row + j), _mm256_set1_ps(thr), _CMP_LT_OQ)));
+    for (; mask; mask = _blsr_u32(mask)) {
+      const int64_t at = j + static_cast<int64_t>(__builtin_ctz(mask));
+      insert_best(row[at], at, k, bv, bi, held, thr);
+    }
+  }
+  for (; j < n; ++j) insert_best(row[j], j, k, bv, bi, held, thr);
+}
+
+}  // namespace
+
 void smallest_k_rows(const float* dist, int64_t Q, int64_t n, int64_t k, int64_t* out, int nthreads) {
   if (Q < 0 || n < 0 || k < 1 || k > n) throw std::invalid_argument("smallest_k_rows: bad sizes");
+  const bool simd = active_simd() != Simd::scalar;
   for_tasks(team(nthreads, Q / 64 + 1), Q, [&](int64_t q) {
-    // insertion into a sorted buffer of the k best, behind one predictable test against the k-th (positions
-    // ascend, so an equal value never displaces an earlier one: ties by position)
     const float* row = dist + q * n;
     thread_local std::vector<float> bv;
     thread_local std::vector<int64_t> bi;
     bv.resize(static_cast<size_t>(k)), bi.resize(static_cast<size_t>(k));
-    int64_t held = 0;
-    float thr = std::numeric_limits<float>::infinity();
-    for (int64_t j = 0; j < n; ++j) {
-      const float v = row[j];
-      if (held == k && !(v < thr)) continue;
-      int64_t at = held < k ? held++ : k - 1;
-      while (at > 0 && v < bv[at - 1]) {
-        bv[at] = bv[at - 1], bi[at] = bi[at - 1];
-        --at;
-      }
-      bv[at] = v, bi[at] = j;
-      if (held == k) thr = bv[k - 1];
+    if (simd) {
+      smallest_k_avx2(row, n, k, bv.data(), bi.data());
+    } else {
+      int64_t held = 0;
+      float thr = std::numeric_limits<float>::infinity();
+      for (int64_t j = 0; j < n; ++j) insert_best(row[j], j, k, bv.data(), bi.data(), held, thr);
     }
     std::copy(bi.begin(), bi.begin() + k, out + q * k);
   });
