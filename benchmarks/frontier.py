@@ -30,7 +30,7 @@ import frontier_data  # noqa: E402
 
 RESULTS = HERE / "results" / "frontier.json"
 NPROBES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
-K_FACTORS = (1, 2, 4, 8, 16)
+K_FACTORS = (1, 2, 4, 8, 16, 32, 64)
 
 
 def recall10(found: np.ndarray, gt: np.ndarray) -> float:
@@ -167,7 +167,7 @@ def scann_points(base, queries, gt, nlist_list, shapes, threads):
                     num_leaves=nlist, num_leaves_to_search=1, training_sample_size=n)
                 builder = builder.score_ah(dims_per_block, anisotropic_quantization_threshold=0.2)
                 if reorder:
-                    builder = builder.reorder(256)
+                    builder = builder.reorder(640)
                 t0 = time.perf_counter()
                 searcher = builder.build()
                 build = time.perf_counter() - t0
@@ -175,7 +175,7 @@ def scann_points(base, queries, gt, nlist_list, shapes, threads):
                 search = searcher.search_batched_parallel if threads > 1 else searcher.search_batched
                 config = f"tree{nlist},AH{dims_per_block}" + (",reorder" if reorder else "")
                 grid = [{"nprobe": p, **({"reorder": r} if r else {})} for p in NPROBES if p <= nlist
-                        for r in ((10, 20, 40, 80, 160, 256) if reorder else (None,))]
+                        for r in ((10, 20, 40, 80, 160, 320, 640) if reorder else (None,))]
 
                 def run(kw, search=search, config=config, build=build, dims_per_block=dims_per_block, reorder=reorder):
                     args = {"leaves_to_search": kw["nprobe"]}
