@@ -237,6 +237,32 @@ def test_smallest_k_rows_equals_a_stable_sort(level):
                 assert torch.equal(got, want), (n, k)
 
 
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_coarse_probe_equals_float64_and_every_simd_level(metric):
+    """The native coarse probe (its own distances: 4 queries a centroid load, masked tails) picks the lists a
+    float64 computation picks, nearest first, on continuous data (no near ties), for block and tail sizes that
+    are not multiples of 4 / 16 / 32; every SIMD level gives the same probes; integer data with exact ties breaks
+    them by the smaller list number, as the reference."""
+    g = torch.Generator().manual_seed(3)
+    for Q, d, nlist, nprobe in [(1, 3, 1, 1), (5, 17, 33, 4), (9, 128, 200, 2), (13, 64, 47, 47), (4, 8, 16, 16),
+                                (0, 8, 5, 2)]:
+        q, c = torch.randn(Q, d, generator=g), torch.randn(nlist, d, generator=g)
+        q64, c64 = q.double(), c.double()
+        dist = ((q64[:, None] - c64[None]) ** 2).sum(-1) if metric == "l2" else -(q64 @ c64.T)
+        truth = torch.sort(dist, dim=1, stable=True).indices[:, :nprobe]
+        runs = []
+        for level in LEVELS:
+            with simd(level), sqret.use_backend("cpu_native"):
+                runs.append(ops.coarse_probe(q, c, nprobe, metric))
+        assert all(torch.equal(r, truth) for r in runs), (Q, d, nlist, nprobe)
+        qi = torch.randint(-2, 3, (Q, d), generator=g).float()
+        ci = torch.randint(-2, 3, (nlist, d), generator=g).float()
+        got, want = both(lambda: ops.coarse_probe(qi, ci, nprobe, metric))  # noqa: B023
+        assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="centroids_t"):
+        ops.coarse_probe(q, c, 1, metric, centroids_t=c.contiguous())
+
+
 @pytest.mark.parametrize("layout", ["codes", "fastscan"])
 @pytest.mark.parametrize("exact", [True, False])
 @pytest.mark.parametrize("k", [1, 10, 33, 160, 700])

@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <stdexcept>
 #include <vector>
@@ -167,6 +168,94 @@ __attribute__((target("avx2,bmi"))) void smallest_k_avx2(const float* row, int64
   for (; j < n; ++j) insert_best(row[j], j, k, bv, bi, held, thr);
 }
 
+// Coarse distances of nb blocks of NQ queries (rows x[b * NQ + i], each [d]) to every centroid, from the
+// centroids transposed (ct [d][nlist]): out [nb * NQ][nlist] = norms[c] - 2 <x, c> (l2: ||x - c||^2 less
+// ||x||^2) or -<x, c> (ip). Per (query, centroid) one fused multiply-add per dimension in dimension order,
+// whatever the SIMD level or the block: the same distances (and probes) everywhere. A chunk of 32 (16)
+// centroids' columns stays in L1 across the blocks.
+template <int NQ>
+__attribute__((target("avx512f"))) void coarse_block_avx512(const float* const* xs, int nb, int64_t d,
+                                                            const float* ct, const float* norms, int64_t nlist,
+                                                            int metric, float* outs) {
+  for (int64_t c0 = 0; c0 < nlist; c0 += 32) {
+    const int64_t left = nlist - c0;
+    const __mmask16 m0 = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
+    const __mmask16 m1 = left >= 32 ? 0xffff : left <= 16 ? 0 : static_cast<__mmask16>((1u << (left - 16)) - 1);
+    for (int blk = 0; blk < nb; ++blk) {
+    const float* const* x = xs + blk * NQ;
+    float* out = outs + blk * NQ * nlist;
+    __m512 acc[NQ][2];
+    for (int i = 0; i < NQ; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < d; ++j) {
+      const float* row = ct + j * nlist + c0;
+      const __m512 a = _mm512_maskz_loadu_ps(m0, row), b = _mm512_maskz_loadu_ps(m1, row + 16);
+      for (int i = 0; i < NQ; ++i) {
+        const __m512 v = _mm512_set1_ps(x[i][j]);
+        acc[i][0] = _mm512_fmadd_ps(v, a, acc[i][0]);
+        acc[i][1] = _mm512_fmadd_ps(v, b, acc[i][1]);
+      }
+    }
+    const __m512 zero = _mm512_setzero_ps(), two = _mm512_set1_ps(metric == 0 ? 2.f : 1.f);
+    const __m512 n0 = metric == 0 ? _mm512_maskz_loadu_ps(m0, norms + c0) : zero;  // ip: 0 - <x, c>
+    const __m512 n1 = metric == 0 ? _mm512_maskz_loadu_ps(m1, norms + c0 + 16) : zero;
+    for (int i = 0; i < NQ; ++i) {
+      const __m512 d0 = _mm512_sub_ps(n0, _mm512_mul_ps(two, acc[i][0]));
+      const __m512 d1 = _mm512_sub_ps(n1, _mm512_mul_ps(two, acc[i][1]));
+      _mm512_mask_storeu_ps(out + i * nlist + c0, m0, d0);
+      _mm512_mask_storeu_ps(out + i * nlist + c0 + 16, m1, d1);
+    }
+    }
+  }
+}
+
+template <int NQ>
+__attribute__((target("avx2,fma"))) void coarse_block_avx2(const float* const* xs, int nb, int64_t d,
+                                                           const float* ct, const float* norms, int64_t nlist,
+                                                           int metric, float* outs) {
+  alignas(32) float tail[NQ][16];
+  for (int64_t c0 = 0; c0 < nlist; c0 += 16) {
+    const int64_t left = std::min<int64_t>(16, nlist - c0);
+    __m256i m0, m1;
+    {
+      alignas(32) int32_t lanes[16];
+      for (int i = 0; i < 16; ++i) lanes[i] = i < left ? -1 : 0;
+      m0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes));
+      m1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes + 8));
+    }
+    for (int blk = 0; blk < nb; ++blk) {
+    const float* const* x = xs + blk * NQ;
+    float* out = outs + blk * NQ * nlist;
+    __m256 acc[NQ][2];
+    for (int i = 0; i < NQ; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < d; ++j) {
+      const float* row = ct + j * nlist + c0;
+      const __m256 a = _mm256_maskload_ps(row, m0), b = _mm256_maskload_ps(row + 8, m1);
+      for (int i = 0; i < NQ; ++i) {
+        const __m256 v = _mm256_set1_ps(x[i][j]);
+        acc[i][0] = _mm256_fmadd_ps(v, a, acc[i][0]);
+        acc[i][1] = _mm256_fmadd_ps(v, b, acc[i][1]);
+      }
+    }
+    for (int i = 0; i < NQ; ++i) {
+      _mm256_store_ps(tail[i], acc[i][0]);
+      _mm256_store_ps(tail[i] + 8, acc[i][1]);
+      for (int64_t c = 0; c < left; ++c)
+        out[i * nlist + c0 + c] = metric == 0 ? norms[c0 + c] - 2.f * tail[i][c] : 0.f - tail[i][c];
+    }
+    }
+  }
+}
+
+void coarse_block_scalar(const float* const* x, int nq, int64_t d, const float* ct, const float* norms,
+                         int64_t nlist, int metric, float* out) {
+  for (int i = 0; i < nq; ++i)
+    for (int64_t c = 0; c < nlist; ++c) {
+      float acc = 0.f;
+      for (int64_t j = 0; j < d; ++j) acc = std::fma(x[i][j], ct[j * nlist + c], acc);
+      out[i * nlist + c] = metric == 0 ? norms[c] - 2.f * acc : 0.f - acc;
+    }
+}
+
 }  // namespace
 
 void smallest_k_rows(const float* dist, int64_t Q, int64_t n, int64_t k, int64_t* out, int nthreads) {
@@ -185,6 +274,42 @@ void smallest_k_rows(const float* dist, int64_t Q, int64_t n, int64_t k, int64_t
       for (int64_t j = 0; j < n; ++j) insert_best(row[j], j, k, bv.data(), bi.data(), held, thr);
     }
     std::copy(bi.begin(), bi.begin() + k, out + q * k);
+  });
+}
+
+void coarse_probe(const float* x, int64_t Q, int64_t d, const float* ct, const float* norms, int64_t nlist,
+                  int64_t nprobe, int metric, int nthreads, int64_t* out) {
+  if (Q < 0 || d < 1 || nlist < 1 || nprobe < 1 || nprobe > nlist || (metric != 0 && metric != 1) ||
+      (metric == 0 && !norms))
+    throw std::invalid_argument("coarse_probe: bad sizes or metric");
+  // a task: 16 queries; AVX-512 runs them as 2 blocks of 8 (a centroid load serves 8: 16 accumulators of its
+  // 32), AVX2 as 4 blocks of 4 (8 of its 16 registers)
+  constexpr int kTask = 16;
+  const Simd simd = active_simd();
+  const int64_t tasks = (Q + kTask - 1) / kTask;
+  for_tasks(team(nthreads, tasks), tasks, [&](int64_t t) {
+    const int64_t q0 = t * kTask;
+    const int nq = static_cast<int>(std::min<int64_t>(kTask, Q - q0));
+    thread_local std::vector<float> dist, bv;
+    thread_local std::vector<int64_t> bi;
+    dist.resize(static_cast<size_t>(kTask * nlist)), bv.resize(static_cast<size_t>(nprobe));
+    bi.resize(static_cast<size_t>(nprobe));
+    const float* rows[kTask];
+    for (int i = 0; i < kTask; ++i) rows[i] = x + (q0 + std::min(i, nq - 1)) * d;  // a short task repeats its last
+    if (simd == Simd::avx512) coarse_block_avx512<8>(rows, (nq + 7) / 8, d, ct, norms, nlist, metric, dist.data());
+    else if (simd == Simd::avx2) coarse_block_avx2<4>(rows, (nq + 3) / 4, d, ct, norms, nlist, metric, dist.data());
+    else coarse_block_scalar(rows, nq, d, ct, norms, nlist, metric, dist.data());
+    for (int i = 0; i < nq; ++i) {
+      const float* row = dist.data() + i * nlist;
+      if (simd != Simd::scalar) {
+        smallest_k_avx2(row, nlist, nprobe, bv.data(), bi.data());
+      } else {
+        int64_t held = 0;
+        float thr = std::numeric_limits<float>::infinity();
+        for (int64_t j = 0; j < nlist; ++j) insert_best(row[j], j, nprobe, bv.data(), bi.data(), held, thr);
+      }
+      std::copy(bi.begin(), bi.begin() + nprobe, out + (q0 + i) * nprobe);
+    }
   });
 }
 

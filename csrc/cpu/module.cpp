@@ -170,6 +170,16 @@ PYBIND11_MODULE(_cpu, m) {
       },
       "re-rank candidate rows [Q, kc] by exact distances to stored vectors (float32 / float16 / sq8)");
   m.def(
+      "coarse_probe",
+      [](uintptr_t x, int64_t Q, int64_t d, uintptr_t ct, uintptr_t norms, int64_t nlist, int64_t nprobe, int metric,
+         int nthreads, uintptr_t out) {
+        py::gil_scoped_release release;
+        coarse_probe(ptr<const float>(x), Q, d, ptr<const float>(ct), reinterpret_cast<const float*>(norms), nlist,
+                     nprobe, metric, nthreads, ptr<int64_t>(out));
+      },
+      "the nprobe nearest centroids of x [Q, d] from ct [d, nlist] and norms [nlist] (l2; 0 for ip) float32 -> "
+      "out [Q, nprobe]");
+  m.def(
       "smallest_k_rows",
       [](uintptr_t dist, int64_t Q, int64_t n, int64_t k, uintptr_t out, int nthreads) {
         py::gil_scoped_release release;

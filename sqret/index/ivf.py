@@ -366,7 +366,9 @@ def _assign(x: torch.Tensor, centroids: torch.Tensor, metric: str) -> torch.Tens
 
 
 def _probe(s: _State, q: torch.Tensor, nprobe: int, metric: str) -> torch.Tensor:
-    cnorm = s.cache.get("cnorm")
+    cnorm, ct = s.cache.get("cnorm"), s.cache.get("centroids_t")
     if cnorm is None:
         cnorm = s.cache["cnorm"] = (s.centroids * s.centroids).sum(1)
-    return ops.coarse_probe(q, s.centroids, nprobe, metric, centroid_norms=cnorm)
+    if ct is None:
+        ct = s.cache["centroids_t"] = s.centroids.to(torch.float32).T.contiguous()
+    return ops.coarse_probe(q, s.centroids, nprobe, metric, centroid_norms=cnorm, centroids_t=ct)

@@ -64,6 +64,7 @@ register(
             "adc_topk_fastscan",
             "ivf_search",
             "smallest_k_rows",
+            "coarse_probe",
             "refine_topk",
             "pq_search",
         )

@@ -185,6 +185,21 @@ def smallest_k_rows(dist: torch.Tensor, k: int) -> torch.Tensor:
     return out
 
 
+def coarse_probe(queries, centroids, nprobe: int, metric: str, centroid_norms=None, centroids_t=None):
+    """float32 CPU queries and centroids (float64 declined: the reference's)."""
+    q, cen = _f32(queries), _f32(centroids)
+    ct = centroids_t if centroids_t is not None else cen.T.contiguous()
+    norms = None
+    if metric == "l2":
+        norms = _f32(centroid_norms) if centroid_norms is not None else (cen * cen).sum(1)
+    Q, d = q.shape
+    out = torch.from_numpy(np.empty((Q, nprobe), np.int64))
+    if Q:
+        _cpu.coarse_probe(q.data_ptr(), Q, d, ct.data_ptr(), norms.data_ptr() if norms is not None else 0,
+                          cen.shape[0], nprobe, 0 if metric == "l2" else 1, _threads(), out.data_ptr())
+    return out
+
+
 def ivf_search(queries, centroids, codebooks, lists, probes, k: int, metric: str, precomputed=None, exact=True,
                by_residual=True, sorted=True):  # noqa: A002 (torch.topk's name)
     """lists: an ops.InvertedLists, which holds the arrays whose addresses it lists (alive through the call)."""
@@ -219,6 +234,7 @@ if _cpu is not None:
             "encode": Impl(encode, _encode_accepts),
             "ivf_search": Impl(ivf_search, lambda q, cen, cb, *_: declines_float64(q, cen, cb)),
             "smallest_k_rows": smallest_k_rows,
+            "coarse_probe": Impl(coarse_probe, lambda q, cen, *_: declines_float64(q, cen)),
             "refine_topk": Impl(refine_topk, _refine_accepts),
             "pq_search": Impl(pq_search, _pq_search_accepts),
         },

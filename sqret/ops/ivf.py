@@ -264,10 +264,13 @@ def _within(t: Tensor, lo: int, hi: int) -> bool:
 
 
 def coarse_probe(queries: Tensor, centroids: Tensor, nprobe: int, metric: str = "l2", *,
-                 centroid_norms: Tensor | None = None) -> Tensor:
+                 centroid_norms: Tensor | None = None, centroids_t: Tensor | None = None) -> Tensor:
     """The nprobe lists nearest each query [Q, d] (l2: smallest ||q - c||, ip: largest <q, c>), nearest first,
-    ties by the smaller list number -> int64 [Q, nprobe]. ``centroid_norms`` [nlist] (||c||^2, l2) may be
-    cached by the caller."""
+    ties by the smaller list number -> int64 [Q, nprobe]. ``centroid_norms`` [nlist] (||c||^2, l2) and
+    ``centroids_t`` (``centroids.T.contiguous()`` in float32, the native backend's layout) may be cached by the
+    caller. The native CPU backend computes the distances itself (one fused multiply-add per dimension in
+    dimension order, 4 queries a centroid load, parallel over queries), so its probes can differ from the
+    reference's GEMM where two lists are within rounding of each other."""
     checks.tensor(centroids, "centroids", 2, checks.FLOATS)
     checks.tensor(queries, "queries", 2, checks.FLOATS)
     if queries.shape[1] != centroids.shape[1]:
@@ -276,15 +279,12 @@ def coarse_probe(queries: Tensor, centroids: Tensor, nprobe: int, metric: str = 
     if nprobe > centroids.shape[0]:
         raise ValueError(f"nprobe = {nprobe} is more than the {centroids.shape[0]} lists")
     checks.metric(metric, ("l2", "ip"))
-    q = queries if queries.dtype == centroids.dtype else queries.to(centroids.dtype)
-    if metric == "ip":  # one GEMM
-        dist = torch.mm(q, centroids.T).neg_()
-    else:  # ||c||^2 - 2 q.c ranks as ||q - c||^2 (||q||^2 is common to a row)
-        norms = centroid_norms if centroid_norms is not None else (centroids * centroids).sum(1)
-        dist = torch.addmm(norms, q, centroids.T, alpha=-2)
-    if dist.dtype != torch.float32:
-        dist = dist.to(torch.float32)
-    return registry.run("smallest_k_rows", registry.device_type(queries), dist.contiguous(), nprobe)
+    if centroids_t is not None and (tuple(centroids_t.shape) != (centroids.shape[1], centroids.shape[0])
+                                    or centroids_t.dtype != torch.float32 or not centroids_t.is_contiguous()):
+        raise ValueError(f"centroids_t must be centroids.T as contiguous float32 [{centroids.shape[1]}, "
+                         f"{centroids.shape[0]}], got {centroids_t.dtype} {tuple(centroids_t.shape)}")
+    return registry.run("coarse_probe", registry.device_type(queries), queries, centroids, nprobe, metric,
+                        centroid_norms, centroids_t)
 
 
 def ivf_precomputed_table(centroids: Tensor, codebooks: Tensor) -> Tensor:

@@ -475,6 +475,23 @@ def refine_topk(queries, vectors, candidates, k: int, metric: str, labels=None, 
     return v, i
 
 
+def coarse_probe(queries: torch.Tensor, centroids: torch.Tensor, nprobe: int, metric: str,
+                 centroid_norms: torch.Tensor | None = None, centroids_t: torch.Tensor | None = None) -> torch.Tensor:
+    """The nprobe nearest lists [Q, nprobe] of queries [Q, d] (see ops.coarse_probe): one GEMM, then the
+    selection op (``centroids_t``, a native backend's layout, is unused)."""
+    from . import registry
+
+    q = queries if queries.dtype == centroids.dtype else queries.to(centroids.dtype)
+    if metric == "ip":
+        dist = torch.mm(q, centroids.T).neg_()
+    else:  # ||c||^2 - 2 q.c ranks as ||q - c||^2 (||q||^2 is common to a row)
+        norms = centroid_norms if centroid_norms is not None else (centroids * centroids).sum(1)
+        dist = torch.addmm(norms, q, centroids.T, alpha=-2)
+    if dist.dtype != torch.float32:
+        dist = dist.to(torch.float32)
+    return registry.run("smallest_k_rows", registry.device_type(queries), dist.contiguous(), nprobe)
+
+
 def smallest_k_rows(dist: torch.Tensor, k: int) -> torch.Tensor:
     """Positions [Q, k] of the k smallest values of each row of dist [Q, n], sorted, ties by position."""
     return torch.sort(dist, dim=1, stable=True).indices[:, :k].contiguous()
