@@ -215,6 +215,7 @@ __attribute__((target("avx2,fma"))) void coarse_block_avx2(const float* const* x
   alignas(32) float tail[NQ][16];
   for (int64_t c0 = 0; c0 < nlist; c0 += 16) {
     const int64_t left = std::min<int64_t>(16, nlist - c0);
+    const bool full = left == 16;
     __m256i m0, m1;
     {
       alignas(32) int32_t lanes[16];
@@ -229,7 +230,8 @@ __attribute__((target("avx2,fma"))) void coarse_block_avx2(const float* const* x
     for (int i = 0; i < NQ; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
     for (int64_t j = 0; j < d; ++j) {
       const float* row = ct + j * nlist + c0;
-      const __m256 a = _mm256_maskload_ps(row, m0), b = _mm256_maskload_ps(row + 8, m1);
+      const __m256 a = full ? _mm256_loadu_ps(row) : _mm256_maskload_ps(row, m0);  // masked: the tail only
+      const __m256 b = full ? _mm256_loadu_ps(row + 8) : _mm256_maskload_ps(row + 8, m1);
       for (int i = 0; i < NQ; ++i) {
         const __m256 v = _mm256_set1_ps(x[i][j]);
         acc[i][0] = _mm256_fmadd_ps(v, a, acc[i][0]);
