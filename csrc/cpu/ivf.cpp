@@ -168,6 +168,14 @@ __attribute__((target("avx2,bmi"))) void smallest_k_avx2(const float* row, int64
   for (; j < n; ++j) insert_best(row[j], j, k, bv, bi, held, thr);
 }
 
+// The k smallest of row [n] into bv / bi, sorted, ties by position: 8 at a time where SIMD, else one by one.
+void smallest_k(const float* row, int64_t n, int64_t k, float* bv, int64_t* bi, bool simd) {
+  if (simd) return smallest_k_avx2(row, n, k, bv, bi);
+  int64_t held = 0;
+  float thr = std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < n; ++j) insert_best(row[j], j, k, bv, bi, held, thr);
+}
+
 // Coarse distances of nb blocks of NQ queries (rows x[b * NQ + i], each [d]) to every centroid, from the
 // centroids transposed (ct [d][nlist]): out [nb * NQ][nlist] = norms[c] - 2 <x, c> (l2: ||x - c||^2 less
 // ||x||^2) or -<x, c> (ip). Per (query, centroid) one fused multiply-add per dimension in dimension order,
@@ -182,28 +190,28 @@ __attribute__((target("avx512f"))) void coarse_block_avx512(const float* const* 
     const __mmask16 m0 = left >= 16 ? 0xffff : static_cast<__mmask16>((1u << left) - 1);
     const __mmask16 m1 = left >= 32 ? 0xffff : left <= 16 ? 0 : static_cast<__mmask16>((1u << (left - 16)) - 1);
     for (int blk = 0; blk < nb; ++blk) {
-    const float* const* x = xs + blk * NQ;
-    float* out = outs + blk * NQ * nlist;
-    __m512 acc[NQ][2];
-    for (int i = 0; i < NQ; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-    for (int64_t j = 0; j < d; ++j) {
-      const float* row = ct + j * nlist + c0;
-      const __m512 a = _mm512_maskz_loadu_ps(m0, row), b = _mm512_maskz_loadu_ps(m1, row + 16);
-      for (int i = 0; i < NQ; ++i) {
-        const __m512 v = _mm512_set1_ps(x[i][j]);
-        acc[i][0] = _mm512_fmadd_ps(v, a, acc[i][0]);
-        acc[i][1] = _mm512_fmadd_ps(v, b, acc[i][1]);
+      const float* const* x = xs + blk * NQ;
+      float* out = outs + blk * NQ * nlist;
+      __m512 acc[NQ][2];
+      for (int i = 0; i < NQ; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+      for (int64_t j = 0; j < d; ++j) {
+        const float* row = ct + j * nlist + c0;
+        const __m512 a = _mm512_maskz_loadu_ps(m0, row), b = _mm512_maskz_loadu_ps(m1, row + 16);
+        for (int i = 0; i < NQ; ++i) {
+          const __m512 v = _mm512_set1_ps(x[i][j]);
+          acc[i][0] = _mm512_fmadd_ps(v, a, acc[i][0]);
+          acc[i][1] = _mm512_fmadd_ps(v, b, acc[i][1]);
+        }
       }
-    }
-    const __m512 zero = _mm512_setzero_ps(), two = _mm512_set1_ps(metric == 0 ? 2.f : 1.f);
-    const __m512 n0 = metric == 0 ? _mm512_maskz_loadu_ps(m0, norms + c0) : zero;  // ip: 0 - <x, c>
-    const __m512 n1 = metric == 0 ? _mm512_maskz_loadu_ps(m1, norms + c0 + 16) : zero;
-    for (int i = 0; i < NQ; ++i) {
-      const __m512 d0 = _mm512_sub_ps(n0, _mm512_mul_ps(two, acc[i][0]));
-      const __m512 d1 = _mm512_sub_ps(n1, _mm512_mul_ps(two, acc[i][1]));
-      _mm512_mask_storeu_ps(out + i * nlist + c0, m0, d0);
-      _mm512_mask_storeu_ps(out + i * nlist + c0 + 16, m1, d1);
-    }
+      const __m512 zero = _mm512_setzero_ps(), two = _mm512_set1_ps(metric == 0 ? 2.f : 1.f);
+      const __m512 n0 = metric == 0 ? _mm512_maskz_loadu_ps(m0, norms + c0) : zero;  // ip: 0 - <x, c>
+      const __m512 n1 = metric == 0 ? _mm512_maskz_loadu_ps(m1, norms + c0 + 16) : zero;
+      for (int i = 0; i < NQ; ++i) {
+        const __m512 d0 = _mm512_sub_ps(n0, _mm512_mul_ps(two, acc[i][0]));
+        const __m512 d1 = _mm512_sub_ps(n1, _mm512_mul_ps(two, acc[i][1]));
+        _mm512_mask_storeu_ps(out + i * nlist + c0, m0, d0);
+        _mm512_mask_storeu_ps(out + i * nlist + c0 + 16, m1, d1);
+      }
     }
   }
 }
@@ -224,26 +232,26 @@ __attribute__((target("avx2,fma"))) void coarse_block_avx2(const float* const* x
       m1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes + 8));
     }
     for (int blk = 0; blk < nb; ++blk) {
-    const float* const* x = xs + blk * NQ;
-    float* out = outs + blk * NQ * nlist;
-    __m256 acc[NQ][2];
-    for (int i = 0; i < NQ; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
-    for (int64_t j = 0; j < d; ++j) {
-      const float* row = ct + j * nlist + c0;
-      const __m256 a = full ? _mm256_loadu_ps(row) : _mm256_maskload_ps(row, m0);  // masked: the tail only
-      const __m256 b = full ? _mm256_loadu_ps(row + 8) : _mm256_maskload_ps(row + 8, m1);
-      for (int i = 0; i < NQ; ++i) {
-        const __m256 v = _mm256_set1_ps(x[i][j]);
-        acc[i][0] = _mm256_fmadd_ps(v, a, acc[i][0]);
-        acc[i][1] = _mm256_fmadd_ps(v, b, acc[i][1]);
+      const float* const* x = xs + blk * NQ;
+      float* out = outs + blk * NQ * nlist;
+      __m256 acc[NQ][2];
+      for (int i = 0; i < NQ; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+      for (int64_t j = 0; j < d; ++j) {
+        const float* row = ct + j * nlist + c0;
+        const __m256 a = full ? _mm256_loadu_ps(row) : _mm256_maskload_ps(row, m0);  // masked: the tail only
+        const __m256 b = full ? _mm256_loadu_ps(row + 8) : _mm256_maskload_ps(row + 8, m1);
+        for (int i = 0; i < NQ; ++i) {
+          const __m256 v = _mm256_set1_ps(x[i][j]);
+          acc[i][0] = _mm256_fmadd_ps(v, a, acc[i][0]);
+          acc[i][1] = _mm256_fmadd_ps(v, b, acc[i][1]);
+        }
       }
-    }
-    for (int i = 0; i < NQ; ++i) {
-      _mm256_store_ps(tail[i], acc[i][0]);
-      _mm256_store_ps(tail[i] + 8, acc[i][1]);
-      for (int64_t c = 0; c < left; ++c)
-        out[i * nlist + c0 + c] = metric == 0 ? norms[c0 + c] - 2.f * tail[i][c] : 0.f - tail[i][c];
-    }
+      for (int i = 0; i < NQ; ++i) {
+        _mm256_store_ps(tail[i], acc[i][0]);
+        _mm256_store_ps(tail[i] + 8, acc[i][1]);
+        for (int64_t c = 0; c < left; ++c)
+          out[i * nlist + c0 + c] = metric == 0 ? norms[c0 + c] - 2.f * tail[i][c] : 0.f - tail[i][c];
+      }
     }
   }
 }
@@ -268,13 +276,7 @@ void smallest_k_rows(const float* dist, int64_t Q, int64_t n, int64_t k, int64_t
     thread_local std::vector<float> bv;
     thread_local std::vector<int64_t> bi;
     bv.resize(static_cast<size_t>(k)), bi.resize(static_cast<size_t>(k));
-    if (simd) {
-      smallest_k_avx2(row, n, k, bv.data(), bi.data());
-    } else {
-      int64_t held = 0;
-      float thr = std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < n; ++j) insert_best(row[j], j, k, bv.data(), bi.data(), held, thr);
-    }
+    smallest_k(row, n, k, bv.data(), bi.data(), simd);
     std::copy(bi.begin(), bi.begin() + k, out + q * k);
   });
 }
@@ -302,14 +304,7 @@ void coarse_probe(const float* x, int64_t Q, int64_t d, const float* ct, const f
     else if (simd == Simd::avx2) coarse_block_avx2<4>(rows, (nq + 3) / 4, d, ct, norms, nlist, metric, dist.data());
     else coarse_block_scalar(rows, nq, d, ct, norms, nlist, metric, dist.data());
     for (int i = 0; i < nq; ++i) {
-      const float* row = dist.data() + i * nlist;
-      if (simd != Simd::scalar) {
-        smallest_k_avx2(row, nlist, nprobe, bv.data(), bi.data());
-      } else {
-        int64_t held = 0;
-        float thr = std::numeric_limits<float>::infinity();
-        for (int64_t j = 0; j < nlist; ++j) insert_best(row[j], j, nprobe, bv.data(), bi.data(), held, thr);
-      }
+      smallest_k(dist.data() + i * nlist, nlist, nprobe, bv.data(), bi.data(), simd != Simd::scalar);
       std::copy(bi.begin(), bi.begin() + nprobe, out + (q0 + i) * nprobe);
     }
   });

@@ -99,13 +99,14 @@ void ivf_search(const float* queries, int64_t Q, int64_t d, const float* centroi
                 const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed, bool residual,
                 int nthreads, float* out_d, int64_t* out_i, bool sorted = true);
 
-// Per row of dist [Q, n]: the positions of its k smallest values (ties by position), sorted: out [Q, k] int64.
-// (The coarse quantizer's probes: n centroid distances per query, k = nprobe.)
 // The nprobe nearest centroids of each query x [Q, d] (ivf.cpp: coarse_block_*): ct the centroids transposed
 // [d, nlist], norms [nlist] their squared norms (l2; unused for ip) -> out [Q, nprobe] list numbers, nearest first,
 // ties by the smaller number. metric 0 l2, 1 ip (largest inner product first).
 void coarse_probe(const float* x, int64_t Q, int64_t d, const float* ct, const float* norms, int64_t nlist,
                   int64_t nprobe, int metric, int nthreads, int64_t* out);
+
+// Per row of dist [Q, n]: the positions of its k smallest values (ties by position), sorted: out [Q, k] int64.
+// (The coarse quantizer's probes from distances computed elsewhere: n centroid distances per query, k = nprobe.)
 void smallest_k_rows(const float* dist, int64_t Q, int64_t n, int64_t k, int64_t* out, int nthreads);
 
 // Distance tables out [Q, M, K] for x [Q, M*d]: metric 0 = l2 (squared), 1 = ip, 2 = l2_sqrt.

@@ -134,7 +134,7 @@ class TopK {
   }
 
   // The k best, sorted by (distance, id) (in no particular order when !sorted), written as sign * distance and
-  // id, padded with sign * inf and -1. The held candidates (at most 2k + 16) are cut to the k best, then sorted:
+  // id, padded with sign * inf and -1. The held candidates (at most 2k + 16) are cut to the k best (and sorted):
   // they are spent.
   void write(float sign, float* out_d, int64_t* out_i, bool sorted = true) {
     if (static_cast<int64_t>(n_) > k_) shrink(true);
