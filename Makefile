@@ -24,7 +24,8 @@ test: lint
 	$(MAKE) --no-print-directory gpu-static
 
 # Every Triton kernel compiled for sm_80 / sm_90 (and sm_100) without a GPU, csrc/cuda through nvcc -Xptxas -v:
-# a compile failure, a spill in a hot configuration or shared memory over a limit fails (gpu_static.py).
+# a compile failure, a spill in any soft-kernel configuration or a hot one of the others, or shared memory over
+# a limit fails (gpu_static.py).
 gpu-static: $(STAMP)
 	$(BIN)/python benchmarks/gpu_static.py
 

@@ -5,8 +5,9 @@ whole pipeline down to a cubin) over every configuration its launcher or autotun
 dtype, for sm_80 and sm_90 (and the hot ones for sm_100 where the bundled ptxas takes it); ptxas's own report
 gives registers, stack frame, spill stores and shared memory. ``csrc/cuda`` is compiled with ``nvcc -Xptxas
 -v`` where nvcc exists. Results: ``benchmarks/results/gpu_static.json`` (one record per kernel, configuration
-and arch) and ``gpu_static.md``. Exit status 1 on a compile failure, on spills or a stack frame in a hot
-configuration (the shapes the GPU benchmarks use), or on shared memory above the arch's limit or above the
+and arch) and ``gpu_static.md``. Exit status 1 on a compile failure, on spills or a stack frame in any
+configuration of the soft kernels or in a hot configuration of the others (the shapes the GPU benchmarks
+use), or on shared memory above the arch's limit or above the
 estimate by which ``sqret_kernels.soft`` prunes its autotune lists before a GPU sees them.
 
     python benchmarks/gpu_static.py [--jobs N] [--arch 80,90,100] [--quick]
@@ -37,7 +38,6 @@ RESULTS = ROOT / "benchmarks" / "results"
 SMEM_LIMIT = {80: 166912, 90: 232448, 100: 232448}  # opt-in shared memory per block, bytes
 FULL_ARCHS = (80, 90)  # every configuration; other archs (sm_100): the hot ones
 DTYPES = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}
-SOFT_BLOCK_D = (16, 32, 64, 128)  # _pow2(d) for d in 1..128
 HOT_SOFT = {16, 64}  # the d of benchmarks/test_gpu_bench.py's soft_quantize cases (d = 16, 64)
 
 
@@ -59,11 +59,14 @@ def jobs(quick: bool) -> list[dict]:
     ints = {"B", "K", "M", "d", "sxb", "scm", "sck", "szb", "sgb", "per_split"}
     for name, _, extra, typed in soft_kernels:
         fn = _kernel("soft", name)
+        backward = name.startswith("_soft_bwd")
         for dt in (("fp32",) if quick else DTYPES):
-            for bd in ((16, 128) if quick else SOFT_BLOCK_D):
-                for cfg in soft.configs(bd, backward=name.startswith("_soft_bwd")):
+            # every (BLOCK_D, SPLIT) the launcher picks: one tile up to its widest, then chunks (any d beyond)
+            variants = sorted({tuple(soft.lanes(d, dt == "fp32", backward).items()) for d in range(1, 260)})
+            for bd, split in ((v[0][1], v[1][1]) for v in variants[:: 3 if quick else 1]):
+                for cfg in soft.configs(bd, backward=backward, split=split):
                     for probs in extra.get("PROBS", (None,)):
-                        const = {"METRIC": 0, "IEEE": dt == "fp32", "BLOCK_B": cfg.kwargs["BLOCK_B"],
+                        const = {"METRIC": 0, "IEEE": dt == "fp32", "SPLIT": split, "BLOCK_B": cfg.kwargs["BLOCK_B"],
                                  "BLOCK_K": cfg.kwargs["BLOCK_K"], "BLOCK_D": bd}
                         if probs is not None:
                             const["PROBS"] = probs
@@ -75,6 +78,7 @@ def jobs(quick: bool) -> list[dict]:
                         out.append(dict(kernel=name, module="soft", dtype=dt, constexprs=const,
                                         signature=_sig(fn, types, const), num_warps=cfg.num_warps,
                                         num_stages=cfg.num_stages, hot=bd in HOT_SOFT and dt in ("fp32", "bf16"),
+                                        strict=True,
                                         smem_estimate=soft.smem_estimate(cfg, bd)))
     lut_tiles = sorted({lut.lut_config(64, K, d) for K in (16, 32, 64, 256) for d in (1, 16, 32, 64, 128)})
     for dt in DTYPES:  # build_lut: every (BLOCK_Q, BLOCK_K, BLOCK_D) lut_config picks for K <= 256, d <= 128
@@ -141,7 +145,7 @@ def compile_one(job: dict, arch: int) -> dict:
     from triton.compiler import ASTSource
 
     triton.knobs.nvidia.dump_ptxas_log = True
-    rec = {k: job[k] for k in ("kernel", "dtype", "hot")}
+    rec = {k: job[k] for k in ("kernel", "dtype", "hot", "strict") if k in job}
     rec["config"] = dict(job["constexprs"], num_warps=job["num_warps"], num_stages=job["num_stages"])
     rec["arch"] = f"sm_{arch}"
     fn = _kernel(job["module"], job["kernel"])
@@ -234,8 +238,9 @@ def failures(records: list[dict]) -> list[str]:
         where = f"{r['kernel']} {r['arch']} {r.get('dtype', '')} {r.get('config', '')}"
         if not r["compiled"]:
             bad.append(f"compile failure: {where}: {r.get('error')}")
-        elif r.get("hot") and (r.get("spill_bytes") or r.get("stack_bytes")):
-            bad.append(f"hot configuration spills ({r['spill_bytes']} B) or uses a stack ({r['stack_bytes']} B): "
+        elif (r.get("hot") or r.get("strict")) and (r.get("spill_bytes") or r.get("stack_bytes")):
+            kind = "hot" if r.get("hot") else "soft kernel"
+            bad.append(f"{kind} configuration spills ({r['spill_bytes']} B) or uses a stack ({r['stack_bytes']} B): "
                        f"{where}")
         elif "smem_estimate" in r and r["smem_bytes"] > r["smem_estimate"]:
             bad.append(f"shared memory {r['smem_bytes']} B above the pruning estimate {r['smem_estimate']} B: {where}")

@@ -96,7 +96,7 @@ def test_soft_quantize_memory_is_o_b_d():
     assert extra < 400, f"{extra:.0f} MiB beyond the inputs"
 
 
-@pytest.mark.parametrize("d", [8, 16, 32, 64, 128])
+@pytest.mark.parametrize("d", [8, 16, 32, 64, 100, 128, 200])
 def test_every_autotune_configuration(d):
     """Each configuration the autotuner can pick, launched alone (forced), against the reference."""
     from sqret_kernels import soft
@@ -109,8 +109,9 @@ def test_every_autotune_configuration(d):
         xr, Cr = x.clone().requires_grad_(), C.clone().requires_grad_()
         zr = ops.soft_quantize(xr, Cr, 0.3)
         (zr * gz).sum().backward()
-    bd = soft._pow2(d)
-    for cfg in soft.configs(bd) + soft.configs(bd, backward=True):
+    fwd, bwd = soft.lanes(d, ieee=True), soft.lanes(d, ieee=True, backward=True)
+    for cfg in (soft.configs(fwd["BLOCK_D"], split=fwd["SPLIT"])
+                + soft.configs(bwd["BLOCK_D"], backward=True, split=bwd["SPLIT"])):
         with soft.forced_config(cfg), sqret.use_backend("triton"):
             xt, Ct = x.clone().requires_grad_(), C.clone().requires_grad_()
             z = ops.soft_quantize(xt, Ct, 0.3)

@@ -88,6 +88,39 @@ def test_gradients_against_reference(B, M, K, d, metric):
         assert a.dtype == torch.float32 and brute.rel_err(a, b) < 1e-4
 
 
+@pytest.mark.parametrize("B,M,K,d,dtype", [(20, 2, 9, 130, torch.float32), (13, 2, 11, 100, torch.float32),
+                                             (9, 1, 5, 200, torch.bfloat16), (6, 1, 3, 129, torch.float16)])
+@pytest.mark.parametrize("metric", ops.METRICS)
+def test_wide_sub_vectors_read_in_chunks(B, M, K, d, dtype, metric):
+    """Sub-vectors wider than a kernel's widest tile (64 lanes in the float32 backward, 128 elsewhere) are read
+    in chunks, with a partial last chunk, and each chunk of the output lanes has its own programs: forward,
+    probabilities, codes and both gradients against float64."""
+    from sqret_kernels import soft
+
+    assert soft.lanes(d, dtype == torch.float32, backward=True)["SPLIT"]
+    assert soft.lanes(d, dtype == torch.float32)["SPLIT"] == (d > 128)
+    x, C = _np((B, M * d), d), 0.3 * _np((M, K, d), K)
+    gz, gp = _np((B, M * d), 1), _np((B, M, K), 2)
+
+    def run(x, C, gz, gp):
+        xr, Cr = x.clone().requires_grad_(), C.clone().requires_grad_()
+        z = ops.soft_quantize(xr, Cr, 0.4, metric)
+        p = ops.assign_probs(xr, Cr, 0.4, metric)
+        grads = torch.autograd.grad((z.double() * gz).sum() + (p.double() * gp).sum(), (xr, Cr))
+        return (z.detach(), p.detach(), *grads), ops.encode(x, C, metric)
+
+    t = {n: torch.from_numpy(a).to(dtype) for n, a in dict(x=x, C=C, gz=gz, gp=gp).items()}
+    got, codes = run(*t.values())
+    with sqret.use_backend("reference"):  # float64, from the inputs as rounded to dtype
+        want, _ = run(*(a.double() for a in t.values()))
+    tol = 1e-4 if dtype == torch.float32 else 2e-2  # half outputs are rounded to dtype
+    for a, b in zip(got, want, strict=True):
+        assert brute.rel_err(a.double(), b) < tol
+    s = brute.scores(t["x"].double().numpy(), t["C"].double().numpy(), metric)
+    chosen = np.take_along_axis(s, codes.long().numpy()[..., None], axis=-1)[..., 0]
+    assert np.all(chosen >= s.max(-1) - 1e-5 * (1 + np.abs(s).max()))
+
+
 def test_non_contiguous_and_half_inputs():
     x = torch.randn(40, 30)[:, ::2]  # [40, 15] stride 2
     C = torch.randn(5, 11, 3).transpose(1, 2).contiguous().transpose(1, 2)
@@ -322,5 +355,14 @@ def test_autotune_lists_pruned_by_shared_memory(monkeypatch):
     kept = soft._pruner(False)(every, {}, BLOCK_D=32)
     assert kept and all(soft.smem_estimate(c, 32) <= 60_000 for c in kept)
     assert {soft._key(c) for c in kept} <= set(soft.FORWARD[32]) and len(kept) < len(every)
+    split = [soft.triton.Config({"BLOCK_B": bb, "BLOCK_K": bk}, num_warps=w, num_stages=st)
+             for bb, bk, w, st in soft.BACKWARD_SPLIT[32] + soft.BACKWARD[32]]
+    kept = soft._pruner(True)(split, {}, BLOCK_D=32, SPLIT=True)  # chunked lanes: the split table's
+    assert {soft._key(c) for c in kept} == set(soft.BACKWARD_SPLIT[32])
+    for d, ieee in ((128, True), (100, True), (129, False), (4096, True)):
+        for backward in (False, True):
+            meta = soft.lanes(d, ieee, backward)
+            assert meta["SPLIT"] == (d > (64 if backward and ieee else 128))
+            assert soft.configs(meta["BLOCK_D"], backward, meta["SPLIT"])
     monkeypatch.setattr(soft, "_smem_limit", lambda: 1)
     assert len(soft._pruner(True)(every, {}, BLOCK_D=16)) == 1  # never empty: the smallest
