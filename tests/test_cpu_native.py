@@ -292,6 +292,36 @@ def test_ivf_search_unsorted_holds_the_sorted_results(layout, exact, k):
         ops.ivf_search(q, cen, cb, lists, None, probes, k, sorted=1)
 
 
+@pytest.mark.parametrize("layout", ["codes", "fastscan"])
+def test_ivf_kernels_check_probes_themselves(layout):
+    """The native IVF scans read no list outside [-1, nlist): the kernel raises on its own (the ops layer
+    leaves the check to it), whether or not the bad probe comes first, at one and two threads."""
+    from sqret.ops import cpu_native
+
+    g = torch.Generator().manual_seed(3)
+    M, K, d, nlist = 4, 16, 16, 5
+    q, cen, cb = torch.randn(3, d, generator=g), torch.randn(nlist, d, generator=g), torch.randn(M, K, d // M)
+    codes = [torch.randint(0, K, (20, M), generator=g, dtype=torch.uint8) for _ in range(nlist)]
+    stored = [ops.fastscan_pack(c).blocks for c in codes] if layout == "fastscan" else codes
+    lists = ops.InvertedLists(stored, [torch.arange(20) + 20 * li for li in range(nlist)], M, K, layout=layout)
+    assert cpu_native.ivf_search.checks_probes
+    for bad in (nlist, -2, 1 << 40, -(1 << 62)):
+        for where in ((0, 0), (2, 1)):
+            probes = torch.tensor([[0, 1], [2, -1], [4, 3]])
+            probes[where] = bad
+            for n_threads in (1, 2):
+                with threads(n_threads), sqret.use_backend("cpu_native"):
+                    with pytest.raises(ValueError, match=rf"probes must be .*\[-1, {nlist}\)"):
+                        ops.ivf_search(q, cen, cb, lists, None, probes, 3)
+                    with pytest.raises(ValueError, match="probes must be"):  # below the ops layer
+                        cpu_native.ivf_search(q, cen, cb, lists, probes, 3, "l2")
+    with sqret.use_backend("cpu_native"):
+        v, i = ops.ivf_search(q, cen, cb, lists, None, torch.tensor([[0, 4], [-1, -1], [3, -1]]), 3)
+    assert (i[1] == -1).all() and bool(((i[0] < 20) | (i[0] >= 80)).all())
+    with sqret.use_backend("reference"), pytest.raises(ValueError, match="probes must be"):
+        ops.ivf_search(q, cen, cb, lists, None, torch.tensor([[0, 5], [0, 0], [0, 0]]), 3)
+
+
 @pytest.mark.parametrize("nbits", [4, 8])
 @pytest.mark.parametrize("metric", ["l2", "ip", "cos"])
 @pytest.mark.parametrize("Q,N,k", [(1, 3000, 10), (5, 777, 40), (3, 70, 100), (2, 0, 3), (0, 50, 5)])

@@ -630,10 +630,12 @@ __attribute__((target("avx2,bmi2"))) void offer_list(Simd simd, const QuantLut& 
 
 void ivf_fastscan(const float* queries, int64_t Q, int64_t d, const float* centroids, const float* codebooks,
                   int64_t M, const int64_t* list_blocks, const int64_t* list_ids, const int64_t* list_sizes,
-                  const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed, bool residual,
-                  bool exact, int nthreads, float* out_d, int64_t* out_i, bool sorted) {
-  if (Q < 0 || d < 1 || M < 1 || d % M || M > 257 || nprobe < 1 || k < 1 || (metric != 0 && metric != 1))
+                  int64_t nlist, const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed,
+                  bool residual, bool exact, int nthreads, float* out_d, int64_t* out_i, bool sorted) {
+  if (Q < 0 || d < 1 || M < 1 || d % M || M > 257 || nlist < 1 || nprobe < 1 || k < 1 ||
+      (metric != 0 && metric != 1))
     throw std::invalid_argument("ivf_fastscan: bad sizes or metric");
+  check_probes(probes, Q * nprobe, nlist, "ivf_fastscan");
   const int64_t dsub = d / M, K = 16;
   const Simd simd = active_simd();
   Transposed t(codebooks, M, K, dsub, false);

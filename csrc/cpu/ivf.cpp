@@ -87,12 +87,22 @@ void scan(const float* L, int64_t M, int64_t K, const uint8_t* codes, const int6
 
 }  // namespace
 
+void check_probes(const int64_t* probes, int64_t n, int64_t nlist, const char* who) {
+  uint64_t bad = 0;  // -1 + 1 = 0 .. nlist: in range; below -1 wraps to a huge value
+  for (int64_t i = 0; i < n; ++i) bad |= static_cast<uint64_t>(probes[i] + 1) > static_cast<uint64_t>(nlist);
+  if (bad)
+    throw std::invalid_argument(std::string(who) + ": probes must be list numbers in [-1, " + std::to_string(nlist) +
+                                ")");
+}
+
 void ivf_search(const float* queries, int64_t Q, int64_t d, const float* centroids, const float* codebooks,
                 int64_t M, int64_t K, const int64_t* list_codes, const int64_t* list_ids, const int64_t* list_sizes,
-                const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed, bool residual,
-                int nthreads, float* out_d, int64_t* out_i, bool sorted) {
-  if (Q < 0 || d < 1 || M < 1 || d % M || K < 1 || K > 256 || nprobe < 1 || k < 1 || (metric != 0 && metric != 1))
+                int64_t nlist, const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed,
+                bool residual, int nthreads, float* out_d, int64_t* out_i, bool sorted) {
+  if (Q < 0 || d < 1 || M < 1 || d % M || K < 1 || K > 256 || nlist < 1 || nprobe < 1 || k < 1 ||
+      (metric != 0 && metric != 1))
     throw std::invalid_argument("ivf_search: bad sizes or metric");
+  check_probes(probes, Q * nprobe, nlist, "ivf_search");
   const int64_t dsub = d / M;
   Transposed t(codebooks, M, K, dsub, false);
   const float sign = metric == 0 ? 1.f : -1.f;  // the reservoir keeps the smallest: negate ip scores

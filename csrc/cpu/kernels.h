@@ -37,6 +37,9 @@ void for_tasks(int threads, int64_t n, F&& body) {
   for (int64_t t = 0; t < n; ++t) body(t);
 }
 
+// Throws std::invalid_argument unless each of probes[0..n) is -1 (none) or a list number below nlist.
+void check_probes(const int64_t* probes, int64_t n, int64_t nlist, const char* who);
+
 // Whether any of p[0..n) is NaN (AVX2 when the CPU has it); NaN or inf.
 bool has_nan(const float* p, int64_t n);
 bool has_nonfinite(const float* p, int64_t n);
@@ -73,7 +76,7 @@ void adc_topk_fastscan(const float* lut, int64_t Q, int64_t M, const uint8_t* bl
 // particular order (the candidates of a re-rank: the sort is spared).
 void ivf_fastscan(const float* queries, int64_t Q, int64_t d, const float* centroids, const float* codebooks,
                   int64_t M, const int64_t* list_blocks, const int64_t* list_ids, const int64_t* list_sizes,
-                  const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed, bool residual,
+                  int64_t nlist, const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed, bool residual,
                   bool exact, int nthreads, float* out_d, int64_t* out_i, bool sorted = true);
 
 // Codebooks [M][K][d] transposed to [M][d][K] (vectorizable over the K codewords), and norms [M][K] if asked.
@@ -90,14 +93,15 @@ void axpy_table(const float* pre, const float* qr, float alpha, int64_t n, float
 
 // IVF-PQ search: per query, the LUT of each probed list (residual q - c_l for l2; for ip the LUT of q plus
 // <q, c_l>) and a scan of that list's codes [n_l, M] (uint8) straight from memory; ids from the list's ids.
-// list_codes / list_ids: addresses of each list's arrays; probes [Q, nprobe] list numbers (-1: none).
+// list_codes / list_ids / list_sizes: each of the nlist lists' arrays and length; probes [Q, nprobe] list
+// numbers (-1: none), checked (std::invalid_argument) before any is read.
 // metric 0 = l2 (smallest first), 1 = ip (largest first). Ties by smaller id. precomputed (l2, may be null):
 // [nlist, M, K] = ||r_mk||^2 + 2 <c_l,m, r_mk>, so a list's LUT costs M*K additions instead of d*K products.
 // residual false: codes of the vectors themselves (FAISS's by_residual = false): one table per query for all lists.
 void ivf_search(const float* queries, int64_t Q, int64_t d, const float* centroids, const float* codebooks,
                 int64_t M, int64_t K, const int64_t* list_codes, const int64_t* list_ids, const int64_t* list_sizes,
-                const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed, bool residual,
-                int nthreads, float* out_d, int64_t* out_i, bool sorted = true);
+                int64_t nlist, const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed,
+                bool residual, int nthreads, float* out_d, int64_t* out_i, bool sorted = true);
 
 // The nprobe nearest centroids of each query x [Q, d] (ivf.cpp: coarse_block_*): ct the centroids transposed
 // [d, nlist], norms [nlist] their squared norms (l2; unused for ip) -> out [Q, nprobe] list numbers, nearest first,

@@ -133,26 +133,26 @@ PYBIND11_MODULE(_cpu, m) {
   m.def(
       "ivf_fastscan",
       [](uintptr_t queries, int64_t Q, int64_t d, uintptr_t centroids, uintptr_t codebooks, int64_t M,
-         uintptr_t list_blocks, uintptr_t list_ids, uintptr_t list_sizes, uintptr_t probes, int64_t nprobe, int64_t k,
-         int metric, uintptr_t precomputed, bool residual, bool exact, int nthreads, uintptr_t out_d,
-         uintptr_t out_i, bool sorted) {
+         uintptr_t list_blocks, uintptr_t list_ids, uintptr_t list_sizes, int64_t nlist, uintptr_t probes,
+         int64_t nprobe, int64_t k, int metric, uintptr_t precomputed, bool residual, bool exact, int nthreads,
+         uintptr_t out_d, uintptr_t out_i, bool sorted) {
         py::gil_scoped_release release;
         ivf_fastscan(ptr<const float>(queries), Q, d, ptr<const float>(centroids), ptr<const float>(codebooks), M,
                      ptr<const int64_t>(list_blocks), ptr<const int64_t>(list_ids), ptr<const int64_t>(list_sizes),
-                     ptr<const int64_t>(probes), nprobe, k, metric, reinterpret_cast<const float*>(precomputed),
+                     nlist, ptr<const int64_t>(probes), nprobe, k, metric, reinterpret_cast<const float*>(precomputed),
                      residual, exact, nthreads, ptr<float>(out_d), ptr<int64_t>(out_i), sorted);
       },
       "IVF-PQ fast scan over 4-bit lists in fast-scan blocks; out [Q, k] (best first when sorted)");
   m.def(
       "ivf_search",
       [](uintptr_t queries, int64_t Q, int64_t d, uintptr_t centroids, uintptr_t codebooks, int64_t M, int64_t K,
-         uintptr_t list_codes, uintptr_t list_ids, uintptr_t list_sizes, uintptr_t probes, int64_t nprobe, int64_t k,
-         int metric, uintptr_t precomputed, bool residual, int nthreads, uintptr_t out_d, uintptr_t out_i,
-         bool sorted) {
+         uintptr_t list_codes, uintptr_t list_ids, uintptr_t list_sizes, int64_t nlist, uintptr_t probes,
+         int64_t nprobe, int64_t k, int metric, uintptr_t precomputed, bool residual, int nthreads, uintptr_t out_d,
+         uintptr_t out_i, bool sorted) {
         py::gil_scoped_release release;
         ivf_search(ptr<const float>(queries), Q, d, ptr<const float>(centroids), ptr<const float>(codebooks), M, K,
                    ptr<const int64_t>(list_codes), ptr<const int64_t>(list_ids), ptr<const int64_t>(list_sizes),
-                   ptr<const int64_t>(probes), nprobe, k, metric, reinterpret_cast<const float*>(precomputed),
+                   nlist, ptr<const int64_t>(probes), nprobe, k, metric, reinterpret_cast<const float*>(precomputed),
                    residual, nthreads, ptr<float>(out_d), ptr<int64_t>(out_i), sorted);
       },
       "IVF-PQ search: per query, LUTs of the probed lists and a scan of their codes; out [Q, k] (best first when "

@@ -212,7 +212,7 @@ def ivf_search(queries, centroids, codebooks, lists, probes, k: int, metric: str
     v, i = _outputs(Q, k)
     if not Q:
         return v, i
-    args = (c_addr.data_ptr(), i_addr.data_ptr(), sizes.data_ptr(), pr.data_ptr(), pr.shape[1], k,
+    args = (c_addr.data_ptr(), i_addr.data_ptr(), sizes.data_ptr(), len(lists), pr.data_ptr(), pr.shape[1], k,
             0 if metric == "l2" else 1, pre.data_ptr() if pre is not None else 0, by_residual)
     out = (v.data_ptr(), i.data_ptr(), sorted)
     if lists.layout == "fastscan":
@@ -224,6 +224,7 @@ def ivf_search(queries, centroids, codebooks, lists, probes, k: int, metric: str
 
 if _cpu is not None:
     adc_topk.checks_nan = adc_topk_fastscan.checks_nan = True  # the kernels raise ValueError on a NaN in the LUT
+    ivf_search.checks_probes = True  # the kernels raise ValueError on a list number outside [-1, nlist)
     register(
         "cpu_native",
         ("cpu",),

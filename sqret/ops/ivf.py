@@ -239,7 +239,7 @@ def ivf_search(
     if len(lists) != nlist:
         raise ValueError(f"need codes and ids for each of the {nlist} lists, got {len(lists)}")
     checks.tensor(probes, "probes", 2, (torch.int64, torch.int32))
-    if probes.shape[0] != queries.shape[0] or (probes.numel() and not _within(probes, -1, nlist - 1)):
+    if probes.shape[0] != queries.shape[0]:
         raise ValueError(f"probes must be [Q = {queries.shape[0]}, nprobe] list numbers in [-1, {nlist})")
     if precomputed is not None:
         checks.tensor(precomputed, "precomputed", 3, checks.FLOATS)
@@ -254,8 +254,11 @@ def ivf_search(
         raise ValueError("precomputed tables are of residuals: pass none with by_residual=False")
     checks.same_device(("queries", queries), ("centroids", centroids), ("codebooks", codebooks),
                        ("probes", probes))
-    return registry.run("ivf_search", registry.device_type(queries), queries, centroids, codebooks, lists, probes, k,
-                        metric, precomputed, exact, by_residual, sorted)
+    args = (queries, centroids, codebooks, lists, probes, k, metric, precomputed, exact, by_residual, sorted)
+    impl = registry.choose("ivf_search", registry.device_type(queries), args)[1]
+    if probes.numel() and not getattr(impl, "checks_probes", False) and not _within(probes, -1, nlist - 1):
+        raise ValueError(f"probes must be [Q = {queries.shape[0]}, nprobe] list numbers in [-1, {nlist})")
+    return impl(*args)
 
 
 def _within(t: Tensor, lo: int, hi: int) -> bool:
