@@ -293,6 +293,44 @@ def test_ivf_search_unsorted_holds_the_sorted_results(layout, exact, k):
 
 
 @pytest.mark.parametrize("layout", ["codes", "fastscan"])
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_ivf_search_probing_itself_equals_probe_then_search(layout, metric):
+    """probes as a number: the nprobe nearest lists found in the same native call give what coarse_probe then
+    ivf_search give (native and reference, with and without the caches), and bad caches are clear errors."""
+    g = torch.Generator().manual_seed(5)
+    M, K, d, nlist, Q = 4, 16, 16, 7, 9
+    q, cen, cb = torch.randn(Q, d, generator=g), torch.randn(nlist, d, generator=g), torch.randn(M, K, d // M)
+    codes = [torch.randint(0, K, (int(n), M), generator=g, dtype=torch.uint8)
+             for n in torch.randint(0, 90, (nlist,), generator=g)]
+    stored = [ops.fastscan_pack(c).blocks for c in codes] if layout == "fastscan" else codes
+    lists = ops.InvertedLists(stored, [torch.arange(len(c)) + 100 * li for li, c in enumerate(codes)], M, K,
+                              layout=layout)
+    caches = dict(centroid_norms=(cen * cen).sum(1), centroids_t=cen.T.contiguous())
+    for backend in ("cpu_native", "reference"):
+        for nprobe in (1, 3, nlist):
+            for n_threads in (1, 2):
+                with threads(n_threads), sqret.use_backend(backend):
+                    probes = ops.coarse_probe(q, cen, nprobe, metric)
+                    want = ops.ivf_search(q, cen, cb, lists, None, probes, 5, metric)
+                    for kw in ({}, caches):
+                        got = ops.ivf_search(q, cen, cb, lists, None, nprobe, 5, metric, **kw)
+                        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    for bad, match in ((dict(centroid_norms=torch.ones(nlist - 1)), "centroid_norms must be"),
+                       (dict(centroids_t=cen.T), "centroids_t must be"),
+                       (dict(centroids_t=cen.T.contiguous().double()), "centroids_t must be")):
+        with pytest.raises(ValueError, match=match):
+            ops.ivf_search(q, cen, cb, lists, None, 2, 5, metric, **bad)
+    with pytest.raises(ValueError, match="go with probes given as a number"):
+        ops.ivf_search(q, cen, cb, lists, None, ops.coarse_probe(q, cen, 2), 5, metric, **caches)
+    with pytest.raises(ValueError, match="more than the 7 lists"):
+        ops.ivf_search(q, cen, cb, lists, None, nlist + 1, 5, metric)
+    with pytest.raises(ValueError, match="centroid_norms must be"):
+        ops.coarse_probe(q, cen, 2, metric, centroid_norms=torch.ones(3))
+    empty = ops.ivf_search(q[:0], cen, cb, lists, None, 2, 5, metric)
+    assert empty[0].shape == (0, 5) and empty[1].shape == (0, 5)
+
+
+@pytest.mark.parametrize("layout", ["codes", "fastscan"])
 def test_ivf_kernels_check_probes_themselves(layout):
     """The native IVF scans read no list outside [-1, nlist): the kernel raises on its own (the ops layer
     leaves the check to it), whether or not the bad probe comes first, at one and two threads."""

@@ -95,6 +95,16 @@ void check_probes(const int64_t* probes, int64_t n, int64_t nlist, const char* w
                                 ")");
 }
 
+const int64_t* probes_or_nearest(const int64_t* probes, std::vector<int64_t>& own, const float* x, int64_t Q,
+                                 int64_t d, const float* ct, const float* norms, int64_t nlist, int64_t nprobe,
+                                 int metric, int nthreads) {
+  if (probes) return probes;
+  if (!ct || (metric == 0 && !norms)) throw std::invalid_argument("ivf search: no probes and no centroids to probe");
+  own.resize(static_cast<size_t>(Q * nprobe));
+  if (Q) coarse_probe(x, Q, d, ct, norms, nlist, nprobe, metric, nthreads, own.data());
+  return own.data();
+}
+
 void ivf_search(const float* queries, int64_t Q, int64_t d, const float* centroids, const float* codebooks,
                 int64_t M, int64_t K, const int64_t* list_codes, const int64_t* list_ids, const int64_t* list_sizes,
                 int64_t nlist, const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed,

@@ -103,6 +103,11 @@ void ivf_search(const float* queries, int64_t Q, int64_t d, const float* centroi
                 int64_t nlist, const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed,
                 bool residual, int nthreads, float* out_d, int64_t* out_i, bool sorted = true);
 
+// probes itself, or (probes null) the nprobe nearest lists of each query computed by coarse_probe into own.
+const int64_t* probes_or_nearest(const int64_t* probes, std::vector<int64_t>& own, const float* x, int64_t Q,
+                                 int64_t d, const float* ct, const float* norms, int64_t nlist, int64_t nprobe,
+                                 int metric, int nthreads);
+
 // The nprobe nearest centroids of each query x [Q, d] (ivf.cpp: coarse_block_*): ct the centroids transposed
 // [d, nlist], norms [nlist] their squared norms (l2; unused for ip) -> out [Q, nprobe] list numbers, nearest first,
 // ties by the smaller number. metric 0 l2, 1 ip (largest inner product first).

@@ -135,28 +135,37 @@ PYBIND11_MODULE(_cpu, m) {
       [](uintptr_t queries, int64_t Q, int64_t d, uintptr_t centroids, uintptr_t codebooks, int64_t M,
          uintptr_t list_blocks, uintptr_t list_ids, uintptr_t list_sizes, int64_t nlist, uintptr_t probes,
          int64_t nprobe, int64_t k, int metric, uintptr_t precomputed, bool residual, bool exact, int nthreads,
-         uintptr_t out_d, uintptr_t out_i, bool sorted) {
+         uintptr_t out_d, uintptr_t out_i, bool sorted, uintptr_t centroids_t, uintptr_t norms) {
         py::gil_scoped_release release;
+        std::vector<int64_t> own;
+        const int64_t* pr = probes_or_nearest(reinterpret_cast<const int64_t*>(probes), own, ptr<const float>(queries),
+                                              Q, d, reinterpret_cast<const float*>(centroids_t),
+                                              reinterpret_cast<const float*>(norms), nlist, nprobe, metric, nthreads);
         ivf_fastscan(ptr<const float>(queries), Q, d, ptr<const float>(centroids), ptr<const float>(codebooks), M,
                      ptr<const int64_t>(list_blocks), ptr<const int64_t>(list_ids), ptr<const int64_t>(list_sizes),
-                     nlist, ptr<const int64_t>(probes), nprobe, k, metric, reinterpret_cast<const float*>(precomputed),
+                     nlist, pr, nprobe, k, metric, reinterpret_cast<const float*>(precomputed),
                      residual, exact, nthreads, ptr<float>(out_d), ptr<int64_t>(out_i), sorted);
       },
-      "IVF-PQ fast scan over 4-bit lists in fast-scan blocks; out [Q, k] (best first when sorted)");
+      "IVF-PQ fast scan over 4-bit lists in fast-scan blocks; out [Q, k] (best first when sorted); probes 0: the "
+      "nprobe nearest lists, from centroids_t [d, nlist] and norms [nlist] (l2)");
   m.def(
       "ivf_search",
       [](uintptr_t queries, int64_t Q, int64_t d, uintptr_t centroids, uintptr_t codebooks, int64_t M, int64_t K,
          uintptr_t list_codes, uintptr_t list_ids, uintptr_t list_sizes, int64_t nlist, uintptr_t probes,
          int64_t nprobe, int64_t k, int metric, uintptr_t precomputed, bool residual, int nthreads, uintptr_t out_d,
-         uintptr_t out_i, bool sorted) {
+         uintptr_t out_i, bool sorted, uintptr_t centroids_t, uintptr_t norms) {
         py::gil_scoped_release release;
+        std::vector<int64_t> own;
+        const int64_t* pr = probes_or_nearest(reinterpret_cast<const int64_t*>(probes), own, ptr<const float>(queries),
+                                              Q, d, reinterpret_cast<const float*>(centroids_t),
+                                              reinterpret_cast<const float*>(norms), nlist, nprobe, metric, nthreads);
         ivf_search(ptr<const float>(queries), Q, d, ptr<const float>(centroids), ptr<const float>(codebooks), M, K,
                    ptr<const int64_t>(list_codes), ptr<const int64_t>(list_ids), ptr<const int64_t>(list_sizes),
-                   nlist, ptr<const int64_t>(probes), nprobe, k, metric, reinterpret_cast<const float*>(precomputed),
+                   nlist, pr, nprobe, k, metric, reinterpret_cast<const float*>(precomputed),
                    residual, nthreads, ptr<float>(out_d), ptr<int64_t>(out_i), sorted);
       },
       "IVF-PQ search: per query, LUTs of the probed lists and a scan of their codes; out [Q, k] (best first when "
-      "sorted)");
+      "sorted); probes 0: the nprobe nearest lists, as ivf_fastscan");
   m.def(
       "refine_topk",
       [](uintptr_t queries, int64_t Q, int64_t d, uintptr_t rows, int kind, int64_t nrows, uintptr_t vmin,

@@ -148,10 +148,10 @@ class IVFPQIndex(Index):
             probes = ops.coarse_probe(q, on[0], nprobe, self.metric, centroid_norms=on[2])
             return ops.ivf_search(q, on[0], on[1], s.lists, None, probes, k, self.metric, exact=exact,
                                   by_residual=self.by_residual, sorted=sorted)
-        probes = _probe(s, q, nprobe, self.metric)
-        return ops.ivf_search(q, s.centroids, s.codebooks, s.lists, None, probes, k, self.metric,
+        cnorm, ct = _probe_caches(s)
+        return ops.ivf_search(q, s.centroids, s.codebooks, s.lists, None, nprobe, k, self.metric,  # probed inside
                               precomputed=self._precomputed(s), exact=exact, by_residual=self.by_residual,
-                              sorted=sorted)
+                              sorted=sorted, centroid_norms=cnorm, centroids_t=ct)
 
     def _candidates(self, s: _State, q: torch.Tensor, k: int, **params) -> torch.Tensor:
         return self._search_in(s, q, k, **params, sorted=False)[1]
@@ -365,10 +365,16 @@ def _assign(x: torch.Tensor, centroids: torch.Tensor, metric: str) -> torch.Tens
     return ops.encode(x, centroids[None], metric).long()[:, 0]
 
 
-def _probe(s: _State, q: torch.Tensor, nprobe: int, metric: str) -> torch.Tensor:
+def _probe_caches(s: _State) -> tuple[torch.Tensor, torch.Tensor]:
+    """The coarse probe's caches of this state: ||c||^2 [nlist] and the centroids transposed [d, nlist]."""
     cnorm, ct = s.cache.get("cnorm"), s.cache.get("centroids_t")
     if cnorm is None:
         cnorm = s.cache["cnorm"] = (s.centroids * s.centroids).sum(1)
     if ct is None:
         ct = s.cache["centroids_t"] = s.centroids.to(torch.float32).T.contiguous()
+    return cnorm, ct
+
+
+def _probe(s: _State, q: torch.Tensor, nprobe: int, metric: str) -> torch.Tensor:
+    cnorm, ct = _probe_caches(s)
     return ops.coarse_probe(q, s.centroids, nprobe, metric, centroid_norms=cnorm, centroids_t=ct)

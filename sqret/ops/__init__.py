@@ -63,6 +63,7 @@ register(
             "adc_topk",
             "adc_topk_fastscan",
             "ivf_search",
+            "ivf_probe_search",
             "smallest_k_rows",
             "coarse_probe",
             "refine_topk",

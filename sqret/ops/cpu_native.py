@@ -185,13 +185,20 @@ def smallest_k_rows(dist: torch.Tensor, k: int) -> torch.Tensor:
     return out
 
 
-def coarse_probe(queries, centroids, nprobe: int, metric: str, centroid_norms=None, centroids_t=None):
-    """float32 CPU queries and centroids (float64 declined: the reference's)."""
-    q, cen = _f32(queries), _f32(centroids)
+def _probe_inputs(centroids, metric: str, centroid_norms, centroids_t):
+    """(centroids, centroids transposed [d, nlist], squared norms [nlist] for l2 else None), float32."""
+    cen = _f32(centroids)
     ct = centroids_t if centroids_t is not None else cen.T.contiguous()
     norms = None
     if metric == "l2":
         norms = _f32(centroid_norms) if centroid_norms is not None else (cen * cen).sum(1)
+    return cen, ct, norms
+
+
+def coarse_probe(queries, centroids, nprobe: int, metric: str, centroid_norms=None, centroids_t=None):
+    """float32 CPU queries and centroids (float64 declined: the reference's)."""
+    q = _f32(queries)
+    cen, ct, norms = _probe_inputs(centroids, metric, centroid_norms, centroids_t)
     Q, d = q.shape
     out = torch.from_numpy(np.empty((Q, nprobe), np.int64))
     if Q:
@@ -203,18 +210,35 @@ def coarse_probe(queries, centroids, nprobe: int, metric: str, centroid_norms=No
 def ivf_search(queries, centroids, codebooks, lists, probes, k: int, metric: str, precomputed=None, exact=True,
                by_residual=True, sorted=True):  # noqa: A002 (torch.topk's name)
     """lists: an ops.InvertedLists, which holds the arrays whose addresses it lists (alive through the call)."""
+    pr = probes if probes.dtype is torch.int64 and probes.is_contiguous() else probes.to(torch.int64).contiguous()
+    return _ivf(queries, centroids, codebooks, lists, pr, pr.shape[1], k, metric, precomputed, exact, by_residual,
+                sorted, None, None)
+
+
+def ivf_probe_search(queries, centroids, codebooks, lists, nprobe: int, k: int, metric: str, precomputed=None,
+                     exact=True, by_residual=True, sorted=True, centroid_norms=None,  # noqa: A002
+                     centroids_t=None):
+    """ivf_search over the nprobe nearest lists of each query, found in the same native call (coarse_probe's)."""
+    cen, ct, norms = _probe_inputs(centroids, metric, centroid_norms, centroids_t)
+    return _ivf(queries, cen, codebooks, lists, None, nprobe, k, metric, precomputed, exact, by_residual, sorted, ct,
+                norms)
+
+
+def _ivf(queries, centroids, codebooks, lists, probes, nprobe, k, metric, precomputed, exact, by_residual, sorted,
+         ct, norms):  # noqa: A002
     M, K, _ = codebooks.shape
     pre = _f32(precomputed) if precomputed is not None and metric == "l2" else None
     Q, d = queries.shape
     q, cen, cb = _f32(queries), _f32(centroids), _f32(codebooks)
-    pr = probes if probes.dtype is torch.int64 and probes.is_contiguous() else probes.to(torch.int64).contiguous()
     c_addr, i_addr, sizes = lists.code_addresses, lists.id_addresses, lists.sizes
     v, i = _outputs(Q, k)
     if not Q:
         return v, i
-    args = (c_addr.data_ptr(), i_addr.data_ptr(), sizes.data_ptr(), len(lists), pr.data_ptr(), pr.shape[1], k,
-            0 if metric == "l2" else 1, pre.data_ptr() if pre is not None else 0, by_residual)
-    out = (v.data_ptr(), i.data_ptr(), sorted)
+    args = (c_addr.data_ptr(), i_addr.data_ptr(), sizes.data_ptr(), len(lists),
+            probes.data_ptr() if probes is not None else 0, nprobe, k, 0 if metric == "l2" else 1,
+            pre.data_ptr() if pre is not None else 0, by_residual)
+    out = (v.data_ptr(), i.data_ptr(), sorted, ct.data_ptr() if ct is not None else 0,
+           norms.data_ptr() if norms is not None else 0)
     if lists.layout == "fastscan":
         _cpu.ivf_fastscan(q.data_ptr(), Q, d, cen.data_ptr(), cb.data_ptr(), M, *args, exact, _threads(), *out)
     else:
@@ -234,6 +258,7 @@ if _cpu is not None:
             "build_lut": Impl(build_lut, lambda q, codebooks, *_: declines_float64(q, codebooks)),
             "encode": Impl(encode, _encode_accepts),
             "ivf_search": Impl(ivf_search, lambda q, cen, cb, *_: declines_float64(q, cen, cb)),
+            "ivf_probe_search": Impl(ivf_probe_search, lambda q, cen, cb, *_: declines_float64(q, cen, cb)),
             "smallest_k_rows": smallest_k_rows,
             "coarse_probe": Impl(coarse_probe, lambda q, cen, *_: declines_float64(q, cen)),
             "refine_topk": Impl(refine_topk, _refine_accepts),

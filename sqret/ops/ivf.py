@@ -193,7 +193,7 @@ def ivf_search(
     codebooks: Tensor,
     codes: Sequence[ListArray] | InvertedLists,
     ids: Sequence[ListArray] | None,
-    probes: Tensor,
+    probes: Tensor | int,
     k: int,
     metric: str = "l2",
     *,
@@ -201,6 +201,8 @@ def ivf_search(
     exact: bool = True,
     by_residual: bool = True,
     sorted: bool = True,  # noqa: A002 (torch.topk's name)
+    centroid_norms: Tensor | None = None,
+    centroids_t: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """IVF-PQ search over inverted lists: (values [Q, k], ids [Q, k]) best first, ties by smaller id (with
     ``sorted=False``, as torch.topk's, the same k results of each query in no particular order: candidates
@@ -209,11 +211,14 @@ def ivf_search(
     queries [Q, d], centroids [nlist, d], codebooks [M, K, d/M] of residuals; ``codes`` an
     :class:`InvertedLists` (``ids`` None), or one codes array [n_l, M] uint8 per list with ``ids`` one int64
     array [n_l] per list (checked on every call: build an InvertedLists once to search the same lists
-    often); probes [Q, nprobe] list numbers (nearest first; -1 for none). l2 scores the residual LUT of
-    q - c_l, ip scores <q, c_l> + LUT(q). ``precomputed`` [nlist, M, K] = ||r||^2 + 2 <c_l, r> speeds up l2
-    (see :func:`ivf_precomputed_table`). Fast-scan lists are scored ``exact``-ly (every candidate that can enter
-    the top-k re-ranked with float tables) or by their quantized distances (``exact=False``, as FAISS's
-    IndexIVFPQFastScan returns; the tables of each (query, list) quantized as ``reference.quantize_lut``).
+    often); probes [Q, nprobe] list numbers (nearest first; -1 for none), or an int nprobe: the nprobe lists
+    nearest each query, as :func:`coarse_probe` finds them (with its caches ``centroid_norms`` and
+    ``centroids_t``), in the same call where a backend can (the native one: no second round trip). l2 scores
+    the residual LUT of q - c_l, ip scores <q, c_l> + LUT(q). ``precomputed`` [nlist, M, K] = ||r||^2 +
+    2 <c_l, r> speeds up l2 (see :func:`ivf_precomputed_table`). Fast-scan lists are scored ``exact``-ly (every
+    candidate that can enter the top-k re-ranked with float tables) or by their quantized distances
+    (``exact=False``, as FAISS's IndexIVFPQFastScan returns; the tables of each (query, list) quantized as
+    ``reference.quantize_lut``).
     ``by_residual=False``: the codes are of the vectors themselves, not of their residuals (FAISS's
     by_residual = False): one table per query serves every list, the centroids only choose the lists.
     """
@@ -238,9 +243,16 @@ def ivf_search(
         lists = InvertedLists(codes, ids, M, K)  # raw arrays: the byte layout
     if len(lists) != nlist:
         raise ValueError(f"need codes and ids for each of the {nlist} lists, got {len(lists)}")
-    checks.tensor(probes, "probes", 2, (torch.int64, torch.int32))
-    if probes.shape[0] != queries.shape[0]:
-        raise ValueError(f"probes must be [Q = {queries.shape[0]}, nprobe] list numbers in [-1, {nlist})")
+    nearest = isinstance(probes, (int, np.integer)) and not isinstance(probes, bool)
+    if nearest:
+        probes = _nprobe(probes, nlist)
+        _check_probe_caches(centroids, centroid_norms, centroids_t)
+    else:
+        if centroid_norms is not None or centroids_t is not None:
+            raise ValueError("centroid_norms and centroids_t go with probes given as a number (nprobe)")
+        checks.tensor(probes, "probes", 2, (torch.int64, torch.int32))
+        if probes.shape[0] != queries.shape[0]:
+            raise ValueError(f"probes must be [Q = {queries.shape[0]}, nprobe] list numbers in [-1, {nlist})")
     if precomputed is not None:
         checks.tensor(precomputed, "precomputed", 3, checks.FLOATS)
         if tuple(precomputed.shape) != (nlist, M, K):
@@ -253,8 +265,10 @@ def ivf_search(
     if precomputed is not None and not by_residual:
         raise ValueError("precomputed tables are of residuals: pass none with by_residual=False")
     checks.same_device(("queries", queries), ("centroids", centroids), ("codebooks", codebooks),
-                       ("probes", probes))
+                       *(() if nearest else (("probes", probes),)))
     args = (queries, centroids, codebooks, lists, probes, k, metric, precomputed, exact, by_residual, sorted)
+    if nearest:
+        return registry.run("ivf_probe_search", registry.device_type(queries), *args, centroid_norms, centroids_t)
     impl = registry.choose("ivf_search", registry.device_type(queries), args)[1]
     if probes.numel() and not getattr(impl, "checks_probes", False) and not _within(probes, -1, nlist - 1):
         raise ValueError(f"probes must be [Q = {queries.shape[0]}, nprobe] list numbers in [-1, {nlist})")
@@ -278,16 +292,32 @@ def coarse_probe(queries: Tensor, centroids: Tensor, nprobe: int, metric: str = 
     checks.tensor(queries, "queries", 2, checks.FLOATS)
     if queries.shape[1] != centroids.shape[1]:
         raise ValueError(f"queries have d = {queries.shape[1]}, the centroids d = {centroids.shape[1]}")
-    nprobe = checks.topk_k(nprobe)
-    if nprobe > centroids.shape[0]:
-        raise ValueError(f"nprobe = {nprobe} is more than the {centroids.shape[0]} lists")
+    nprobe = _nprobe(nprobe, centroids.shape[0])
     checks.metric(metric, ("l2", "ip"))
-    if centroids_t is not None and (tuple(centroids_t.shape) != (centroids.shape[1], centroids.shape[0])
-                                    or centroids_t.dtype != torch.float32 or not centroids_t.is_contiguous()):
-        raise ValueError(f"centroids_t must be centroids.T as contiguous float32 [{centroids.shape[1]}, "
-                         f"{centroids.shape[0]}], got {centroids_t.dtype} {tuple(centroids_t.shape)}")
+    _check_probe_caches(centroids, centroid_norms, centroids_t)
     return registry.run("coarse_probe", registry.device_type(queries), queries, centroids, nprobe, metric,
                         centroid_norms, centroids_t)
+
+
+def _nprobe(nprobe, nlist: int) -> int:
+    nprobe = checks.topk_k(int(nprobe) if isinstance(nprobe, np.integer) else nprobe)
+    if nprobe > nlist:
+        raise ValueError(f"nprobe = {nprobe} is more than the {nlist} lists")
+    return nprobe
+
+
+def _check_probe_caches(centroids: Tensor, centroid_norms: Tensor | None, centroids_t: Tensor | None) -> None:
+    """The caches of the coarse probe match the centroids [nlist, d]: ||c||^2 [nlist], c.T float32 [d, nlist]."""
+    nlist, d = centroids.shape
+    if centroid_norms is not None:
+        checks.tensor(centroid_norms, "centroid_norms", 1, checks.FLOATS)
+        if centroid_norms.shape[0] != nlist or centroid_norms.device != centroids.device:
+            raise ValueError(f"centroid_norms must be [nlist = {nlist}] on {centroids.device}, got "
+                             f"{tuple(centroid_norms.shape)} on {centroid_norms.device}")
+    if centroids_t is not None and (tuple(centroids_t.shape) != (d, nlist) or centroids_t.dtype != torch.float32
+                                    or not centroids_t.is_contiguous() or centroids_t.device != centroids.device):
+        raise ValueError(f"centroids_t must be centroids.T as contiguous float32 [{d}, {nlist}], got "
+                         f"{centroids_t.dtype} {tuple(centroids_t.shape)}")
 
 
 def ivf_precomputed_table(centroids: Tensor, codebooks: Tensor) -> Tensor:

@@ -492,6 +492,19 @@ def coarse_probe(queries: torch.Tensor, centroids: torch.Tensor, nprobe: int, me
     return registry.run("smallest_k_rows", registry.device_type(queries), dist.contiguous(), nprobe)
 
 
+def ivf_probe_search(queries, centroids, codebooks, lists, nprobe: int, k: int, metric: str, precomputed=None,
+                     exact=True, by_residual=True, sorted=True, centroid_norms=None,  # noqa: A002
+                     centroids_t=None):
+    """ivf_search over the nprobe nearest lists of each query: coarse_probe, then ivf_search, each as the
+    registry chooses for these tensors."""
+    from . import registry
+
+    dev = registry.device_type(queries)
+    probes = registry.run("coarse_probe", dev, queries, centroids, nprobe, metric, centroid_norms, centroids_t)
+    return registry.run("ivf_search", dev, queries, centroids, codebooks, lists, probes, k, metric, precomputed, exact,
+                        by_residual, sorted)
+
+
 def smallest_k_rows(dist: torch.Tensor, k: int) -> torch.Tensor:
     """Positions [Q, k] of the k smallest values of each row of dist [Q, n], sorted, ties by position."""
     return torch.sort(dist, dim=1, stable=True).indices[:, :k].contiguous()
