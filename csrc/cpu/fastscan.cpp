@@ -242,6 +242,8 @@ struct BlockDist {
   }
 };
 
+__attribute__((target("avx2,bmi2"))) uint64_t block_mask(const uint16_t* sums, int t);
+
 // Offer the candidates of one block (mask bit j: code j may enter); their distances are computed 16 at a
 // time for the groups that hold candidates, and the test against the current k-th best is the admission
 // test (a code whose bound has since passed the threshold fails it too), redone only when the threshold
@@ -262,6 +264,8 @@ inline void offer_block(uint64_t mask, const BlockDist& dist, int64_t base, int6
       if (tk.threshold() != thr) {
         thr = tk.threshold();
         qthr = std::min(dist.ql.qthreshold(tk, lower), qcap);
+        // many codes left (the block's first offers filled the top-k): drop those the new cut excludes
+        if (__builtin_popcountll(mask) > 12) mask = qthr < 0 ? 0 : mask & block_mask(dist.sums, qthr);
       }
     }
     return;
@@ -483,7 +487,7 @@ class GroupMins {
 };
 
 // The 64-bit mask (code order) of a block's codes whose sum is <= t; sums in lane order.
-__attribute__((target("avx2,bmi2"))) inline uint64_t block_mask(const uint16_t* sums, int t) {
+__attribute__((target("avx2,bmi2"))) uint64_t block_mask(const uint16_t* sums, int t) {
   const __m256i* s = reinterpret_cast<const __m256i*>(sums);
   const __m256i v0 = _mm256_loadu_si256(s), v1 = _mm256_loadu_si256(s + 1), v2 = _mm256_loadu_si256(s + 2),
                 v3 = _mm256_loadu_si256(s + 3);
