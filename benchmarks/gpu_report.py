@@ -34,6 +34,8 @@ def main(path: str) -> str:
             if "bytes_read" in b["extra_info"] and bw:
                 floor = b["extra_info"]["bytes_read"] / bw
                 note = f"{floor / med:.0%} of the bandwidth floor ({floor * 1e3:.2f} ms)"
+                if b["extra_info"].get("traffic_overhead") is not None:
+                    note += f"; model: {b['extra_info']['traffic_overhead']:.2%} bytes beyond the codes"
             if "query_codes" in b["extra_info"]:
                 note += f"; {b['extra_info']['query_codes'] / med:.3g} query-codes/s"
             lines.append(f"| {group} | {name} | {med * 1e3:.2f} | {b['extra_info'].get('peak_extra_mib', 0):.0f} "

@@ -78,12 +78,30 @@ def test_copy_bandwidth(benchmark, codes100m):
 GPU_BACKENDS = [b.name for b in sqret.backends() if b.available and "cuda" in b.devices and b.name != "reference"]
 
 
+def _traffic_overhead(backend: str, Q: int, N: int, k: int) -> float | None:
+    """The bytes-moved model of the backend's fused scan on this GPU: bytes beyond the codes read, as a fraction."""
+    props = torch.cuda.get_device_properties(0)
+    if backend == "cuda":
+        from sqret.ops import cuda_backend
+
+        smem = getattr(props, "shared_memory_per_block_optin", 227 * 1024)
+        return cuda_backend.traffic(Q, 16, 256, N, 16, k, sms=props.multi_processor_count, max_smem=smem)["overhead"]
+    if backend == "triton":
+        from sqret_kernels import adc
+
+        bq = min(1 << (Q - 1).bit_length(), 4)
+        pn = adc._programs_n(Q, N, bq, adc.stream_config(k, bq)["BLOCK_N"], torch.device("cuda"))
+        return adc.traffic(Q, N, 16, k, pn)["overhead"]
+    return None
+
+
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("Q", [1, 4, 16])
 def test_adc_topk_100m(benchmark, codes100m, Q, backend):
     lut = torch.randn(Q, 16, 256, device="cuda")
     benchmark.group = f"adc_topk N=100M M=16 Q={Q} k=100"
-    benchmark.extra_info.update(backend=backend, bytes_read=codes100m.numel(), Q=Q)
+    benchmark.extra_info.update(backend=backend, bytes_read=codes100m.numel(), Q=Q,
+                                traffic_overhead=_traffic_overhead(backend, Q, codes100m.shape[0], 100))
     with sqret.use_backend(backend):
         _timed(benchmark, lambda: ops.adc_topk(lut, codes100m, 100))
 

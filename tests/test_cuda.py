@@ -13,20 +13,63 @@ from sqret import ops
 
 CUDA = {b.name: b for b in sqret.backends()}["cuda"]
 GPU = pytest.mark.skipif(not CUDA.available, reason=f"cuda backend unavailable: {CUDA.reason}")
+NVCC = pytest.mark.skipif(not shutil.which("nvcc") and not os.path.exists("/usr/local/cuda/bin/nvcc"),
+                          reason="no nvcc: the CUDA module is not built on this machine")
 
 
-@pytest.mark.skipif(not shutil.which("nvcc") and not os.path.exists("/usr/local/cuda/bin/nvcc"),
-                    reason="no nvcc: the CUDA module is not built on this machine")
+@NVCC
 def test_module_is_built_and_reports_why_it_is_unavailable():
     from sqret import _cuda
 
-    assert _cuda.adc_chunk(10) == 2048 and _cuda.adc_chunk(2048) == 4096
+    assert _cuda.adc_max_keep == 1024
     if not torch.cuda.is_available():
         assert _cuda.device_count() == 0
         assert not CUDA.available and "no CUDA GPU" in CUDA.reason
         with pytest.raises(RuntimeError, match="does not run on cpu tensors|unavailable"):
             with sqret.use_backend("cuda"):
                 ops.encode(torch.randn(2, 4), torch.randn(2, 3, 2))
+
+
+@NVCC
+@pytest.mark.parametrize("sms,max_smem", [(132, 227 * 1024), (108, 163 * 1024), (30, 48 * 1024)])
+def test_streaming_scan_plan_fits_the_gpu_and_covers_the_codes(sms, max_smem):
+    """The launch plan of the CUDA streaming scan (pure host code): every code in exactly one program's slice,
+    the pool holds a whole tile after any merge, shared memory within the block limit, a grid of a few
+    blocks per SM, the LUT in shared memory whenever one query's table and pool fit."""
+    from sqret import _cuda
+
+    rng = np.random.default_rng(sms)
+    shapes = [(1, 16, 256, 10**8, 100), (16, 16, 256, 10**8, 10), (1024, 16, 256, 10**7, 100), (3, 7, 100, 1, 1),
+              (5, 128, 256, 3_000_001, 1024), (2, 64, 256, 1000, 1024), (9, 32, 16, 2**30, 33)]
+    shapes += [(int(rng.integers(1, 2000)), int(rng.integers(1, 200)), int(rng.choice([16, 100, 256])),
+                int(rng.integers(1, 10**7)), int(rng.integers(1, 1025))) for _ in range(200)]
+    for Q, M, K, N, keep in shapes:
+        p = _cuda.adc_plan(Q, M, K, N, keep, sms, max_smem)
+        assert p["kp"] >= keep and p["kp"] & (p["kp"] - 1) == 0 and p["pool"] & (p["pool"] - 1) == 0
+        assert p["pool"] - p["kp"] >= 512  # one tile of candidates (256 threads x 2 codes)
+        assert p["per_block"] % 512 == 0 and (p["programs"] - 1) * p["per_block"] < N <= p["programs"] * p["per_block"]
+        assert p["smem"] <= max_smem and p["qb"] in (1, 2, 4) and p["qb"] <= Q
+        qblocks = -(-Q // p["qb"])
+        assert p["programs"] <= max(1, 4 * sms // qblocks)
+        keys = p["pool"] * 8 + 12
+        assert p["smem"] == p["qb"] * (keys + (M * K * 4 if p["lut_smem"] else 0))
+        assert p["lut_smem"] == (keys + M * K * 4 <= min(100 * 1024, max_smem))
+    for bad in ((1, 16, 256, 10, 1025), (0, 16, 256, 10, 1), (1, 16, 256, 0, 1), (1, 16, 256, 10, 0)):
+        with pytest.raises(ValueError, match="adc_plan"):
+            _cuda.adc_plan(*bad, sms, max_smem)
+
+
+@NVCC
+def test_streaming_scan_traffic_model_within_five_percent():
+    """Bytes moved beyond the codes by one CUDA launch on an H200-sized GPU, k <= 100, Q <= 16."""
+    from sqret.ops import cuda_backend
+
+    for N in (10**8, cuda_backend._CHUNK):
+        for Q in (1, 2, 4, 8, 16):
+            for k in (1, 10, 100):
+                t = cuda_backend.traffic(Q, 16, 256, N, 16, k)
+                assert t["overhead"] <= 0.05, (N, Q, k, t)
+                assert t["codes_read"] == N * 16 and t["code_passes"] == -(-Q // t["plan"]["qb"])
 
 
 def both(fn):
@@ -42,20 +85,36 @@ def both(fn):
 @pytest.mark.parametrize("k", [1, 10, 100, 1024, 2048])
 def test_adc_topk_equals_reference_with_ties(N, k):
     rng = np.random.default_rng(N + k)
-    for M, K, packed in ((16, 256, False), (7, 100, False), (9, 16, True)):
-        table = torch.from_numpy(rng.integers(0, 6, (5, M, K)).astype(np.float32)).cuda()
-        codes = torch.from_numpy(rng.integers(0, K, (N, M)).astype(np.uint8)).cuda()
-        c = ops.pack4(codes) if packed else codes
-        for largest in (False, True):
-            got, want = both(lambda: ops.adc_topk(table, c, k, largest=largest, packed=packed))  # noqa: B023
-            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    # 16-byte rows (one load: 16 codes, 32 nibbles), other widths, a LUT too large for shared memory;
+    # 1, 2, 3 and 5 queries (4 per block and a partial block)
+    for M, K, packed in ((16, 256, False), (32, 16, True), (7, 100, False), (9, 16, True), (128, 256, False)):
+        if M == 128 and N > 100_003:
+            continue
+        for Q in (1, 2, 3, 5):
+            table = torch.from_numpy(rng.integers(0, 6, (Q, M, K)).astype(np.float32)).cuda()
+            codes = torch.from_numpy(rng.integers(0, K, (N, M)).astype(np.uint8)).cuda()
+            c = ops.pack4(codes) if packed else codes
+            for largest in (False, True):
+                got, want = both(lambda: ops.adc_topk(table, c, k, largest=largest, packed=packed))  # noqa: B023
+                assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@GPU
+def test_adc_topk_unaligned_16_byte_rows():
+    """16-byte rows at an address that is not 16-byte aligned take the byte-wise path."""
+    N = 70_001
+    raw = torch.randint(0, 256, (N * 16 + 1,), dtype=torch.uint8, device="cuda")
+    codes = raw[1:].view(N, 16)
+    table = torch.randn(3, 16, 256, device="cuda")
+    got, want = both(lambda: ops.adc_topk(table, codes, 50))
+    assert torch.equal(got[1], want[1])
 
 
 @GPU
 def test_adc_topk_float_lut_and_large_k_fallback():
     table = torch.randn(3, 16, 256, device="cuda")
     codes = torch.randint(0, 256, (50_000, 16), dtype=torch.uint8, device="cuda")
-    for k in (7, 3000):  # 3000 > 2048: the reference path, still correct
+    for k in (7, 1025, 3000):  # above 1024: the next implementation, still correct
         got, want = both(lambda: ops.adc_topk(table, codes, k))  # noqa: B023
         assert torch.equal(got[1], want[1])
 

@@ -11,13 +11,29 @@ namespace sqret_cuda {
 void check(cudaError_t err, const char* what);
 int device_count();
 
-// Codes per block (a power of two) for a given keep: each block emits its `keep` best of that many.
-int adc_chunk(int keep);
+// The streaming ADC scan + top-k: keep <= kAdcMaxKeep. A plan fixes the launch: queries per block (qb),
+// running-list width (kp) and pool size per query, LUT in shared memory or not, shared bytes, codes per block
+// and the number of blocks along the database (programs). Pure: the same sizes give the same plan.
+constexpr int kAdcMaxKeep = 1024;
+struct AdcPlan {
+  int qb;
+  int kp;
+  int pool;
+  bool lut_smem;
+  size_t smem;
+  long long per_block;
+  int programs;
+};
+AdcPlan adc_plan(int Q, int M, int K, long long N, int keep, int sms, int max_smem);
+// The plan on the current device.
+AdcPlan adc_plan_here(int Q, int M, int K, long long N, int keep);
 
-// Per (query, chunk of codes) block: the `keep` (<= 2048) smallest keys (ordered distance bits << 32 | global
-// position), written to out_keys [Q, ceil(N / adc_chunk(keep)), keep]; padding keys are INT64_MAX.
-void adc_topk_partial(const float* lut, int Q, int M, int K, const uint8_t* codes, long long N, int row_bytes,
-                      bool packed, bool largest, int keep, long long* out_keys, cudaStream_t stream);
+// lut [Q, M, K] float32, codes [N, row_bytes] uint8 (row_bytes = M, or ceil(M / 2) packed), N < 2**31: the
+// `keep` smallest keys (ordered bits of sign * distance << 32 | position; sign -1 when largest) of each
+// program's slice, written to out_keys [Q, programs, keep] (programs: adc_plan_here's; checked); padding keys
+// are INT64_MAX.
+void adc_topk_stream(const float* lut, int Q, int M, int K, const uint8_t* codes, long long N, int row_bytes,
+                     bool packed, bool largest, int keep, int programs, long long* out_keys, cudaStream_t stream);
 
 // Nearest codeword per sub-space: x [B, M*d], codebooks [M, K, d] float32 -> out int32 [B, M]; metric 0 l2, 1 ip.
 void encode(const float* x, long long B, const float* codebooks, int M, int K, int d, int metric, int32_t* out,

@@ -11,17 +11,38 @@ namespace py = pybind11;
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "sqret CUDA kernels: ADC scan + top-k, encode, soft quantization";
   m.def("device_count", &sqret_cuda::device_count);
-  m.def("adc_chunk", &sqret_cuda::adc_chunk);
+  m.attr("adc_max_keep") = sqret_cuda::kAdcMaxKeep;
   m.def(
-      "adc_topk_partial",
-      [](uintptr_t lut, int Q, int M, int K, uintptr_t codes, long long N, int row_bytes, bool packed, bool largest,
-         int keep, uintptr_t out_keys, uintptr_t stream) {
-        py::gil_scoped_release release;
-        sqret_cuda::adc_topk_partial(reinterpret_cast<const float*>(lut), Q, M, K,
-                                     reinterpret_cast<const uint8_t*>(codes), N, row_bytes, packed, largest, keep,
-                                     reinterpret_cast<long long*>(out_keys), reinterpret_cast<cudaStream_t>(stream));
+      "adc_plan",
+      [](int Q, int M, int K, long long N, int keep, int sms, int max_smem) {
+        const sqret_cuda::AdcPlan p = sqret_cuda::adc_plan(Q, M, K, N, keep, sms, max_smem);
+        py::dict d;
+        d["qb"] = p.qb;
+        d["kp"] = p.kp;
+        d["pool"] = p.pool;
+        d["lut_smem"] = p.lut_smem;
+        d["smem"] = p.smem;
+        d["per_block"] = p.per_block;
+        d["programs"] = p.programs;
+        return d;
       },
-      "per-block top-k keys of an ADC scan: lut [Q, M, K] float32, codes [N, row_bytes] uint8");
+      "launch plan of the streaming ADC scan for a GPU with `sms` SMs and `max_smem` shared bytes per block");
+  m.def(
+      "adc_programs",
+      [](int Q, int M, int K, long long N, int keep) { return sqret_cuda::adc_plan_here(Q, M, K, N, keep).programs; },
+      "blocks along the database of the streaming ADC scan on the current device");
+  m.def(
+      "adc_topk_stream",
+      [](uintptr_t lut, int Q, int M, int K, uintptr_t codes, long long N, int row_bytes, bool packed, bool largest,
+         int keep, int programs, uintptr_t out_keys, uintptr_t stream) {
+        py::gil_scoped_release release;
+        sqret_cuda::adc_topk_stream(reinterpret_cast<const float*>(lut), Q, M, K,
+                                    reinterpret_cast<const uint8_t*>(codes), N, row_bytes, packed, largest, keep,
+                                    programs, reinterpret_cast<long long*>(out_keys),
+                                    reinterpret_cast<cudaStream_t>(stream));
+      },
+      "per-program top-k keys of a streaming ADC scan: lut [Q, M, K] float32, codes [N, row_bytes] uint8 -> "
+      "out_keys [Q, programs * keep] int64");
   m.def(
       "encode",
       [](uintptr_t x, long long B, uintptr_t codebooks, int M, int K, int d, int metric, uintptr_t out,

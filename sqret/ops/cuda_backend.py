@@ -28,7 +28,7 @@ except ImportError as err:
     _cuda = None
     mark_unavailable("cuda", f"native extension sqret._cuda is not built (no nvcc at install time?): {err}")
 
-MAX_K = 2048
+MAX_K = 1024  # the streaming scan's largest top-k (csrc/cuda kAdcMaxKeep); above, the next implementation
 _CHUNK = 1 << 30  # codes per launch (positions in a key are 32-bit)
 
 
@@ -46,17 +46,34 @@ def _adc_accepts(table: torch.Tensor, codes: torch.Tensor, k: int, largest: bool
     return None
 
 
+def traffic(Q: int, M: int, K: int, N: int, code_bytes: int, k: int, *, sms: int = 132,
+            max_smem: int = 227 * 1024) -> dict:
+    """Bytes one streaming scan launch moves on a GPU with ``sms`` SMs (the model the benchmark report prints):
+    codes read once from DRAM (the query blocks of a slice run side by side and share it through L2; they
+    read it ``code_passes`` times from L2), the keys the programs write, and the merge (keys read, result
+    written)."""
+    kk = min(k, N)
+    plan = _cuda.adc_plan(Q, M, K, N, kk, sms, max_smem)
+    keys = Q * plan["programs"] * kk * 8
+    merge = keys + Q * kk * 8 if plan["programs"] > 1 else 0
+    codes = N * code_bytes
+    return {"codes_read": codes, "code_passes": -(-Q // plan["qb"]), "keys_written": keys, "merge": merge,
+            "overhead": (keys + merge) / max(codes, 1), "plan": plan}
+
+
 def adc_topk(table: torch.Tensor, codes: torch.Tensor, k: int, largest: bool, packed: bool):
     lut = table.to(torch.float32).contiguous()
     Q, M, K = lut.shape
 
     def scan(c: torch.Tensor, kk: int):
         c = c.contiguous()
-        blocks = -(-c.shape[0] // _cuda.adc_chunk(kk))
-        keys = torch.empty((Q, blocks * kk), dtype=torch.int64, device=lut.device)
-        _cuda.adc_topk_partial(lut.data_ptr(), Q, M, K, c.data_ptr(), c.shape[0], c.shape[1], packed, largest, kk,
-                               keys.data_ptr(), _stream())
-        return reference.keys_to_topk(keys.sort(dim=1).values[:, :kk], -1.0 if largest else 1.0)
+        programs = _cuda.adc_programs(Q, M, K, c.shape[0], kk)
+        keys = torch.empty((Q, programs * kk), dtype=torch.int64, device=lut.device)
+        _cuda.adc_topk_stream(lut.data_ptr(), Q, M, K, c.data_ptr(), c.shape[0], c.shape[1], packed, largest, kk,
+                              programs, keys.data_ptr(), _stream())
+        if programs > 1:
+            keys = keys.sort(dim=1).values[:, :kk]
+        return reference.keys_to_topk(keys, -1.0 if largest else 1.0)
 
     return reference.chunked_topk(lut, codes, k, largest, _CHUNK, scan)
 
