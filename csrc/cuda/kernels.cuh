@@ -6,25 +6,14 @@
 #include <cstdint>
 #include <string>
 
+#include "adc_plan.h"
+
 namespace sqret_cuda {
 
 void check(cudaError_t err, const char* what);
 int device_count();
 
-// The streaming ADC scan + top-k: keep <= kAdcMaxKeep. A plan fixes the launch: queries per block (qb),
-// running-list width (kp) and pool size per query, LUT in shared memory or not, shared bytes, codes per block
-// and the number of blocks along the database (programs). Pure: the same sizes give the same plan.
-constexpr int kAdcMaxKeep = 1024;
-struct AdcPlan {
-  int qb;
-  int kp;
-  int pool;
-  bool lut_smem;
-  size_t smem;
-  long long per_block;
-  int programs;
-};
-AdcPlan adc_plan(int Q, int M, int K, long long N, int keep, int sms, int max_smem);
+// The streaming ADC scan + top-k (csrc/cuda/adc_stream.cuh: kAdcMaxKeep, AdcPlan, adc_plan).
 // The plan on the current device.
 AdcPlan adc_plan_here(int Q, int M, int K, long long N, int keep);
 
