@@ -1,26 +1,15 @@
-// The streaming ADC scan + top-k kernel and its dispatch: CUDA source that also compiles as C++ against
-// csrc/cuda/emu.h (tests/test_cuda_emu.py runs it on the CPU, each block's threads as real threads, its
-// barriers as barriers). Included by kernels.cu and by the emulator only.
+// The streaming ADC scan + top-k kernel and its dispatch (included by kernels.cu).
 #pragma once
+
+#include <cuda_runtime.h>
 
 #include <cstdint>
 
 #include "adc_plan.h"
-
-#ifndef SQRET_CUDA_EMU
-#include <cuda_runtime.h>
-#define SQRET_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
-#define SQRET_MAX_DYNAMIC_SHARED(kernel, bytes)                                                                \
-  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)), \
-        "cudaFuncSetAttribute")
-#define SQRET_LAUNCH(kernel, grid, block, smem, stream, ...) kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
-#endif
+#include "kernels.cuh"
+#include "launch.cuh"
 
 namespace sqret_cuda {
-
-#ifndef SQRET_CUDA_EMU
-void check(cudaError_t err, const char* what);
-#endif
 
 constexpr long long kMaxKey = 0x7FFFFFFFFFFFFFFFLL;
 
@@ -118,7 +107,7 @@ __global__ void __launch_bounds__(kThreads) adc_stream(const float* __restrict__
                                                        int K, int row_bytes, bool packed, float sign,
                                                        long long per_block, int keep, int kp, int pool_size,
                                                        long long* __restrict__ out_keys) {
-  SQRET_DYNAMIC_SHARED(smem);
+  SQRET_DYNAMIC_SHARED(unsigned char, smem);
   long long* pools = reinterpret_cast<long long*>(smem);  // [QB, pool_size]
   long long* thr = pools + static_cast<long long>(QB) * pool_size;  // [QB]
   int* cnt = reinterpret_cast<int*>(thr + QB);                      // [QB]
@@ -173,7 +162,8 @@ template <int QB, bool LUT_SMEM, bool ROW16, class Stream>
 void launch_stream(const AdcPlan& p, const float* lut, int Q, int M, int K, const uint8_t* codes, long long N,
                    int row_bytes, bool packed, float sign, int keep, long long* out_keys, Stream stream) {
   auto kernel = adc_stream<QB, LUT_SMEM, ROW16>;
-  SQRET_MAX_DYNAMIC_SHARED(kernel, p.smem);
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(p.smem)),
+        "cudaFuncSetAttribute");
   const dim3 grid(static_cast<unsigned>((Q + QB - 1) / QB), static_cast<unsigned>(p.programs));
   SQRET_LAUNCH(kernel, grid, kThreads, p.smem, stream, lut, codes, N, Q, M, K, row_bytes, packed, sign, p.per_block,
                keep, p.kp, p.pool, out_keys);

@@ -9,6 +9,7 @@
 
 #include "adc_stream.cuh"
 #include "kernels.cuh"
+#include "launch.cuh"
 
 namespace sqret_cuda {
 
@@ -76,7 +77,8 @@ void encode(const float* x, long long B, const float* codebooks, int M, int K, i
   if (B < 0 || M < 1 || K < 1 || d < 1 || (metric != 0 && metric != 1)) throw std::invalid_argument("encode: bad sizes");
   if (B == 0) return;
   const long long threads = B * M;
-  encode_kernel<<<static_cast<unsigned>((threads + 255) / 256), 256, 0, stream>>>(x, B, codebooks, M, K, d, metric, out);
+  SQRET_LAUNCH(encode_kernel, static_cast<unsigned>((threads + 255) / 256), 256, 0, stream, x, B, codebooks, M, K, d,
+               metric, out);
   check(cudaGetLastError(), "encode launch");
 }
 

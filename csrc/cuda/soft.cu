@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "kernels.cuh"
+#include "launch.cuh"
 
 namespace sqret_cuda {
 
@@ -86,7 +87,7 @@ __device__ __forceinline__ float* column(float* smem, int array) {
 template <int MAXD>
 __global__ void soft_fwd(const float* __restrict__ x, const float* __restrict__ cb, long long B, int M, int K, int d,
                          float inv_tau, int metric, bool in_smem, float* __restrict__ z) {
-  extern __shared__ float smem[];
+  SQRET_DYNAMIC_SHARED(float, smem);
   const int m = blockIdx.y;
   float* rows = smem;
   const float* C = codebook(cb, smem + row_floats<MAXD>(2), in_smem, m, K, d);
@@ -125,7 +126,7 @@ template <int MAXD>
 __global__ void soft_bwd_rows(const float* __restrict__ g, const float* __restrict__ x, const float* __restrict__ cb,
                               long long B, int M, int K, int d, float inv_tau, int metric, bool in_smem,
                               float* __restrict__ gx, float* __restrict__ lse_out, float* __restrict__ gz_out) {
-  extern __shared__ float smem[];
+  SQRET_DYNAMIC_SHARED(float, smem);
   const int m = blockIdx.y;
   float* rows = smem;
   const float* C = codebook(cb, smem + row_floats<MAXD>(3), in_smem, m, K, d);
@@ -176,7 +177,7 @@ __global__ void soft_bwd_codewords(const float* __restrict__ g, const float* __r
                                    const float* __restrict__ cb, const float* __restrict__ lse,
                                    const float* __restrict__ gzs, long long B, int M, int K, int d, float inv_tau,
                                    int metric, float* __restrict__ gc_out) {
-  extern __shared__ float smem[];
+  SQRET_DYNAMIC_SHARED(float, smem);
   const long long t = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t >= static_cast<long long>(M) * K) return;
   const int m = static_cast<int>(t / K);
@@ -232,7 +233,7 @@ void launch_fwd(const float* x, long long B, const float* cb, int M, int K, int 
   const size_t smem = plan_smem(soft_fwd<MAXD>, row_smem<MAXD>(2), K, d, &in_smem);
   const int rows = rows_per_block<MAXD>();
   dim3 grid(static_cast<unsigned>((B + rows - 1) / rows), static_cast<unsigned>(M));
-  soft_fwd<MAXD><<<grid, rows, smem, stream>>>(x, cb, B, M, K, d, inv_tau, metric, in_smem, z);
+  SQRET_LAUNCH(soft_fwd<MAXD>, grid, rows, smem, stream, x, cb, B, M, K, d, inv_tau, metric, in_smem, z);
   check(cudaGetLastError(), "soft_fwd launch");
 }
 
@@ -245,15 +246,16 @@ void launch_bwd(const float* g, const float* x, long long B, const float* cb, in
   float* gz = scratch + B * M;
   const int rows = rows_per_block<MAXD>();
   dim3 grid(static_cast<unsigned>((B + rows - 1) / rows), static_cast<unsigned>(M));
-  soft_bwd_rows<MAXD><<<grid, rows, smem, stream>>>(g, x, cb, B, M, K, d, inv_tau, metric, in_smem, gx, lse, gz);
+  SQRET_LAUNCH(soft_bwd_rows<MAXD>, grid, rows, smem, stream, g, x, cb, B, M, K, d, inv_tau, metric, in_smem, gx, lse,
+               gz);
   check(cudaGetLastError(), "soft_bwd_rows launch");
   const long long threads = static_cast<long long>(M) * K;
   const size_t cw_smem = row_smem<MAXD>(2);
   if (cw_smem > 48 * 1024)
     check(cudaFuncSetAttribute(soft_bwd_codewords<MAXD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                static_cast<int>(cw_smem)), "cudaFuncSetAttribute");
-  soft_bwd_codewords<MAXD><<<static_cast<unsigned>((threads + rows - 1) / rows), rows, cw_smem, stream>>>(
-      g, x, cb, lse, gz, B, M, K, d, inv_tau, metric, gc);
+  SQRET_LAUNCH(soft_bwd_codewords<MAXD>, static_cast<unsigned>((threads + rows - 1) / rows), rows, cw_smem, stream,
+               g, x, cb, lse, gz, B, M, K, d, inv_tau, metric, gc);
   check(cudaGetLastError(), "soft_bwd_codewords launch");
 }
 
