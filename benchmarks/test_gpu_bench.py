@@ -81,11 +81,12 @@ GPU_BACKENDS = [b.name for b in sqret.backends() if b.available and "cuda" in b.
 def _traffic_overhead(backend: str, Q: int, N: int, k: int) -> float | None:
     """The bytes-moved model of the backend's fused scan on this GPU: bytes beyond the codes read, as a fraction."""
     props = torch.cuda.get_device_properties(0)
-    if backend == "cuda":
+    if backend in ("cuda", "cuda-warp"):
         from sqret.ops import cuda_backend
 
         smem = getattr(props, "shared_memory_per_block_optin", 227 * 1024)
-        return cuda_backend.traffic(Q, 16, 256, N, 16, k, sms=props.multi_processor_count, max_smem=smem)["overhead"]
+        return cuda_backend.traffic(Q, 16, 256, N, 16, k, sms=props.multi_processor_count, max_smem=smem,
+                                    select=int(backend == "cuda-warp"))["overhead"]
     if backend == "triton":
         from sqret_kernels import adc
 
@@ -95,13 +96,20 @@ def _traffic_overhead(backend: str, Q: int, N: int, k: int) -> float | None:
     return None
 
 
-@pytest.mark.parametrize("backend", GPU_BACKENDS)
+# the cuda backend's two top-k variants (SQRET_CUDA_ADC): a pool per block, or warp select
+ADC_VARIANTS = [b for b in GPU_BACKENDS if b != "cuda"] + (["cuda", "cuda-warp"] if "cuda" in GPU_BACKENDS else [])
+
+
+@pytest.mark.parametrize("backend", ADC_VARIANTS)
 @pytest.mark.parametrize("Q", [1, 4, 16])
-def test_adc_topk_100m(benchmark, codes100m, Q, backend):
+def test_adc_topk_100m(benchmark, codes100m, Q, backend, monkeypatch):
     lut = torch.randn(Q, 16, 256, device="cuda")
     benchmark.group = f"adc_topk N=100M M=16 Q={Q} k=100"
     benchmark.extra_info.update(backend=backend, bytes_read=codes100m.numel(), Q=Q,
                                 traffic_overhead=_traffic_overhead(backend, Q, codes100m.shape[0], 100))
+    if backend == "cuda-warp":
+        monkeypatch.setenv("SQRET_CUDA_ADC", "warp")
+        backend = "cuda"
     with sqret.use_backend(backend):
         _timed(benchmark, lambda: ops.adc_topk(lut, codes100m, 100))
 

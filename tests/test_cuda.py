@@ -31,8 +31,9 @@ def test_module_is_built_and_reports_why_it_is_unavailable():
 
 
 @NVCC
+@pytest.mark.parametrize("select", [0, 1])
 @pytest.mark.parametrize("sms,max_smem", [(132, 227 * 1024), (108, 163 * 1024), (30, 48 * 1024)])
-def test_streaming_scan_plan_fits_the_gpu_and_covers_the_codes(sms, max_smem):
+def test_streaming_scan_plan_fits_the_gpu_and_covers_the_codes(sms, max_smem, select):
     """The launch plan of the CUDA streaming scan (pure host code): every code in exactly one program's slice,
     the pool holds a whole tile after any merge, shared memory within the block limit, a grid of a few
     blocks per SM, the LUT in shared memory whenever one query's table and pool fit."""
@@ -43,31 +44,38 @@ def test_streaming_scan_plan_fits_the_gpu_and_covers_the_codes(sms, max_smem):
               (5, 128, 256, 3_000_001, 1024), (2, 64, 256, 1000, 1024), (9, 32, 16, 2**30, 33)]
     shapes += [(int(rng.integers(1, 2000)), int(rng.integers(1, 200)), int(rng.choice([16, 100, 256])),
                 int(rng.integers(1, 10**7)), int(rng.integers(1, 1025))) for _ in range(200)]
+    max_keep = 256 if select else 1024
     for Q, M, K, N, keep in shapes:
-        p = _cuda.adc_plan(Q, M, K, N, keep, sms, max_smem)
+        keep = min(keep, max_keep)
+        p = _cuda.adc_plan(Q, M, K, N, keep, sms, max_smem, select)
+        assert p["select"] == select
         assert p["kp"] >= keep and p["kp"] & (p["kp"] - 1) == 0 and p["pool"] & (p["pool"] - 1) == 0
-        assert p["pool"] - p["kp"] >= 512  # one tile of candidates (256 threads x 2 codes)
+        # the pool holds one step of candidates after any merge: a tile (256 threads x 2 codes), a warp's 32
+        assert p["pool"] - p["kp"] >= (32 if select else 512)
         assert p["per_block"] % 512 == 0 and (p["programs"] - 1) * p["per_block"] < N <= p["programs"] * p["per_block"]
         assert p["smem"] <= max_smem and p["qb"] in (1, 2, 4) and p["qb"] <= Q
         qblocks = -(-Q // p["qb"])
         assert p["programs"] <= max(1, 4 * sms // qblocks)
-        keys = p["pool"] * 8 + 12
-        assert p["smem"] == p["qb"] * (keys + (M * K * 4 if p["lut_smem"] else 0))
-        assert p["lut_smem"] == (keys + M * K * 4 <= min(100 * 1024, max_smem))
-    for bad in ((1, 16, 256, 10, 1025), (0, 16, 256, 10, 1), (1, 16, 256, 0, 1), (1, 16, 256, 10, 0)):
+        keys, fixed = (8 * 8 * p["pool"], 8 * p["mpool"]) if select else (p["pool"] * 8 + 12, 0)
+        if select:
+            assert p["mpool"] >= 8 * p["kp"]  # the 8 warps' lists, merged at the end
+        assert p["smem"] == fixed + p["qb"] * (keys + (M * K * 4 if p["lut_smem"] else 0))
+        assert p["lut_smem"] == (fixed + keys + M * K * 4 <= min(100 * 1024, max_smem))
+    for bad in ((1, 16, 256, 10, max_keep + 1), (0, 16, 256, 10, 1), (1, 16, 256, 0, 1), (1, 16, 256, 10, 0)):
         with pytest.raises(ValueError, match="adc_plan"):
-            _cuda.adc_plan(*bad, sms, max_smem)
+            _cuda.adc_plan(*bad, sms, max_smem, select)
 
 
 @NVCC
-def test_streaming_scan_traffic_model_within_five_percent():
+@pytest.mark.parametrize("select", [0, 1])
+def test_streaming_scan_traffic_model_within_five_percent(select):
     """Bytes moved beyond the codes by one CUDA launch on an H200-sized GPU, k <= 100, Q <= 16."""
     from sqret.ops import cuda_backend
 
     for N in (10**8, cuda_backend._CHUNK):
         for Q in (1, 2, 4, 8, 16):
             for k in (1, 10, 100):
-                t = cuda_backend.traffic(Q, 16, 256, N, 16, k)
+                t = cuda_backend.traffic(Q, 16, 256, N, 16, k, select=select)
                 assert t["overhead"] <= 0.05, (N, Q, k, t)
                 assert t["codes_read"] == N * 16 and t["code_passes"] == -(-Q // t["plan"]["qb"])
 
@@ -80,10 +88,24 @@ def both(fn):
     return got, want
 
 
+@NVCC
+def test_streaming_scan_variant_from_the_environment(monkeypatch):
+    from sqret.ops import cuda_backend
+
+    assert cuda_backend.adc_select(10) == 0
+    monkeypatch.setenv("SQRET_CUDA_ADC", "warp")
+    assert cuda_backend.adc_select(256) == 1 and cuda_backend.adc_select(257) == 0
+    monkeypatch.setenv("SQRET_CUDA_ADC", "fast")
+    with pytest.raises(ValueError, match="SQRET_CUDA_ADC"):
+        cuda_backend.adc_select(10)
+
+
 @GPU
+@pytest.mark.parametrize("select", ["block", "warp"])
 @pytest.mark.parametrize("N", [0, 1, 2047, 2049, 100_003, 3_000_001])
 @pytest.mark.parametrize("k", [1, 10, 100, 1024, 2048])
-def test_adc_topk_equals_reference_with_ties(N, k):
+def test_adc_topk_equals_reference_with_ties(N, k, select, monkeypatch):
+    monkeypatch.setenv("SQRET_CUDA_ADC", select)
     rng = np.random.default_rng(N + k)
     # 16-byte rows (one load: 16 codes, 32 nibbles), other widths, a LUT too large for shared memory;
     # 1, 2, 3 and 5 queries (4 per block and a partial block)

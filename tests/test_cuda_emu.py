@@ -26,8 +26,8 @@ SIGNATURES = {
     "emu_set_device": (None, [I, I]),
     "emu_error": (ctypes.c_char_p, []),
     "emu_launches": (LL, []),
-    "emu_adc_programs": (I, [I, I, I, LL, I]),
-    "emu_adc_topk_stream": (I, [P, I, I, I, P, LL, I, B8, B8, I, I, P]),
+    "emu_adc_programs": (I, [I, I, I, LL, I, I]),
+    "emu_adc_topk_stream": (I, [P, I, I, I, P, LL, I, B8, B8, I, I, P, I]),
     "emu_encode": (I, [P, LL, P, I, I, I, I, P]),
     "emu_soft_quantize": (I, [P, LL, P, I, I, I, F, I, P]),
     "emu_soft_quantize_backward": (I, [P, P, LL, P, I, I, I, F, I, P, P]),
@@ -53,19 +53,23 @@ def _ok(lib, rc: int) -> None:
     assert rc == 0, lib.emu_error().decode()
 
 
+SELECTS = {"block": 0, "warp": 1}
+
+
 def emu_topk(lib, lut: torch.Tensor, codes: torch.Tensor, k: int, largest: bool, packed: bool, sms: int = 1,
-             max_smem: int = 227 * 1024):
-    """What cuda_backend.adc_topk does with the kernel's keys (one launch: N < 2**30 here)."""
+             max_smem: int = 227 * 1024, select: str = "block"):
+    """What cuda_backend.adc_topk does with the kernel's keys (one launch: N < 2**30 here); select: the
+    block-pool kernel or the warp-select one."""
     lib.emu_set_device(sms, max_smem)
     lut, codes = lut.to(torch.float32).contiguous(), codes.contiguous()
     Q, M, K = lut.shape
     N = codes.shape[0]
     kk = min(k, N)
-    programs = lib.emu_adc_programs(Q, M, K, N, kk)
+    programs = lib.emu_adc_programs(Q, M, K, N, kk, SELECTS[select])
     assert programs > 0, lib.emu_error().decode()
     keys = torch.full((Q, programs * kk), 12345, dtype=torch.int64)  # every slot must be written
     _ok(lib, lib.emu_adc_topk_stream(lut.data_ptr(), Q, M, K, codes.data_ptr(), N, codes.shape[1], packed, largest,
-                                     kk, programs, keys.data_ptr()))
+                                     kk, programs, keys.data_ptr(), SELECTS[select]))
     assert not (keys == 12345).any()
     keys = keys.sort(dim=1).values[:, :kk]
     v, i = reference.keys_to_topk(keys, -1.0 if largest else 1.0)
@@ -91,39 +95,47 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("select", ["block", "warp"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "Q{}-M{}-K{}-{}-N{}-k{}-sms{}-smem{}".format(*c))
-def test_adc_stream_equals_reference_with_ties(emu, case):
+def test_adc_stream_equals_reference_with_ties(emu, case, select):
     Q, M, K, packed, N, k, sms, smem = case
+    if select == "warp" and min(k, N) > 256:
+        pytest.skip("the warp-select kernel takes k <= 256")
     rng = np.random.default_rng(abs(hash(case)) % 2**32)
     table = torch.from_numpy(rng.integers(0, 4, (Q, M, K)).astype(np.float32))  # many equal distances
     codes = torch.from_numpy(rng.integers(0, K, (N, M)).astype(np.uint8))
     c = ops.pack4(codes) if packed else codes
     for largest in (False, True):
-        got = emu_topk(emu, table, c, k, largest, packed, sms, smem)
+        got = emu_topk(emu, table, c, k, largest, packed, sms, smem, select)
         want = reference.adc_topk(table, c, k, largest, packed)
         assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0].to(torch.float32))
 
 
-def test_adc_stream_float_tables_and_unaligned_rows(emu):
+@pytest.mark.parametrize("select", ["block", "warp"])
+def test_adc_stream_float_tables_and_unaligned_rows(emu, select):
     """Float tables (no ties), and 16-byte rows at an address that is not 16-byte aligned (the byte-wise path)."""
     rng = np.random.default_rng(7)
     table = torch.from_numpy(rng.standard_normal((3, 16, 256)).astype(np.float32))
     raw = torch.from_numpy(rng.integers(0, 256, 2000 * 16 + 1).astype(np.uint8))
     codes = raw[1:].view(2000, 16)
     assert codes.data_ptr() % 16
-    got = emu_topk(emu, table, codes, 50, False, False)
+    got = emu_topk(emu, table, codes, 50, False, False, select=select)
     want = reference.adc_topk(table, codes, 50, False, False)
     assert torch.equal(got[1], want[1])
     torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("select", ["block", "warp"])
 @pytest.mark.parametrize("order", ["best_first", "best_last", "top_spread"])
 @pytest.mark.parametrize("k", [5, 100, 700])
-def test_adc_stream_database_sorted_by_distance(emu, order, k):
+def test_adc_stream_database_sorted_by_distance(emu, order, k, select):
     """All of the top-k in the first program's slice: best first (the first tiles fill the pool, the threshold
     then filters nearly everything), best last (every code beats the threshold), or spread so that about 80% of
     them come before the first merge (512 codes, 1,024 for pools of 2,048) and the rest after, among the worst
-    codes: a threshold tighter than the k-th best, or a lost merge, drops some."""
+    codes: a threshold tighter than the k-th best, or a lost merge, drops some (for the warp kernel, in the
+    codes warp 0 sees: 32 of every 256)."""
+    if select == "warp" and k > 256:
+        pytest.skip("the warp-select kernel takes k <= 256")
     rng = np.random.default_rng(k)
     table = torch.from_numpy(rng.integers(0, 50, (2, 16, 256)).astype(np.float32))
     codes = torch.from_numpy(rng.integers(0, 256, (12_000, 16)).astype(np.uint8))
@@ -132,8 +144,17 @@ def test_adc_stream_database_sorted_by_distance(emu, order, k):
     if order == "best_last":
         ranked = ranked.flip(0)
     elif order == "top_spread":
-        spacing = (1024 if k > 256 else 512) / (0.8 * k)
-        at = torch.tensor(sorted({int(r * max(spacing, 1.0)) for r in range(k)}))
+        # the positions in the order the first selection unit sees them, and how many before its first merge
+        if select == "block":
+            seen, first = torch.arange(len(ranked)), 1024 if k > 256 else 512
+        else:  # warp 0: 32 codes every 256; it folds once its pool (pow2(kp + 32)) could overflow
+            j = torch.arange(len(ranked) // 8)
+            seen = (j // 32) * 256 + j % 32
+            kp = 1 << (k - 1).bit_length()
+            pool = 1 << (kp + 32 - 1).bit_length()
+            first = 32 * (-(-(pool - kp - 31) // 32))
+        spacing = first / (0.8 * k)
+        at = seen[torch.tensor(sorted({int(r * max(spacing, 1.0)) for r in range(k)}))]
         assert len(at) == k
         out = torch.empty_like(ranked)
         out[at] = ranked[:k]
@@ -142,7 +163,7 @@ def test_adc_stream_database_sorted_by_distance(emu, order, k):
         out[rest] = ranked[k:].flip(0)  # the worst codes first
         ranked = out
     codes = codes[ranked].contiguous()
-    got = emu_topk(emu, table, codes, k, False, False)
+    got = emu_topk(emu, table, codes, k, False, False, select=select)
     want = reference.adc_topk(table, codes, k, False, False)
     assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
 
@@ -150,14 +171,16 @@ def test_adc_stream_database_sorted_by_distance(emu, order, k):
 def test_adc_stream_rejects_a_mismatched_output_and_bad_rows(emu):
     emu.emu_set_device(2, 227 * 1024)
     lut, codes = torch.zeros(2, 16, 256), torch.zeros(1000, 16, dtype=torch.uint8)
-    programs = emu.emu_adc_programs(2, 16, 256, 1000, 10)
+    programs = emu.emu_adc_programs(2, 16, 256, 1000, 10, 0)
     keys = torch.empty(2, (programs + 1) * 10, dtype=torch.int64)
     assert emu.emu_adc_topk_stream(lut.data_ptr(), 2, 16, 256, codes.data_ptr(), 1000, 16, False, False, 10,
-                                   programs + 1, keys.data_ptr()) == -1
+                                   programs + 1, keys.data_ptr(), 0) == -1
     assert "sized for" in emu.emu_error().decode()
     assert emu.emu_adc_topk_stream(lut.data_ptr(), 2, 16, 256, codes.data_ptr(), 1000, 8, False, False, 10,
-                                   programs, keys.data_ptr()) == -1
+                                   programs, keys.data_ptr(), 0) == -1
     assert "row_bytes" in emu.emu_error().decode()
+    assert emu.emu_adc_programs(2, 16, 256, 1000, 257, 1) == -1  # the warp-select kernel: k <= 256
+    assert "keep <= 256" in emu.emu_error().decode()
 
 
 # ------------------------------------------------------------------------------------------ encode

@@ -34,7 +34,7 @@ __device__ __forceinline__ int code_at(const uint8_t* row, int m, bool packed) {
 // pool, the block sorts it (bitonic) and the threshold tightens; after the first tiles few codes pass it. Each
 // block writes its `keep` best keys per query once; one small sort merges the blocks.
 // Sort a[0, n) ascending (n a power of two), all threads of the block; returns after a barrier.
-__device__ void bitonic_sort(long long* a, int n) {
+__device__ __forceinline__ void bitonic_sort(long long* a, int n) {
   for (int size = 2; size <= n; size <<= 1) {
     for (int stride = size >> 1; stride > 0; stride >>= 1) {
       for (int t = threadIdx.x; t < n / 2; t += blockDim.x) {
@@ -54,7 +54,7 @@ __device__ void bitonic_sort(long long* a, int n) {
 
 // Fold the candidates of one query's pool into its running best: pad, sort, reset the count, new threshold.
 // Called by the whole block with the same arguments (block-uniform), between barriers.
-__device__ void merge_pool(long long* pool, int size, int kp, int keep, int* cnt, long long* thr) {
+__device__ __forceinline__ void merge_pool(long long* pool, int size, int kp, int keep, int* cnt, long long* thr) {
   const int held = kp + *cnt;
   for (int i = held + threadIdx.x; i < size; i += blockDim.x) pool[i] = kMaxKey;
   __syncthreads();
@@ -158,13 +158,113 @@ __global__ void __launch_bounds__(kThreads) adc_stream(const float* __restrict__
   }
 }
 
+// ---- the warp-select variant: a pool per warp and query, no block barrier during the scan
+
+// Sort a[0, n) ascending (n a power of two) by the 32 lanes of one warp.
+__device__ __forceinline__ void warp_sort(long long* a, int n) {
+  const int lane = threadIdx.x & 31;
+  for (int size = 2; size <= n; size <<= 1) {
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      for (int t = lane; t < n / 2; t += 32) {
+        const int i = 2 * t - (t & (stride - 1));
+        const int j = i + stride;
+        const bool up = (i & size) == 0;
+        const long long x = a[i], y = a[j];
+        if ((x > y) == up) {
+          a[i] = y;
+          a[j] = x;
+        }
+      }
+      __syncwarp();
+    }
+  }
+}
+
+// A warp folds the candidates of its pool into its running best; cnt and thr are the warp's (uniform) registers.
+__device__ __forceinline__ void warp_fold(long long* pool, int size, int kp, int keep, int& cnt, long long& thr) {
+  for (int i = kp + cnt + static_cast<int>(threadIdx.x & 31); i < size; i += 32) pool[i] = kMaxKey;
+  __syncwarp();
+  warp_sort(pool, size);
+  thr = pool[keep - 1];
+  cnt = 0;
+}
+
+template <int QB, bool LUT_SMEM, bool ROW16>
+__global__ void __launch_bounds__(kThreads) adc_warp(const float* __restrict__ lut,
+                                                     const uint8_t* __restrict__ codes, long long N, int Q, int M,
+                                                     int K, int row_bytes, bool packed, float sign,
+                                                     long long per_block, int keep, int kp, int pool_size,
+                                                     int mpool, long long* __restrict__ out_keys) {
+  SQRET_DYNAMIC_SHARED(unsigned char, smem);
+  long long* merge = reinterpret_cast<long long*>(smem);  // [mpool]: the warps' lists, at the end
+  long long* pools = merge + mpool;                         // [warps, QB, pool_size]
+  float* lut_s = reinterpret_cast<float*>(pools + static_cast<long long>(kWarps) * QB * pool_size);
+  const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
+  const int q0 = blockIdx.x * QB;
+  const int nq = min(QB, Q - q0);
+  const long long MK = static_cast<long long>(M) * K;
+  long long* mine = pools + static_cast<long long>(warp) * QB * pool_size;
+  for (int i = lane; i < QB * pool_size; i += 32) mine[i] = kMaxKey;
+  if (LUT_SMEM)
+    for (long long i = threadIdx.x; i < nq * MK; i += kThreads) lut_s[i] = lut[q0 * MK + i];
+  __syncthreads();
+  const float* T = LUT_SMEM ? lut_s : lut + q0 * MK;
+  long long off[QB], thr[QB];
+  int cnt[QB];
+#pragma unroll
+  for (int q = 0; q < QB; ++q) off[q] = min(q, nq - 1) * MK, thr[q] = kMaxKey, cnt[q] = 0;
+  const long long begin = static_cast<long long>(blockIdx.y) * per_block;
+  const long long end = min(N, begin + per_block);
+  const unsigned below = (1u << lane) - 1u;  // the lanes before this one
+  for (long long n0 = begin + warp * 32; n0 < end; n0 += kThreads) {  // warp-uniform: every lane takes part
+    const long long n = n0 + lane;
+    const bool valid = n < end;
+    float d[QB];  // lanes past the end score the last code (no divergence around the ballots) and offer nothing
+    row_dists<QB, ROW16>(T, off, M, K, codes + (valid ? n : end - 1) * row_bytes, packed, d);
+#pragma unroll
+    for (int q = 0; q < QB; ++q) {
+      if (q < nq) {
+        const long long key = valid ? make_key(sign * d[q], static_cast<unsigned>(n)) : kMaxKey;
+        const bool pass = key < thr[q];
+        const unsigned ballot = __ballot_sync(0xFFFFFFFFu, pass);
+        if (pass) mine[q * pool_size + kp + cnt[q] + __popc(ballot & below)] = key;
+        cnt[q] += __popc(ballot);
+        if (cnt[q] > pool_size - kp - 32) warp_fold(mine + q * pool_size, pool_size, kp, keep, cnt[q], thr[q]);
+      }
+    }
+  }
+#pragma unroll
+  for (int q = 0; q < QB; ++q)
+    if (q < nq && cnt[q] > 0) warp_fold(mine + q * pool_size, pool_size, kp, keep, cnt[q], thr[q]);
+  __syncthreads();
+  for (int q = 0; q < nq; ++q) {  // the block's keep best of the warps' lists
+    for (int i = threadIdx.x; i < mpool; i += kThreads) {
+      const int w = i / kp, j = i % kp;
+      merge[i] = w < kWarps ? pools[(static_cast<long long>(w) * QB + q) * pool_size + j] : kMaxKey;
+    }
+    __syncthreads();
+    bitonic_sort(merge, mpool);
+    long long* out = out_keys + (static_cast<long long>(q0 + q) * gridDim.y + blockIdx.y) * keep;
+    for (int i = threadIdx.x; i < keep; i += kThreads) out[i] = merge[i];
+    __syncthreads();
+  }
+}
+
 template <int QB, bool LUT_SMEM, bool ROW16, class Stream>
 void launch_stream(const AdcPlan& p, const float* lut, int Q, int M, int K, const uint8_t* codes, long long N,
                    int row_bytes, bool packed, float sign, int keep, long long* out_keys, Stream stream) {
+  const dim3 grid(static_cast<unsigned>((Q + QB - 1) / QB), static_cast<unsigned>(p.programs));
+  if (p.select == kSelectWarp) {
+    auto kernel = adc_warp<QB, LUT_SMEM, ROW16>;
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(p.smem)),
+          "cudaFuncSetAttribute");
+    SQRET_LAUNCH(kernel, grid, kThreads, p.smem, stream, lut, codes, N, Q, M, K, row_bytes, packed, sign,
+                 p.per_block, keep, p.kp, p.pool, p.mpool, out_keys);
+    return;
+  }
   auto kernel = adc_stream<QB, LUT_SMEM, ROW16>;
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(p.smem)),
         "cudaFuncSetAttribute");
-  const dim3 grid(static_cast<unsigned>((Q + QB - 1) / QB), static_cast<unsigned>(p.programs));
   SQRET_LAUNCH(kernel, grid, kThreads, p.smem, stream, lut, codes, N, Q, M, K, row_bytes, packed, sign, p.per_block,
                keep, p.kp, p.pool, out_keys);
 }

@@ -51,20 +51,21 @@ __global__ void encode_kernel(const float* __restrict__ x, long long B, const fl
 
 }  // namespace
 
-AdcPlan adc_plan_here(int Q, int M, int K, long long N, int keep) {
+AdcPlan adc_plan_here(int Q, int M, int K, long long N, int keep, int select) {
   int dev = 0, sms = 0, max_smem = 0;
   check(cudaGetDevice(&dev), "cudaGetDevice");
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
   check(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "cudaDeviceGetAttribute");
-  return adc_plan(Q, M, K, N, keep, sms, max_smem);
+  return adc_plan(Q, M, K, N, keep, sms, max_smem, select);
 }
 
 void adc_topk_stream(const float* lut, int Q, int M, int K, const uint8_t* codes, long long N, int row_bytes,
-                     bool packed, bool largest, int keep, int programs, long long* out_keys, cudaStream_t stream) {
+                     bool packed, bool largest, int keep, int programs, long long* out_keys, cudaStream_t stream,
+                     int select) {
   if (Q < 0 || M < 1 || K < 1 || N < 0 || N >= (1LL << 31) || row_bytes != (packed ? (M + 1) / 2 : M))
     throw std::invalid_argument("adc_topk_stream: bad sizes (N < 2**31, row_bytes = M or ceil(M / 2) packed)");
   if (Q == 0 || N == 0) return;
-  const AdcPlan p = adc_plan_here(Q, M, K, N, keep);
+  const AdcPlan p = adc_plan_here(Q, M, K, N, keep, select);
   if (programs != p.programs)
     throw std::invalid_argument("adc_topk_stream: out_keys sized for " + std::to_string(programs) +
                                 " programs, the plan has " + std::to_string(p.programs));

@@ -14,15 +14,16 @@ void check(cudaError_t err, const char* what);
 int device_count();
 
 // The streaming ADC scan + top-k (csrc/cuda/adc_stream.cuh: kAdcMaxKeep, AdcPlan, adc_plan).
-// The plan on the current device.
-AdcPlan adc_plan_here(int Q, int M, int K, long long N, int keep);
+// The plan on the current device (select: kSelectBlock or kSelectWarp).
+AdcPlan adc_plan_here(int Q, int M, int K, long long N, int keep, int select = kSelectBlock);
 
 // lut [Q, M, K] float32, codes [N, row_bytes] uint8 (row_bytes = M, or ceil(M / 2) packed), N < 2**31: the
 // `keep` smallest keys (ordered bits of sign * distance << 32 | position; sign -1 when largest) of each
 // program's slice, written to out_keys [Q, programs, keep] (programs: adc_plan_here's; checked); padding keys
 // are INT64_MAX.
 void adc_topk_stream(const float* lut, int Q, int M, int K, const uint8_t* codes, long long N, int row_bytes,
-                     bool packed, bool largest, int keep, int programs, long long* out_keys, cudaStream_t stream);
+                     bool packed, bool largest, int keep, int programs, long long* out_keys, cudaStream_t stream,
+                     int select = kSelectBlock);
 
 // Nearest codeword per sub-space: x [B, M*d], codebooks [M, K, d] float32 -> out int32 [B, M]; metric 0 l2, 1 ip.
 void encode(const float* x, long long B, const float* codebooks, int M, int K, int d, int metric, int32_t* out,

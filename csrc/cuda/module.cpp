@@ -14,9 +14,11 @@ PYBIND11_MODULE(_cuda, m) {
   m.attr("adc_max_keep") = sqret_cuda::kAdcMaxKeep;
   m.def(
       "adc_plan",
-      [](int Q, int M, int K, long long N, int keep, int sms, int max_smem) {
-        const sqret_cuda::AdcPlan p = sqret_cuda::adc_plan(Q, M, K, N, keep, sms, max_smem);
+      [](int Q, int M, int K, long long N, int keep, int sms, int max_smem, int select) {
+        const sqret_cuda::AdcPlan p = sqret_cuda::adc_plan(Q, M, K, N, keep, sms, max_smem, select);
         py::dict d;
+        d["select"] = p.select;
+        d["mpool"] = p.mpool;
         d["qb"] = p.qb;
         d["kp"] = p.kp;
         d["pool"] = p.pool;
@@ -26,23 +28,29 @@ PYBIND11_MODULE(_cuda, m) {
         d["programs"] = p.programs;
         return d;
       },
-      "launch plan of the streaming ADC scan for a GPU with `sms` SMs and `max_smem` shared bytes per block");
+      py::arg("Q"), py::arg("M"), py::arg("K"), py::arg("N"), py::arg("keep"), py::arg("sms"), py::arg("max_smem"),
+      py::arg("select") = 0,
+      "launch plan of the streaming ADC scan for a GPU with `sms` SMs and `max_smem` shared bytes per block; "
+      "select 0: a pool per block and query, 1: per warp and query (warp select)");
   m.def(
       "adc_programs",
-      [](int Q, int M, int K, long long N, int keep) { return sqret_cuda::adc_plan_here(Q, M, K, N, keep).programs; },
+      [](int Q, int M, int K, long long N, int keep, int select) {
+        return sqret_cuda::adc_plan_here(Q, M, K, N, keep, select).programs;
+      },
+      py::arg("Q"), py::arg("M"), py::arg("K"), py::arg("N"), py::arg("keep"), py::arg("select") = 0,
       "blocks along the database of the streaming ADC scan on the current device");
   m.def(
       "adc_topk_stream",
       [](uintptr_t lut, int Q, int M, int K, uintptr_t codes, long long N, int row_bytes, bool packed, bool largest,
-         int keep, int programs, uintptr_t out_keys, uintptr_t stream) {
+         int keep, int programs, uintptr_t out_keys, uintptr_t stream, int select) {
         py::gil_scoped_release release;
         sqret_cuda::adc_topk_stream(reinterpret_cast<const float*>(lut), Q, M, K,
                                     reinterpret_cast<const uint8_t*>(codes), N, row_bytes, packed, largest, keep,
                                     programs, reinterpret_cast<long long*>(out_keys),
-                                    reinterpret_cast<cudaStream_t>(stream));
+                                    reinterpret_cast<cudaStream_t>(stream), select);
       },
       "per-program top-k keys of a streaming ADC scan: lut [Q, M, K] float32, codes [N, row_bytes] uint8 -> "
-      "out_keys [Q, programs * keep] int64");
+      "out_keys [Q, programs * keep] int64 (select: as adc_plan's)");
   m.def(
       "encode",
       [](uintptr_t x, long long B, uintptr_t codebooks, int M, int K, int d, int metric, uintptr_t out,

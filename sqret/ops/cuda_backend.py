@@ -29,6 +29,7 @@ except ImportError as err:
     mark_unavailable("cuda", f"native extension sqret._cuda is not built (no nvcc at install time?): {err}")
 
 MAX_K = 1024  # the streaming scan's largest top-k (csrc/cuda kAdcMaxKeep); above, the next implementation
+WARP_MAX_K = 256  # the warp-select variant's; above, the block variant
 _CHUNK = 1 << 30  # codes per launch (positions in a key are 32-bit)
 
 
@@ -46,14 +47,24 @@ def _adc_accepts(table: torch.Tensor, codes: torch.Tensor, k: int, largest: bool
     return None
 
 
+def adc_select(k: int) -> int:
+    """The streaming scan's top-k variant: 0, a pool per block and query (the default), or 1, warp select (a pool
+    per warp and query, k <= WARP_MAX_K), chosen by ``SQRET_CUDA_ADC=block|warp`` until a GPU has measured both
+    (benchmarks/test_gpu_bench.py runs both)."""
+    want = os.environ.get("SQRET_CUDA_ADC", "block")
+    if want not in ("block", "warp"):
+        raise ValueError(f"SQRET_CUDA_ADC must be 'block' or 'warp', got {want!r}")
+    return 1 if want == "warp" and k <= WARP_MAX_K else 0
+
+
 def traffic(Q: int, M: int, K: int, N: int, code_bytes: int, k: int, *, sms: int = 132,
-            max_smem: int = 227 * 1024) -> dict:
+            max_smem: int = 227 * 1024, select: int = 0) -> dict:
     """Bytes one streaming scan launch moves on a GPU with ``sms`` SMs (the model the benchmark report prints):
     codes read once from DRAM (the query blocks of a slice run side by side and share it through L2; they
     read it ``code_passes`` times from L2), the keys the programs write, and the merge (keys read, result
     written)."""
     kk = min(k, N)
-    plan = _cuda.adc_plan(Q, M, K, N, kk, sms, max_smem)
+    plan = _cuda.adc_plan(Q, M, K, N, kk, sms, max_smem, select)
     keys = Q * plan["programs"] * kk * 8
     merge = keys + Q * kk * 8 if plan["programs"] > 1 else 0
     codes = N * code_bytes
@@ -67,10 +78,11 @@ def adc_topk(table: torch.Tensor, codes: torch.Tensor, k: int, largest: bool, pa
 
     def scan(c: torch.Tensor, kk: int):
         c = c.contiguous()
-        programs = _cuda.adc_programs(Q, M, K, c.shape[0], kk)
+        select = adc_select(kk)
+        programs = _cuda.adc_programs(Q, M, K, c.shape[0], kk, select)
         keys = torch.empty((Q, programs * kk), dtype=torch.int64, device=lut.device)
         _cuda.adc_topk_stream(lut.data_ptr(), Q, M, K, c.data_ptr(), c.shape[0], c.shape[1], packed, largest, kk,
-                              programs, keys.data_ptr(), _stream())
+                              programs, keys.data_ptr(), _stream(), select)
         if programs > 1:
             keys = keys.sort(dim=1).values[:, :kk]
         return reference.keys_to_topk(keys, -1.0 if largest else 1.0)

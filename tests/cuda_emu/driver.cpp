@@ -75,20 +75,20 @@ void emu_set_device(int sms, int max_smem) {
 
 long long emu_launches() { return sqret_emu::launches; }
 
-int emu_adc_programs(int Q, int M, int K, long long N, int keep) {
+int emu_adc_programs(int Q, int M, int K, long long N, int keep, int select) {
   int programs = -1;
-  guarded_call([&] { programs = sqret_cuda::adc_plan_here(Q, M, K, N, keep).programs; });
+  guarded_call([&] { programs = sqret_cuda::adc_plan_here(Q, M, K, N, keep, select).programs; });
   return programs;
 }
 
 // out_keys [Q, programs * keep]: every slot is written.
 int emu_adc_topk_stream(float* lut, int Q, int M, int K, uint8_t* codes, long long N, int row_bytes, bool packed,
-                        bool largest, int keep, int programs, long long* out_keys) {
+                        bool largest, int keep, int programs, long long* out_keys, int select) {
   return guarded_call([&] {
     const Guarded l(lut, sizeof(float) * Q * M * K), c(codes, static_cast<size_t>(N) * row_bytes);
     const Guarded o(out_keys, sizeof(long long) * Q * programs * keep);
     sqret_cuda::adc_topk_stream(l.get<float>(), Q, M, K, c.get<uint8_t>(), N, row_bytes, packed, largest, keep,
-                                programs, o.get<long long>(), nullptr);
+                                programs, o.get<long long>(), nullptr, select);
     o.copy_back();
   });
 }

@@ -1,7 +1,8 @@
 // A CUDA runtime on the CPU, for tests of csrc/cuda's kernels (tests/test_cuda_emu.py): csrc/cuda/*.cu compile
 // as C++ against this header (found before the real one on the include path). A launch runs the grid's blocks
 // one after another, each block's threads as real std::threads (races between them are real), __syncthreads
-// as a barrier (a thread that returns leaves it, as on a GPU), dynamic shared memory as one buffer per block
+// as a barrier (a thread that returns leaves it, as on a GPU), __syncwarp, __ballot_sync as barriers of the
+// warp's 32 threads (every lane must take part: the full mask), dynamic shared memory as one buffer per block
 // filled with garbage first; the device's SM count and shared-memory limit are settable, and a launch over
 // the limit fails as cudaGetLastError reports on a GPU. Logic, not speed, and not the GPU's memory model.
 #pragma once
@@ -16,6 +17,7 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -43,6 +45,8 @@ inline cudaError_t last_error = cudaSuccess;
 inline long long launches = 0;
 inline thread_local dim3 thread_idx, block_idx, block_dim, grid_dim;
 inline thread_local std::barrier<>* barrier = nullptr;
+inline thread_local std::barrier<>* warp_barrier = nullptr;
+inline thread_local unsigned* warp_slots = nullptr;  // [32]: one value per lane, for the ballots
 inline thread_local unsigned char* shared = nullptr;
 
 template <class Kernel, class... Args>
@@ -58,6 +62,11 @@ void launch(dim3 grid, dim3 block, size_t smem, Kernel kernel, Args... args) {
       std::vector<unsigned char> buf(smem + 16, 0xA5);
       unsigned char* base = buf.data() + (16 - reinterpret_cast<uintptr_t>(buf.data()) % 16) % 16;
       std::barrier<> bar(threads);
+      const unsigned warps = (threads + 31) / 32;
+      std::vector<std::unique_ptr<std::barrier<>>> warp_bars;
+      for (unsigned w = 0; w < warps; ++w)
+        warp_bars.emplace_back(std::make_unique<std::barrier<>>(std::min(32u, threads - 32 * w)));
+      std::vector<unsigned> slots(32 * warps, 0);
       std::exception_ptr error;
       std::mutex mu;
       std::vector<std::thread> pool;
@@ -69,6 +78,8 @@ void launch(dim3 grid, dim3 block, size_t smem, Kernel kernel, Args... args) {
           block_dim = block;
           grid_dim = grid;
           barrier = &bar;
+          warp_barrier = warp_bars[t / 32].get();
+          warp_slots = &slots[32 * (t / 32)];
           shared = base;
           try {
             kernel(args...);
@@ -77,6 +88,7 @@ void launch(dim3 grid, dim3 block, size_t smem, Kernel kernel, Args... args) {
             error = std::current_exception();
           }
           bar.arrive_and_drop();  // an exited thread no longer holds up the others' barriers
+          warp_barrier->arrive_and_drop();
         });
       for (auto& th : pool) th.join();
       if (error) last_error = cudaErrorLaunchFailure;
@@ -98,6 +110,17 @@ void launch(dim3 grid, dim3 block, size_t smem, Kernel kernel, Args... args) {
   ::sqret_emu::launch(dim3(grid), dim3(block), smem, kernel, __VA_ARGS__)
 
 inline void __syncthreads() { ::sqret_emu::barrier->arrive_and_wait(); }
+inline void __syncwarp(unsigned = 0xFFFFFFFFu) { ::sqret_emu::warp_barrier->arrive_and_wait(); }
+inline unsigned __ballot_sync(unsigned, int pred) {
+  const unsigned lane = ::sqret_emu::thread_idx.x % 32;
+  ::sqret_emu::warp_slots[lane] = pred != 0;
+  ::sqret_emu::warp_barrier->arrive_and_wait();
+  unsigned ballot = 0;
+  for (unsigned l = 0; l < 32; ++l) ballot |= ::sqret_emu::warp_slots[l] << l;
+  ::sqret_emu::warp_barrier->arrive_and_wait();  // every lane has read the slots before they are reused
+  return ballot;
+}
+inline int __popc(unsigned v) { return __builtin_popcount(v); }
 inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
 inline uint4 __ldg(const uint4* p) { return *p; }
 inline int __float_as_int(float f) {
