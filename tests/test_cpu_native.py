@@ -577,3 +577,74 @@ def test_encode_takes_the_first_of_tied_codewords_on_every_simd_level(K):
                     else:  # inner products: every level the same codes
                         with simd("scalar"):
                             assert torch.equal(got, ops.encode(x, C, metric))
+
+
+@pytest.mark.parametrize("layout", ["codes", "fastscan"])
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+@pytest.mark.parametrize("storage", ["flat", "fp16", "sq8"])
+def test_ivf_search_with_refine_in_one_pass_equals_search_then_refine(layout, metric, storage):
+    """refine=ops.Refinement: the native pass (probe, scan of the candidates, their re-rank per query) gives what
+    the two native stages give one after the other (ivf_search of the candidates, then refine_topk), exactly:
+    ids, distances, removed rows (label -1) skipped, rows renumbered by labels; exact and approximate fast
+    scans, residual tables or not, 1 and 2 threads, candidates from k to past every stored code. The reference's
+    composition: the same distances within float32 rounding (its sums run in another order)."""
+    g = torch.Generator().manual_seed(11)
+    M, K, d, nlist, Q = 4, 16, 16, 7, 9
+    q, cen, cb = torch.randn(Q, d, generator=g), torch.randn(nlist, d, generator=g), torch.randn(M, K, d // M)
+    sizes = [int(n) for n in torch.randint(0, 90, (nlist,), generator=g)]
+    n = sum(sizes)
+    codes = [torch.randint(0, K, (s, M), generator=g, dtype=torch.uint8) for s in sizes]
+    stored = [ops.fastscan_pack(c).blocks for c in codes] if layout == "fastscan" else codes
+    rows = torch.randperm(n, generator=g)  # list ids: rows of the stored vectors, in any order
+    ids, at = [], 0
+    for s in sizes:
+        ids.append(rows[at : at + s].clone())
+        at += s
+    lists = ops.InvertedLists(stored, ids, M, K, layout=layout)
+    x = torch.randn(n, d, generator=g)
+    labels = torch.arange(n) * 3 + 1
+    labels[torch.randperm(n, generator=g)[: n // 10]] = -1  # removed rows
+    sq8 = ops.sq8_train(x) if storage == "sq8" else None
+    vectors = ops.sq8_encode(x, *sq8) if sq8 else x.half() if storage == "fp16" else x
+    caches = dict(centroid_norms=(cen * cen).sum(1), centroids_t=cen.T.contiguous())
+    for kc in (5, 23, n + 5):
+        refine = ops.Refinement(vectors, kc, labels, sq8)
+        for exact in (True, False):
+            for by_residual in (True, False):
+                kw = dict(exact=exact, by_residual=by_residual)
+                with sqret.use_backend("reference"):
+                    want = ops.ivf_search(q, cen, cb, lists, None, 3, 5, metric, refine=refine, **kw)
+                for n_threads in (1, 2):
+                    with threads(n_threads), sqret.use_backend("cpu_native"):
+                        got = ops.ivf_search(q, cen, cb, lists, None, 3, 5, metric, refine=refine, **caches, **kw)
+                        probes = ops.coarse_probe(q, cen, 3, metric)
+                        composed = ops.ivf_search(q, cen, cb, lists, None, probes, 5, metric, refine=refine, **kw)
+                    assert torch.equal(got[1], composed[1]) and torch.equal(got[0], composed[0])
+                    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-4)
+                    assert not (got[1] % 3 != 1).logical_and(got[1] != -1).any()  # labels, never rows
+                    assert ((got[1] == -1) == torch.isinf(got[0])).all()
+
+
+def test_ivf_refine_bad_inputs_are_clear_errors():
+    """The refinement's checks (candidates below k, vectors of another width, SQ8 codes without their scales),
+    and list ids that are no rows of the stored vectors: the native pass raises before reading such a row."""
+    g = torch.Generator().manual_seed(2)
+    M, K, d, nlist = 4, 16, 16, 3
+    q, cen, cb = torch.randn(4, d, generator=g), torch.randn(nlist, d, generator=g), torch.randn(M, K, d // M)
+    codes = [torch.randint(0, K, (30, M), generator=g, dtype=torch.uint8) for _ in range(nlist)]
+    lists = ops.InvertedLists(codes, [torch.arange(30) + 30 * i for i in range(nlist)], M, K)
+    x = torch.randn(90, d, generator=g)
+    with pytest.raises(ValueError, match="at least k"):
+        ops.ivf_search(q, cen, cb, lists, None, 2, 10, refine=ops.Refinement(x, 5))
+    with pytest.raises(ValueError, match="stored vectors d"):
+        ops.ivf_search(q, cen, cb, lists, None, 2, 5, refine=ops.Refinement(x[:, :8], 10))
+    with pytest.raises(ValueError, match="SQ8 codes"):
+        ops.ivf_search(q, cen, cb, lists, None, 2, 5, refine=ops.Refinement(x.to(torch.uint8), 10))
+    with pytest.raises(TypeError, match="ops.Refinement"):
+        ops.ivf_search(q, cen, cb, lists, None, 2, 5, refine=(x, 10))
+    for n_threads in (1, 2):
+        with threads(n_threads), sqret.use_backend("cpu_native"):
+            with pytest.raises(ValueError, match="refinement's rows"):
+                ops.ivf_search(q, cen, cb, lists, None, nlist, 5, refine=ops.Refinement(x[:60], 40))
+            with pytest.raises(ValueError, match="candidates must be rows"):
+                ops.refine_topk(q, x[:60], torch.full((4, 3), 70), 2)

@@ -635,9 +635,10 @@ __attribute__((target("avx2,bmi2"))) void offer_list(Simd simd, const QuantLut& 
 void ivf_fastscan(const float* queries, int64_t Q, int64_t d, const float* centroids, const float* codebooks,
                   int64_t M, const int64_t* list_blocks, const int64_t* list_ids, const int64_t* list_sizes,
                   int64_t nlist, const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed,
-                  bool residual, bool exact, int nthreads, float* out_d, int64_t* out_i, bool sorted) {
+                  bool residual, bool exact, int nthreads, float* out_d, int64_t* out_i, bool sorted,
+                  const RefineRows* refine) {
   if (Q < 0 || d < 1 || M < 1 || d % M || M > 257 || nlist < 1 || nprobe < 1 || k < 1 ||
-      (metric != 0 && metric != 1))
+      (metric != 0 && metric != 1) || (refine && refine->k < 1))
     throw std::invalid_argument("ivf_fastscan: bad sizes or metric");
   check_probes(probes, Q * nprobe, nlist, "ivf_fastscan");
   const int64_t dsub = d / M, K = 16;
@@ -645,11 +646,12 @@ void ivf_fastscan(const float* queries, int64_t Q, int64_t d, const float* centr
   Transposed t(codebooks, M, K, dsub, false);
   const float sign = metric == 0 ? 1.f : -1.f;  // the heap keeps the smallest: ip tables and base negated
   const Exact16 exact16 = simd == Simd::avx512 ? exact16_avx512 : exact16_avx2;
-  std::atomic<bool> nan{false};
+  std::atomic<bool> nan{false}, bad_row{false};
 #pragma omp parallel num_threads(team(nthreads, Q))
   {
     std::vector<float> qr(static_cast<size_t>(M * K)), L(static_cast<size_t>(M * K)), resid(static_cast<size_t>(d));
     TopK tk(k);
+    Reranker rr(refine, k);
     QuantLut shared, own;  // !residual: one quantized table for every list; residual: one per list
 #pragma omp for schedule(dynamic)
     for (int64_t q = 0; q < Q; ++q) {
@@ -710,10 +712,13 @@ void ivf_fastscan(const float* queries, int64_t Q, int64_t d, const float* centr
         }
         offer_list(simd, residual ? own : shared, L.data(), M, blocks, n, ids, tk, exact16, exact);
       }
-      tk.write(sign, out_d + q * k, out_i + q * k, sorted);
+      if (!refine) tk.write(sign, out_d + q * k, out_i + q * k, sorted);
+      else if (!rr.run(tk, sign, x, d, metric, out_d + q * refine->k, out_i + q * refine->k))
+        bad_row.store(true, std::memory_order_relaxed);
     }
   }
   if (nan.load()) throw std::invalid_argument("ivf_fastscan: the distance tables contain NaN or inf");
+  if (bad_row.load()) throw std::invalid_argument("ivf_fastscan: list ids outside the refinement's rows");
 }
 
 }  // namespace sqret

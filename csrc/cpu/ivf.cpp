@@ -3,6 +3,8 @@
 #include <immintrin.h>
 #include <omp.h>
 
+#include <atomic>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -108,18 +110,20 @@ const int64_t* probes_or_nearest(const int64_t* probes, std::vector<int64_t>& ow
 void ivf_search(const float* queries, int64_t Q, int64_t d, const float* centroids, const float* codebooks,
                 int64_t M, int64_t K, const int64_t* list_codes, const int64_t* list_ids, const int64_t* list_sizes,
                 int64_t nlist, const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed,
-                bool residual, int nthreads, float* out_d, int64_t* out_i, bool sorted) {
+                bool residual, int nthreads, float* out_d, int64_t* out_i, bool sorted, const RefineRows* refine) {
   if (Q < 0 || d < 1 || M < 1 || d % M || K < 1 || K > 256 || nlist < 1 || nprobe < 1 || k < 1 ||
-      (metric != 0 && metric != 1))
+      (metric != 0 && metric != 1) || (refine && refine->k < 1))
     throw std::invalid_argument("ivf_search: bad sizes or metric");
   check_probes(probes, Q * nprobe, nlist, "ivf_search");
   const int64_t dsub = d / M;
   Transposed t(codebooks, M, K, dsub, false);
   const float sign = metric == 0 ? 1.f : -1.f;  // the reservoir keeps the smallest: negate ip scores
+  std::atomic<bool> bad_row{false};
 #pragma omp parallel num_threads(team(nthreads, Q))
   {
     std::vector<float> lut(static_cast<size_t>(M * K)), qr(static_cast<size_t>(M * K)), resid(static_cast<size_t>(d));
     TopK tk(k);
+    Reranker rr(refine, k);
 #pragma omp for schedule(dynamic)
     for (int64_t q = 0; q < Q; ++q) {
       const float* x = queries + q * d;
@@ -150,9 +154,12 @@ void ivf_search(const float* queries, int64_t Q, int64_t d, const float* centroi
         scan(lut.data(), M, K, reinterpret_cast<const uint8_t*>(list_codes[l]),
              reinterpret_cast<const int64_t*>(list_ids[l]), list_sizes[l], base, sign, tk);
       }
-      tk.write(sign, out_d + q * k, out_i + q * k, sorted);
+      if (!refine) tk.write(sign, out_d + q * k, out_i + q * k, sorted);
+      else if (!rr.run(tk, sign, x, d, metric, out_d + q * refine->k, out_i + q * refine->k))
+        bad_row.store(true, std::memory_order_relaxed);
     }
   }
+  if (bad_row.load()) throw std::invalid_argument("ivf_search: list ids outside the refinement's rows");
 }
 
 namespace {

@@ -69,15 +69,29 @@ void unpack_fastscan(const uint8_t* blocks, int64_t N, int64_t M, uint8_t* packe
 void adc_topk_fastscan(const float* lut, int64_t Q, int64_t M, const uint8_t* blocks, int64_t N, int64_t k,
                        int nthreads, float* out_d, int64_t* out_i, bool exact = true);
 
+// The stored vectors of a re-rank (refine_topk's arguments) fused into an IVF search: the search's kc best
+// candidates of each query (ids = rows) re-ranked, its k best written.
+struct RefineRows {
+  const void* rows = nullptr;
+  int kind = 0;
+  int64_t nrows = 0;
+  const float* vmin = nullptr;
+  const float* scale = nullptr;
+  const int64_t* labels = nullptr;
+  int64_t k = 0;
+};
+
 // IVF-PQ fast scan: 4-bit codes of each list in fast-scan blocks (list_blocks: addresses of [ceil(n_l/64), M, 32]
 // uint8), per (query, list) the LUT of the residual (as ivf_search: precomputed tables for l2 when given, ip
 // as <q, c_l> + LUT(q)) quantized once, the SIMD scan of the list's blocks, one top-k per query over all
 // probed lists (ties by smaller id). exact as adc_topk_fastscan. sorted = false: each query's k results in no
-// particular order (the candidates of a re-rank: the sort is spared).
+// particular order (the candidates of a re-rank: the sort is spared). refine: each query's k best re-ranked with
+// the stored vectors in the same pass, refine->k results written (out [Q, refine->k]; sorted is then moot).
 void ivf_fastscan(const float* queries, int64_t Q, int64_t d, const float* centroids, const float* codebooks,
                   int64_t M, const int64_t* list_blocks, const int64_t* list_ids, const int64_t* list_sizes,
                   int64_t nlist, const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed, bool residual,
-                  bool exact, int nthreads, float* out_d, int64_t* out_i, bool sorted = true);
+                  bool exact, int nthreads, float* out_d, int64_t* out_i, bool sorted = true,
+                  const RefineRows* refine = nullptr);
 
 // Codebooks [M][K][d] transposed to [M][d][K] (vectorizable over the K codewords), and norms [M][K] if asked.
 struct Transposed {
@@ -101,7 +115,8 @@ void axpy_table(const float* pre, const float* qr, float alpha, int64_t n, float
 void ivf_search(const float* queries, int64_t Q, int64_t d, const float* centroids, const float* codebooks,
                 int64_t M, int64_t K, const int64_t* list_codes, const int64_t* list_ids, const int64_t* list_sizes,
                 int64_t nlist, const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed,
-                bool residual, int nthreads, float* out_d, int64_t* out_i, bool sorted = true);
+                bool residual, int nthreads, float* out_d, int64_t* out_i, bool sorted = true,
+                const RefineRows* refine = nullptr);
 
 // probes itself, or (probes null) the nprobe nearest lists of each query computed by coarse_probe into own.
 const int64_t* probes_or_nearest(const int64_t* probes, std::vector<int64_t>& own, const float* x, int64_t Q,
@@ -136,9 +151,35 @@ void pq_search(const float* x, int64_t Q, const float* codebooks, int64_t M, int
 // rows cand [Q, kc] (-1: none; rows >= nrows skipped) of the stored vectors rows [nrows, d] (kind 0 float32,
 // 1 float16, 2 sq8 codes decoded as vmin[j] + code * scale[j]); the k best by (distance, label) with labels
 // [nrows] (row -> id; -1: removed, skipped; null: the rows themselves), sorted, padded with -1 / inf.
+// Candidates outside [-1, nrows) are an error (std::invalid_argument), checked before any is read.
 void refine_topk(const float* queries, int64_t Q, int64_t d, const void* rows, int kind, int64_t nrows,
                  const float* vmin, const float* scale, const int64_t* cand, int64_t kc, const int64_t* labels,
                  int64_t k, int metric, int nthreads, float* out_d, int64_t* out_i);
+
+// One query's re-rank: candidate rows cand [kc] (-1: none) of v [d] into tk (reset here, tk.k() results), written
+// sorted to out_d / out_i. False (nothing read) when a candidate is outside [-1, nrows).
+bool refine_query(const float* v, int64_t d, const RefineRows& r, const int64_t* cand, int64_t kc, int metric,
+                  TopK& tk, float* out_d, int64_t* out_i);
+
+// The re-rank stage of an IVF search, per thread: the first stage's kc candidates (its top-k, spent) re-ranked
+// into refine->k results. Nothing when refine is null.
+class Reranker {
+ public:
+  Reranker(const RefineRows* refine, int64_t kc)
+      : r_(refine), d_(refine ? kc : 0), i_(refine ? kc : 0), tk_(refine ? refine->k : 0) {}
+  // False when a candidate is not a row of the stored vectors (nothing read).
+  bool run(TopK& first, float sign, const float* v, int64_t d, int metric, float* out_d, int64_t* out_i) {
+    first.write(sign, d_.data(), i_.data(), false);
+    return refine_query(v, d, *r_, i_.data(), static_cast<int64_t>(i_.size()), metric, tk_, out_d, out_i);
+  }
+
+ private:
+  const RefineRows* r_;
+  std::vector<float> d_;
+  std::vector<int64_t> i_;
+  TopK tk_;
+};
+
 
 // Nearest codeword per sub-space: x [N, M*d] float32, codebooks [M, K, d] float32. metric 0 = l2 (argmin
 // squared distance), 1 = ip (argmax dot). Ties go to the smaller index. codes written as int32 [N, M].

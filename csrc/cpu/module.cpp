@@ -135,8 +135,14 @@ PYBIND11_MODULE(_cpu, m) {
       [](uintptr_t queries, int64_t Q, int64_t d, uintptr_t centroids, uintptr_t codebooks, int64_t M,
          uintptr_t list_blocks, uintptr_t list_ids, uintptr_t list_sizes, int64_t nlist, uintptr_t probes,
          int64_t nprobe, int64_t k, int metric, uintptr_t precomputed, bool residual, bool exact, int nthreads,
-         uintptr_t out_d, uintptr_t out_i, bool sorted, uintptr_t centroids_t, uintptr_t norms) {
+         uintptr_t out_d, uintptr_t out_i, bool sorted, uintptr_t centroids_t, uintptr_t norms, uintptr_t rrows,
+         int rkind, int64_t rnrows, uintptr_t rvmin, uintptr_t rscale, uintptr_t rlabels, int64_t rk) {
         py::gil_scoped_release release;
+        const RefineRows refine{reinterpret_cast<const void*>(rrows), rkind, rnrows,
+                                reinterpret_cast<const float*>(rvmin), reinterpret_cast<const float*>(rscale),
+                                reinterpret_cast<const int64_t*>(rlabels), rk};
+        if (rk && (rkind < 0 || rkind > 2 || rnrows < 0 || (rnrows && !rrows)))
+          throw std::invalid_argument("ivf_fastscan: bad refinement rows");
         std::vector<int64_t> own;
         const int64_t* pr = probes_or_nearest(reinterpret_cast<const int64_t*>(probes), own, ptr<const float>(queries),
                                               Q, d, reinterpret_cast<const float*>(centroids_t),
@@ -144,17 +150,24 @@ PYBIND11_MODULE(_cpu, m) {
         ivf_fastscan(ptr<const float>(queries), Q, d, ptr<const float>(centroids), ptr<const float>(codebooks), M,
                      ptr<const int64_t>(list_blocks), ptr<const int64_t>(list_ids), ptr<const int64_t>(list_sizes),
                      nlist, pr, nprobe, k, metric, reinterpret_cast<const float*>(precomputed),
-                     residual, exact, nthreads, ptr<float>(out_d), ptr<int64_t>(out_i), sorted);
+                     residual, exact, nthreads, ptr<float>(out_d), ptr<int64_t>(out_i), sorted, rk ? &refine : nullptr);
       },
       "IVF-PQ fast scan over 4-bit lists in fast-scan blocks; out [Q, k] (best first when sorted); probes 0: the "
-      "nprobe nearest lists, from centroids_t [d, nlist] and norms [nlist] (l2)");
+      "nprobe nearest lists, from centroids_t [d, nlist] and norms [nlist] (l2); rk > 0: the k best re-ranked with "
+      "the stored rows (refine_topk's arguments), out [Q, rk]");
   m.def(
       "ivf_search",
       [](uintptr_t queries, int64_t Q, int64_t d, uintptr_t centroids, uintptr_t codebooks, int64_t M, int64_t K,
          uintptr_t list_codes, uintptr_t list_ids, uintptr_t list_sizes, int64_t nlist, uintptr_t probes,
          int64_t nprobe, int64_t k, int metric, uintptr_t precomputed, bool residual, int nthreads, uintptr_t out_d,
-         uintptr_t out_i, bool sorted, uintptr_t centroids_t, uintptr_t norms) {
+         uintptr_t out_i, bool sorted, uintptr_t centroids_t, uintptr_t norms, uintptr_t rrows, int rkind,
+         int64_t rnrows, uintptr_t rvmin, uintptr_t rscale, uintptr_t rlabels, int64_t rk) {
         py::gil_scoped_release release;
+        const RefineRows refine{reinterpret_cast<const void*>(rrows), rkind, rnrows,
+                                reinterpret_cast<const float*>(rvmin), reinterpret_cast<const float*>(rscale),
+                                reinterpret_cast<const int64_t*>(rlabels), rk};
+        if (rk && (rkind < 0 || rkind > 2 || rnrows < 0 || (rnrows && !rrows)))
+          throw std::invalid_argument("ivf_search: bad refinement rows");
         std::vector<int64_t> own;
         const int64_t* pr = probes_or_nearest(reinterpret_cast<const int64_t*>(probes), own, ptr<const float>(queries),
                                               Q, d, reinterpret_cast<const float*>(centroids_t),
@@ -162,7 +175,7 @@ PYBIND11_MODULE(_cpu, m) {
         ivf_search(ptr<const float>(queries), Q, d, ptr<const float>(centroids), ptr<const float>(codebooks), M, K,
                    ptr<const int64_t>(list_codes), ptr<const int64_t>(list_ids), ptr<const int64_t>(list_sizes),
                    nlist, pr, nprobe, k, metric, reinterpret_cast<const float*>(precomputed),
-                   residual, nthreads, ptr<float>(out_d), ptr<int64_t>(out_i), sorted);
+                   residual, nthreads, ptr<float>(out_d), ptr<int64_t>(out_i), sorted, rk ? &refine : nullptr);
       },
       "IVF-PQ search: per query, LUTs of the probed lists and a scan of their codes; out [Q, k] (best first when "
       "sorted); probes 0: the nprobe nearest lists, as ivf_fastscan");

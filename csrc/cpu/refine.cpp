@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "kernels.h"
@@ -130,36 +131,46 @@ inline void prefetch_row(const void* rows, int64_t row_bytes, int64_t nrows, int
 
 }  // namespace
 
+bool refine_query(const float* v, int64_t d, const RefineRows& r, const int64_t* cand, int64_t kc, int metric,
+                  TopK& tk, float* out_d, int64_t* out_i) {
+  static const bool f16c = (__builtin_cpu_init(), __builtin_cpu_supports("f16c"));
+  const RowDist dist_of = row_dist(r.kind, active_simd() != Simd::scalar && f16c);
+  const float sign = metric == 0 ? 1.f : -1.f;  // the heap keeps the smallest: ip negated
+  const int64_t row_bytes = d * (r.kind == 0 ? 4 : r.kind == 1 ? 2 : 1);
+  uint64_t bad = 0;  // -1 + 1 = 0 .. nrows: in range; below -1 wraps to a huge value
+  for (int64_t c = 0; c < kc; ++c) bad |= static_cast<uint64_t>(cand[c] + 1) > static_cast<uint64_t>(r.nrows);
+  if (bad) return false;
+  tk.reset();
+  for (int64_t c = 0; c < std::min<int64_t>(kPrefetch, kc); ++c) prefetch_row(r.rows, row_bytes, r.nrows, cand[c]);
+  for (int64_t c = 0; c < kc; ++c) {
+    if (c + kPrefetch < kc) prefetch_row(r.rows, row_bytes, r.nrows, cand[c + kPrefetch]);
+    const int64_t row = cand[c];
+    if (row < 0) continue;  // no candidate
+    const int64_t label = r.labels ? r.labels[row] : row;
+    if (label < 0) continue;  // a removed row
+    const float dist = sign * dist_of(v, r.rows, d, row, r.vmin, r.scale, metric);
+    if (tk.admits_any(dist)) tk.push(dist, label);
+  }
+  tk.write(sign, out_d, out_i);
+  return true;
+}
+
 void refine_topk(const float* queries, int64_t Q, int64_t d, const void* rows, int kind, int64_t nrows,
                  const float* vmin, const float* scale, const int64_t* cand, int64_t kc, const int64_t* labels,
                  int64_t k, int metric, int nthreads, float* out_d, int64_t* out_i) {
   if (Q < 0 || d < 1 || nrows < 0 || kc < 0 || k < 1 || kind < 0 || kind > 2 || (metric != 0 && metric != 1))
     throw std::invalid_argument("refine_topk: bad sizes, kind or metric");
-  const float sign = metric == 0 ? 1.f : -1.f;  // the heap keeps the smallest: ip negated
-  __builtin_cpu_init();
-  const bool f16c = __builtin_cpu_supports("f16c");
-  const RowDist dist_of = row_dist(kind, active_simd() != Simd::scalar && f16c);
-  const int64_t row_bytes = d * (kind == 0 ? 4 : kind == 1 ? 2 : 1);
+  uint64_t bad = 0;
+  for (int64_t i = 0; i < Q * kc; ++i) bad |= static_cast<uint64_t>(cand[i] + 1) > static_cast<uint64_t>(nrows);
+  if (bad)
+    throw std::invalid_argument("refine_topk: candidates must be rows in [-1, " + std::to_string(nrows) + ")");
+  const RefineRows r{rows, kind, nrows, vmin, scale, labels, k};
 #pragma omp parallel num_threads(team(nthreads, Q))
   {
     TopK tk(k);
 #pragma omp for schedule(dynamic)
-    for (int64_t q = 0; q < Q; ++q) {
-      const float* v = queries + q * d;
-      tk.reset();
-      const int64_t* cq = cand + q * kc;
-      for (int64_t c = 0; c < std::min<int64_t>(kPrefetch, kc); ++c) prefetch_row(rows, row_bytes, nrows, cq[c]);
-      for (int64_t c = 0; c < kc; ++c) {
-        if (c + kPrefetch < kc) prefetch_row(rows, row_bytes, nrows, cq[c + kPrefetch]);
-        const int64_t r = cq[c];
-        if (r < 0 || r >= nrows) continue;  // no candidate (the caller checked the range)
-        const int64_t label = labels ? labels[r] : r;
-        if (label < 0) continue;  // a removed row
-        const float dist = sign * dist_of(v, rows, d, r, vmin, scale, metric);
-        if (tk.admits_any(dist)) tk.push(dist, label);
-      }
-      tk.write(sign, out_d + q * k, out_i + q * k);
-    }
+    for (int64_t q = 0; q < Q; ++q) refine_query(queries + q * d, d, r, cand + q * kc, kc, metric, tk, out_d + q * k,
+                                                 out_i + q * k);
   }
 }
 

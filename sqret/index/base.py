@@ -217,6 +217,13 @@ class Index:
         re-rank, which spares the sort where a kind can."""
         return self._search_in(s, q, k, **params)[1]
 
+    def _refined(self, s, q: torch.Tensor, k: int, refine: ops.Refinement, metric: str, **params
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k best of each query's ``refine.candidates`` candidates re-ranked with the stored vectors (the
+        ids are their rows); a kind may do both stages in one pass."""
+        rows = self._candidates(s, q, refine.candidates, **params)
+        return ops.refine_topk(q, refine.vectors, rows, k, metric, labels=refine.labels, sq8=refine.sq8)
+
     # ------------------------------------------------------------------ public
 
     @property

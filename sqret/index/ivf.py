@@ -134,7 +134,8 @@ class IVFPQIndex(Index):
         return _State(s.centroids, s.codebooks, self._empty_lists(), None, s.cache)
 
     def _search_in(self, s: _State, q: torch.Tensor, k: int, *, nprobe: int = 1, exact: bool | None = None,
-                   sorted: bool = True) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: A002 (torch.topk's name)
+                   sorted: bool = True, refine: ops.Refinement | None = None  # noqa: A002 (torch.topk's name)
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
         exact = self.exact if exact is None else check_flag(exact, "exact")
         nprobe = check_nprobe(nprobe, self.nlist)
         device = q.device if q.device.type != "cpu" else self.device
@@ -151,10 +152,18 @@ class IVFPQIndex(Index):
         cnorm, ct = _probe_caches(s)
         return ops.ivf_search(q, s.centroids, s.codebooks, s.lists, None, nprobe, k, self.metric,  # probed inside
                               precomputed=self._precomputed(s), exact=exact, by_residual=self.by_residual,
-                              sorted=sorted, centroid_norms=cnorm, centroids_t=ct)
+                              sorted=sorted, centroid_norms=cnorm, centroids_t=ct, refine=refine)
 
     def _candidates(self, s: _State, q: torch.Tensor, k: int, **params) -> torch.Tensor:
         return self._search_in(s, q, k, **params, sorted=False)[1]
+
+    def _refined(self, s: _State, q: torch.Tensor, k: int, refine: ops.Refinement, metric: str, **params
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both stages in ops.ivf_search (on the CPU, one native pass per query); on a GPU, its candidates
+        re-ranked against the queries as given."""
+        if q.device.type != "cpu" or self.device.type != "cpu":
+            return super()._refined(s, q, k, refine, metric, **params)
+        return self._search_in(s, q, k, **params, refine=refine)
 
     def _stored(self, codes: torch.Tensor) -> torch.Tensor:
         """A list's codes [n, M] as this index stores them (fast-scan blocks when fast_scan)."""

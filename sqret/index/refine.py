@@ -125,8 +125,8 @@ class RefineIndex(Index):
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         kf = self.k_factor if k_factor is None else check_k_factor(k_factor)
         kc = max(k, math.ceil(k * kf))
-        rows = self.base._candidates(s.base, q, kc, **base_params)
-        return ops.refine_topk(q, _tensor(s.rows), rows, k, self.metric, labels=_tensor(s.labels), sq8=s.sq8)
+        refine = ops.Refinement(_tensor(s.rows), kc, _tensor(s.labels), s.sq8)
+        return self.base._refined(s.base, q, k, refine, self.metric, **base_params)
 
     def search(self, queries, k: int, *, k_factor: float | None = None, **base_params
                ) -> tuple[torch.Tensor, torch.Tensor]:

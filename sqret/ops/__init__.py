@@ -30,7 +30,7 @@ from .codes import (
 )
 from .ivf import InvertedLists, coarse_probe, ivf_precomputed_table, ivf_search
 from .lut import build_lut, codeword_tables, largest_for
-from .refine import refine_topk, sq8_decode, sq8_encode, sq8_train
+from .refine import Refinement, refine_topk, sq8_decode, sq8_encode, sq8_train
 from .registry import (
     BackendInfo,
     Choice,
@@ -64,6 +64,7 @@ register(
             "adc_topk_fastscan",
             "ivf_search",
             "ivf_probe_search",
+            "ivf_refine_search",
             "smallest_k_rows",
             "coarse_probe",
             "refine_topk",
@@ -104,6 +105,7 @@ __all__ = [
     "largest_for",
     "pack4",
     "pq_search",
+    "Refinement",
     "refine_topk",
     "residual_decode",
     "residual_encode",

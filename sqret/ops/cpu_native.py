@@ -224,21 +224,44 @@ def ivf_probe_search(queries, centroids, codebooks, lists, nprobe: int, k: int, 
                 norms)
 
 
+def ivf_refine_search(queries, centroids, codebooks, lists, nprobe: int, k: int, metric: str, precomputed=None,
+                      exact=True, by_residual=True, centroid_norms=None, centroids_t=None, refine=None):
+    """The probe, the scan of refine.candidates per query and their re-rank in one native pass per query."""
+    cen, ct, norms = _probe_inputs(centroids, metric, centroid_norms, centroids_t)
+    return _ivf(queries, cen, codebooks, lists, None, nprobe, refine.candidates, metric, precomputed, exact,
+                by_residual, False, ct, norms, refine, k)
+
+
+def _refine_search_accepts(queries, centroids, codebooks, *args) -> str | None:
+    return declines_float64(queries, centroids, codebooks) or _refine_accepts(None, args[-1].vectors, None, 0, "")
+
+
 def _ivf(queries, centroids, codebooks, lists, probes, nprobe, k, metric, precomputed, exact, by_residual, sorted,
-         ct, norms):  # noqa: A002
+         ct, norms, refine=None, k_out=0):  # noqa: A002
+    """refine (an ops.Refinement): the k = refine.candidates best re-ranked in the same pass, k_out written."""
+    from .refine import STORE_DTYPES
+
     M, K, _ = codebooks.shape
     pre = _f32(precomputed) if precomputed is not None and metric == "l2" else None
     Q, d = queries.shape
     q, cen, cb = _f32(queries), _f32(centroids), _f32(codebooks)
     c_addr, i_addr, sizes = lists.code_addresses, lists.id_addresses, lists.sizes
-    v, i = _outputs(Q, k)
+    v, i = _outputs(Q, k_out if refine is not None else k)
     if not Q:
         return v, i
     args = (c_addr.data_ptr(), i_addr.data_ptr(), sizes.data_ptr(), len(lists),
             probes.data_ptr() if probes is not None else 0, nprobe, k, 0 if metric == "l2" else 1,
             pre.data_ptr() if pre is not None else 0, by_residual)
+    rr = (0, 0, 0, 0, 0, 0, 0)
+    if refine is not None:  # the tensors below stay referenced through the call
+        rows = refine.vectors
+        lab = refine.labels.contiguous() if refine.labels is not None else None
+        vmin, scale = (_f32(refine.sq8[0]), _f32(refine.sq8[1])) if refine.sq8 is not None else (None, None)
+        rr = (rows.data_ptr() if rows.shape[0] else 0, STORE_DTYPES[rows.dtype], rows.shape[0],
+              vmin.data_ptr() if vmin is not None else 0, scale.data_ptr() if scale is not None else 0,
+              lab.data_ptr() if lab is not None else 0, k_out)
     out = (v.data_ptr(), i.data_ptr(), sorted, ct.data_ptr() if ct is not None else 0,
-           norms.data_ptr() if norms is not None else 0)
+           norms.data_ptr() if norms is not None else 0, *rr)
     if lists.layout == "fastscan":
         _cpu.ivf_fastscan(q.data_ptr(), Q, d, cen.data_ptr(), cb.data_ptr(), M, *args, exact, _threads(), *out)
     else:
@@ -249,6 +272,7 @@ def _ivf(queries, centroids, codebooks, lists, probes, nprobe, k, metric, precom
 if _cpu is not None:
     adc_topk.checks_nan = adc_topk_fastscan.checks_nan = True  # the kernels raise ValueError on a NaN in the LUT
     ivf_search.checks_probes = True  # the kernels raise ValueError on a list number outside [-1, nlist)
+    refine_topk.checks_candidates = True  # ... and on a candidate row outside [-1, n)
     register(
         "cpu_native",
         ("cpu",),
@@ -262,6 +286,7 @@ if _cpu is not None:
             "smallest_k_rows": smallest_k_rows,
             "coarse_probe": Impl(coarse_probe, lambda q, cen, *_: declines_float64(q, cen)),
             "refine_topk": Impl(refine_topk, _refine_accepts),
+            "ivf_refine_search": Impl(ivf_refine_search, _refine_search_accepts),
             "pq_search": Impl(pq_search, _pq_search_accepts),
         },
         priority=10,

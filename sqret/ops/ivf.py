@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from . import checks, registry
+from .refine import Refinement, check_refinement, refine_topk
 
 ListArray = Tensor | np.ndarray
 
@@ -203,6 +204,7 @@ def ivf_search(
     sorted: bool = True,  # noqa: A002 (torch.topk's name)
     centroid_norms: Tensor | None = None,
     centroids_t: Tensor | None = None,
+    refine: Refinement | None = None,
 ) -> tuple[Tensor, Tensor]:
     """IVF-PQ search over inverted lists: (values [Q, k], ids [Q, k]) best first, ties by smaller id (with
     ``sorted=False``, as torch.topk's, the same k results of each query in no particular order: candidates
@@ -221,6 +223,9 @@ def ivf_search(
     ``reference.quantize_lut``).
     ``by_residual=False``: the codes are of the vectors themselves, not of their residuals (FAISS's
     by_residual = False): one table per query serves every list, the centroids only choose the lists.
+    ``refine`` (:class:`Refinement`): each query's ``refine.candidates`` best re-ranked by exact distances to
+    the stored vectors that the lists' ids number, the k best of those returned (sorted); the native backend
+    does both stages in one pass per query when probes is a number (FAISS's IndexRefine over an IVF index).
     """
     M, K, dsub = checks.codebooks(codebooks)
     checks.features(queries, codebooks, "queries")
@@ -266,6 +271,15 @@ def ivf_search(
         raise ValueError("precomputed tables are of residuals: pass none with by_residual=False")
     checks.same_device(("queries", queries), ("centroids", centroids), ("codebooks", codebooks),
                        *(() if nearest else (("probes", probes),)))
+    if refine is not None:
+        refine = check_refinement(refine, queries, k)
+        if nearest:
+            return registry.run("ivf_refine_search", registry.device_type(queries), queries, centroids, codebooks,
+                                lists, probes, k, metric, precomputed, exact, by_residual, centroid_norms,
+                                centroids_t, refine)
+        _, rows = ivf_search(queries, centroids, codebooks, lists, None, probes, refine.candidates, metric,
+                             precomputed=precomputed, exact=exact, by_residual=by_residual, sorted=False)
+        return refine_topk(queries, refine.vectors, rows, k, metric, labels=refine.labels, sq8=refine.sq8)
     args = (queries, centroids, codebooks, lists, probes, k, metric, precomputed, exact, by_residual, sorted)
     if nearest:
         return registry.run("ivf_probe_search", registry.device_type(queries), *args, centroid_norms, centroids_t)

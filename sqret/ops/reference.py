@@ -505,6 +505,18 @@ def ivf_probe_search(queries, centroids, codebooks, lists, nprobe: int, k: int, 
                         by_residual, sorted)
 
 
+def ivf_refine_search(queries, centroids, codebooks, lists, nprobe: int, k: int, metric: str, precomputed=None,
+                      exact=True, by_residual=True, centroid_norms=None, centroids_t=None, refine=None):
+    """ivf_probe_search of each query's refine.candidates best (unsorted), then refine_topk of them, each as the
+    registry chooses for these tensors."""
+    from . import registry
+
+    dev = registry.device_type(queries)
+    _, rows = registry.run("ivf_probe_search", dev, queries, centroids, codebooks, lists, nprobe, refine.candidates,
+                           metric, precomputed, exact, by_residual, False, centroid_norms, centroids_t)
+    return registry.run("refine_topk", dev, queries, refine.vectors, rows, k, metric, refine.labels, refine.sq8)
+
+
 def smallest_k_rows(dist: torch.Tensor, k: int) -> torch.Tensor:
     """Positions [Q, k] of the k smallest values of each row of dist [Q, n], sorted, ties by position."""
     return torch.sort(dist, dim=1, stable=True).indices[:, :k].contiguous()
