@@ -180,6 +180,13 @@ PYBIND11_MODULE(_cpu, m) {
       "IVF-PQ search: per query, LUTs of the probed lists and a scan of their codes; out [Q, k] (best first when "
       "sorted); probes 0: the nprobe nearest lists, as ivf_fastscan");
   m.def(
+      "has_nonfinite",
+      [](uintptr_t p, int64_t n) {
+        py::gil_scoped_release release;
+        return has_nonfinite(ptr<const float>(p), n);
+      },
+      "whether any of n float32 values at p is NaN or inf");
+  m.def(
       "refine_topk",
       [](uintptr_t queries, int64_t Q, int64_t d, uintptr_t rows, int kind, int64_t nrows, uintptr_t vmin,
          uintptr_t scale, uintptr_t cand, int64_t kc, uintptr_t labels, int64_t k, int metric, int nthreads,
