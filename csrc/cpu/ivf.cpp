@@ -89,10 +89,14 @@ void scan(const float* L, int64_t M, int64_t K, const uint8_t* codes, const int6
 
 }  // namespace
 
+bool all_in_range(const int64_t* p, int64_t n, int64_t hi) {
+  uint64_t bad = 0;  // -1 + 1 = 0 .. hi: in range; below -1 wraps to a huge value
+  for (int64_t i = 0; i < n; ++i) bad |= static_cast<uint64_t>(p[i] + 1) > static_cast<uint64_t>(hi);
+  return !bad;
+}
+
 void check_probes(const int64_t* probes, int64_t n, int64_t nlist, const char* who) {
-  uint64_t bad = 0;  // -1 + 1 = 0 .. nlist: in range; below -1 wraps to a huge value
-  for (int64_t i = 0; i < n; ++i) bad |= static_cast<uint64_t>(probes[i] + 1) > static_cast<uint64_t>(nlist);
-  if (bad)
+  if (!all_in_range(probes, n, nlist))
     throw std::invalid_argument(std::string(who) + ": probes must be list numbers in [-1, " + std::to_string(nlist) +
                                 ")");
 }

@@ -37,6 +37,9 @@ void for_tasks(int threads, int64_t n, F&& body) {
   for (int64_t t = 0; t < n; ++t) body(t);
 }
 
+// Whether each of p[0..n) is -1 (none) or in [0, hi).
+bool all_in_range(const int64_t* p, int64_t n, int64_t hi);
+
 // Throws std::invalid_argument unless each of probes[0..n) is -1 (none) or a list number below nlist.
 void check_probes(const int64_t* probes, int64_t n, int64_t nlist, const char* who);
 
@@ -151,7 +154,7 @@ void pq_search(const float* x, int64_t Q, const float* codebooks, int64_t M, int
 // rows cand [Q, kc] (-1: none; rows >= nrows skipped) of the stored vectors rows [nrows, d] (kind 0 float32,
 // 1 float16, 2 sq8 codes decoded as vmin[j] + code * scale[j]); the k best by (distance, label) with labels
 // [nrows] (row -> id; -1: removed, skipped; null: the rows themselves), sorted, padded with -1 / inf.
-// Candidates outside [-1, nrows) are an error (std::invalid_argument), checked before any is read.
+// Candidates outside [-1, nrows) are an error (std::invalid_argument); such a row is never read.
 void refine_topk(const float* queries, int64_t Q, int64_t d, const void* rows, int kind, int64_t nrows,
                  const float* vmin, const float* scale, const int64_t* cand, int64_t kc, const int64_t* labels,
                  int64_t k, int metric, int nthreads, float* out_d, int64_t* out_i);

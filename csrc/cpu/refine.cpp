@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -137,9 +138,7 @@ bool refine_query(const float* v, int64_t d, const RefineRows& r, const int64_t*
   const RowDist dist_of = row_dist(r.kind, active_simd() != Simd::scalar && f16c);
   const float sign = metric == 0 ? 1.f : -1.f;  // the heap keeps the smallest: ip negated
   const int64_t row_bytes = d * (r.kind == 0 ? 4 : r.kind == 1 ? 2 : 1);
-  uint64_t bad = 0;  // -1 + 1 = 0 .. nrows: in range; below -1 wraps to a huge value
-  for (int64_t c = 0; c < kc; ++c) bad |= static_cast<uint64_t>(cand[c] + 1) > static_cast<uint64_t>(r.nrows);
-  if (bad) return false;
+  if (!all_in_range(cand, kc, r.nrows)) return false;
   tk.reset();
   for (int64_t c = 0; c < std::min<int64_t>(kPrefetch, kc); ++c) prefetch_row(r.rows, row_bytes, r.nrows, cand[c]);
   for (int64_t c = 0; c < kc; ++c) {
@@ -160,18 +159,18 @@ void refine_topk(const float* queries, int64_t Q, int64_t d, const void* rows, i
                  int64_t k, int metric, int nthreads, float* out_d, int64_t* out_i) {
   if (Q < 0 || d < 1 || nrows < 0 || kc < 0 || k < 1 || kind < 0 || kind > 2 || (metric != 0 && metric != 1))
     throw std::invalid_argument("refine_topk: bad sizes, kind or metric");
-  uint64_t bad = 0;
-  for (int64_t i = 0; i < Q * kc; ++i) bad |= static_cast<uint64_t>(cand[i] + 1) > static_cast<uint64_t>(nrows);
-  if (bad)
-    throw std::invalid_argument("refine_topk: candidates must be rows in [-1, " + std::to_string(nrows) + ")");
   const RefineRows r{rows, kind, nrows, vmin, scale, labels, k};
+  std::atomic<bool> bad{false};
 #pragma omp parallel num_threads(team(nthreads, Q))
   {
     TopK tk(k);
 #pragma omp for schedule(dynamic)
-    for (int64_t q = 0; q < Q; ++q) refine_query(queries + q * d, d, r, cand + q * kc, kc, metric, tk, out_d + q * k,
-                                                 out_i + q * k);
+    for (int64_t q = 0; q < Q; ++q)
+      if (!refine_query(queries + q * d, d, r, cand + q * kc, kc, metric, tk, out_d + q * k, out_i + q * k))
+        bad.store(true, std::memory_order_relaxed);
   }
+  if (bad.load())
+    throw std::invalid_argument("refine_topk: candidates must be rows in [-1, " + std::to_string(nrows) + ")");
 }
 
 }  // namespace sqret

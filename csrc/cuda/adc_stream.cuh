@@ -27,17 +27,15 @@ __device__ __forceinline__ int code_at(const uint8_t* row, int m, bool packed) {
   return (m & 1) ? (b >> 4) : (b & 15);
 }
 
-// Streaming ADC scan + top-k. A block owns QB queries and one long slice of the codes (the grid: a few blocks
-// per SM along the database, query blocks adjacent so that they read a slice from L2 at about the same time).
-// Per query, a pool of `pool` keys in shared memory: [0, kp) the running best (sorted), then the candidates
-// that beat the running keep-th best (appended with a shared atomic). When the next tile could overflow the
-// pool, the block sorts it (bitonic) and the threshold tightens; after the first tiles few codes pass it. Each
-// block writes its `keep` best keys per query once; one small sort merges the blocks.
-// Sort a[0, n) ascending (n a power of two), all threads of the block; returns after a barrier.
+// Sort a[0, n) ascending (n a power of two) by the whole block (returns after a barrier) or, WARP, by the 32
+// lanes of one warp.
+template <bool WARP>
 __device__ __forceinline__ void bitonic_sort(long long* a, int n) {
+  const int first = WARP ? static_cast<int>(threadIdx.x & 31) : static_cast<int>(threadIdx.x);
+  const int step = WARP ? 32 : static_cast<int>(blockDim.x);
   for (int size = 2; size <= n; size <<= 1) {
     for (int stride = size >> 1; stride > 0; stride >>= 1) {
-      for (int t = threadIdx.x; t < n / 2; t += blockDim.x) {
+      for (int t = first; t < n / 2; t += step) {
         const int i = 2 * t - (t & (stride - 1));  // the pair (i, i + stride), bit `stride` of i clear
         const int j = i + stride;
         const bool up = (i & size) == 0;
@@ -47,7 +45,8 @@ __device__ __forceinline__ void bitonic_sort(long long* a, int n) {
           a[j] = x;
         }
       }
-      __syncthreads();
+      if constexpr (WARP) __syncwarp();
+      else __syncthreads();
     }
   }
 }
@@ -58,7 +57,7 @@ __device__ __forceinline__ void merge_pool(long long* pool, int size, int kp, in
   const int held = kp + *cnt;
   for (int i = held + threadIdx.x; i < size; i += blockDim.x) pool[i] = kMaxKey;
   __syncthreads();
-  bitonic_sort(pool, size);
+  bitonic_sort<false>(pool, size);
   if (threadIdx.x == 0) {
     *cnt = 0;
     *thr = pool[keep - 1];
@@ -101,6 +100,12 @@ __device__ __forceinline__ void row_dists(const float* T, const long long (&off)
   }
 }
 
+// Streaming ADC scan + top-k. A block owns QB queries and one long slice of the codes (the grid: a few blocks
+// per SM along the database, query blocks adjacent so that they read a slice from L2 at about the same time).
+// Per query, a pool of `pool` keys in shared memory: [0, kp) the running best (sorted), then the candidates
+// that beat the running keep-th best (appended with a shared atomic). When the next tile could overflow the
+// pool, the block sorts it (bitonic) and the threshold tightens; after the first tiles few codes pass it. Each
+// block writes its `keep` best keys per query once; one small sort merges the blocks.
 template <int QB, bool LUT_SMEM, bool ROW16>
 __global__ void __launch_bounds__(kThreads) adc_stream(const float* __restrict__ lut,
                                                        const uint8_t* __restrict__ codes, long long N, int Q, int M,
@@ -160,31 +165,11 @@ __global__ void __launch_bounds__(kThreads) adc_stream(const float* __restrict__
 
 // ---- the warp-select variant: a pool per warp and query, no block barrier during the scan
 
-// Sort a[0, n) ascending (n a power of two) by the 32 lanes of one warp.
-__device__ __forceinline__ void warp_sort(long long* a, int n) {
-  const int lane = threadIdx.x & 31;
-  for (int size = 2; size <= n; size <<= 1) {
-    for (int stride = size >> 1; stride > 0; stride >>= 1) {
-      for (int t = lane; t < n / 2; t += 32) {
-        const int i = 2 * t - (t & (stride - 1));
-        const int j = i + stride;
-        const bool up = (i & size) == 0;
-        const long long x = a[i], y = a[j];
-        if ((x > y) == up) {
-          a[i] = y;
-          a[j] = x;
-        }
-      }
-      __syncwarp();
-    }
-  }
-}
-
 // A warp folds the candidates of its pool into its running best; cnt and thr are the warp's (uniform) registers.
 __device__ __forceinline__ void warp_fold(long long* pool, int size, int kp, int keep, int& cnt, long long& thr) {
   for (int i = kp + cnt + static_cast<int>(threadIdx.x & 31); i < size; i += 32) pool[i] = kMaxKey;
   __syncwarp();
-  warp_sort(pool, size);
+  bitonic_sort<true>(pool, size);
   thr = pool[keep - 1];
   cnt = 0;
 }
@@ -243,7 +228,7 @@ __global__ void __launch_bounds__(kThreads) adc_warp(const float* __restrict__ l
       merge[i] = w < kWarps ? pools[(static_cast<long long>(w) * QB + q) * pool_size + j] : kMaxKey;
     }
     __syncthreads();
-    bitonic_sort(merge, mpool);
+    bitonic_sort<false>(merge, mpool);
     long long* out = out_keys + (static_cast<long long>(q0 + q) * gridDim.y + blockIdx.y) * keep;
     for (int i = threadIdx.x; i < keep; i += kThreads) out[i] = merge[i];
     __syncthreads();

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from . import checks, reference
 from .checks import code_dtype
+from .refine import STORE_DTYPES
 from .registry import Impl, declines_float64, mark_unavailable, register
 
 _ABI = 2  # sqret._cpu.ABI of the sources this module calls
@@ -159,8 +160,6 @@ def _refine_accepts(queries, vectors, candidates, k, metric, labels=None, sq8=No
 
 
 def refine_topk(queries, vectors, candidates, k: int, metric: str, labels=None, sq8=None):
-    from .refine import STORE_DTYPES
-
     q = queries.to(torch.float32).contiguous()
     c = candidates.contiguous()
     lab = labels.contiguous() if labels is not None else None
@@ -239,8 +238,6 @@ def _refine_search_accepts(queries, centroids, codebooks, *args) -> str | None:
 def _ivf(queries, centroids, codebooks, lists, probes, nprobe, k, metric, precomputed, exact, by_residual, sorted,
          ct, norms, refine=None, k_out=0):  # noqa: A002
     """refine (an ops.Refinement): the k = refine.candidates best re-ranked in the same pass, k_out written."""
-    from .refine import STORE_DTYPES
-
     M, K, _ = codebooks.shape
     pre = _f32(precomputed) if precomputed is not None and metric == "l2" else None
     Q, d = queries.shape
