@@ -625,6 +625,42 @@ def test_ivf_search_with_refine_in_one_pass_equals_search_then_refine(layout, me
                     assert ((got[1] == -1) == torch.isinf(got[0])).all()
 
 
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("storage", ["flat", "fp16", "sq8"])
+def test_refine_topk_abandoning_rows_keeps_the_exact_k_best(level, storage):
+    """The l2 re-rank stops summing a row once its partial distance passes the k-th kept one (every 32
+    dimensions). On rows whose leading dimensions dominate (PCA-like: most rows are abandoned at the first look),
+    with repeated (re-ranked as often), missing (-1) and removed candidates, heap and reservoir k, the k best are those of a float64
+    re-rank of the same decoded rows, with their whole distances; inner products (never abandoned) too."""
+    rng = np.random.default_rng(5)
+    for d in (32, 33, 64, 100, 128):
+        n, Q, kc = 3000, 7, 600
+        spread = np.geomspace(8.0, 0.05, d).astype(np.float32)
+        x = torch.from_numpy((rng.standard_normal((n, d)) * spread).astype(np.float32))
+        q = torch.from_numpy((rng.standard_normal((Q, d)) * spread).astype(np.float32))
+        sq8 = ops.sq8_train(x) if storage == "sq8" else None
+        vectors = ops.sq8_encode(x, *sq8) if sq8 else x.half() if storage == "fp16" else x
+        decoded = (ops.sq8_decode(vectors, *sq8) if sq8 else vectors.float()).double()
+        labels = torch.arange(n) + 10
+        labels[rng.permutation(n)[:300]] = -1
+        cand = torch.from_numpy(rng.integers(-1, n, (Q, kc)))
+        for k in (1, 10, 40, 200):
+            for metric in ("l2", "ip"):
+                with simd(level), sqret.use_backend("cpu_native"):
+                    got_d, got_i = ops.refine_topk(q, vectors, cand, k, metric, labels=labels, sq8=sq8)
+                for qi in range(Q):
+                    rows = cand[qi][cand[qi] >= 0]  # a repeated candidate is re-ranked as often
+                    rows = rows[labels[rows] >= 0]
+                    diff = decoded[rows] - q[qi].double()
+                    dist = (diff * diff).sum(1) if metric == "l2" else decoded[rows] @ q[qi].double()
+                    want = torch.sort(dist, descending=metric == "ip").values[:k]
+                    assert (got_i[qi] >= 10).all(), (d, k, metric)
+                    mine = decoded[got_i[qi] - 10] - q[qi].double() if metric == "l2" else None
+                    back = (mine * mine).sum(1) if metric == "l2" else decoded[got_i[qi] - 10] @ q[qi].double()
+                    np.testing.assert_allclose(back.numpy(), want.numpy(), rtol=2e-5, atol=1e-4)
+                    np.testing.assert_allclose(got_d[qi].double().numpy(), want.numpy(), rtol=2e-5, atol=1e-4)
+
+
 def test_ivf_refine_bad_inputs_are_clear_errors():
     """The refinement's checks (candidates below k, vectors of another width, SQ8 codes without their scales),
     and list ids that are no rows of the stored vectors: the native pass raises before reading such a row."""

@@ -40,8 +40,11 @@ inline float half_to_float(uint16_t h) {
   return f;
 }
 
-// Distance of query v to stored row r: float32 / float16 / sq8, 16 lanes accumulated (AVX-512 or two AVX2
-// registers), lanes then folded in a fixed order: the same value for a row whatever else is computed.
+// Distance of query v to stored row r: float32 / float16 / sq8, 16 lanes accumulated (two AVX2 registers), the
+// lanes then folded as a fixed tree (fold16): the same value for a row whatever else is computed. For l2 a lane
+// only grows as dimensions are added, and float addition is monotone, so a partial sum above `bound` proves the
+// whole one is: the row is abandoned there (every 32 dimensions), and what is returned is that partial sum (still
+// above the bound; the caller keeps only distances <= bound). Inner products are always summed whole.
 // 8 decoded values of row r from dimension at.
 template <int Kind>
 __attribute__((target("avx2,f16c"))) inline __m256 load8(const void* rows, int64_t d, int64_t r, int64_t at,
@@ -55,9 +58,30 @@ __attribute__((target("avx2,f16c"))) inline __m256 load8(const void* rows, int64
   return _mm256_add_ps(_mm256_loadu_ps(vmin + at), _mm256_mul_ps(c, _mm256_loadu_ps(scale + at)));
 }
 
+// lanes i + i+8, then i + i+4, then i + i+2, then 0 + 1: fold16_scalar's order.
+__attribute__((target("avx2"))) inline float fold16(__m256 a0, __m256 a1) {
+  const __m256 s = _mm256_add_ps(a0, a1);
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  return _mm_cvtss_f32(h);
+}
+
+inline float fold16_scalar(const float* l) {
+  float s[8], h[4];
+  for (int i = 0; i < 8; ++i) s[i] = l[i] + l[i + 8];
+  for (int i = 0; i < 4; ++i) h[i] = s[i] + s[i + 4];
+  return (h[0] + h[2]) + (h[1] + h[3]);
+}
+
+// Whether to look at the bound after the first `done` of d dimensions: every 32 (a look every 16 costs more folds
+// than it saves; only from the middle on abandons too late on PCA data, whose leading dimensions dominate).
+inline bool look_at(int64_t done, int64_t d) { return done % 32 == 0 && done < d; }
+
 template <int Kind>
 __attribute__((target("avx2,f16c"))) float row_dist_avx2(const float* v, const void* rows, int64_t d, int64_t r,
-                                                         const float* vmin, const float* scale, int metric) {
+                                                         const float* vmin, const float* scale, int metric,
+                                                         float bound) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   int64_t j = 0;
   for (; j + 16 <= d; j += 16) {
@@ -67,16 +91,16 @@ __attribute__((target("avx2,f16c"))) float row_dist_avx2(const float* v, const v
       const __m256 e0 = _mm256_sub_ps(q0, x0), e1 = _mm256_sub_ps(q1, x1);
       acc0 = _mm256_add_ps(acc0, _mm256_mul_ps(e0, e0));
       acc1 = _mm256_add_ps(acc1, _mm256_mul_ps(e1, e1));
+      if (look_at(j + 16, d)) {
+        const float part = fold16(acc0, acc1);
+        if (part > bound) return part;
+      }
     } else {
       acc0 = _mm256_add_ps(acc0, _mm256_mul_ps(q0, x0));
       acc1 = _mm256_add_ps(acc1, _mm256_mul_ps(q1, x1));
     }
   }
-  alignas(32) float lanes[16];
-  _mm256_store_ps(lanes, acc0);
-  _mm256_store_ps(lanes + 8, acc1);
-  float s = 0.f;
-  for (int i = 0; i < 16; ++i) s += lanes[i];
+  float s = fold16(acc0, acc1);
   for (; j < d; ++j) {  // the tail, in order
     float x;
     if constexpr (Kind == 0) x = static_cast<const float*>(rows)[r * d + j];
@@ -87,10 +111,10 @@ __attribute__((target("avx2,f16c"))) float row_dist_avx2(const float* v, const v
   return s;
 }
 
-// The same sums without AVX2 (16 lanes in the same order).
+// The same sums without AVX2 (16 lanes, the same fold, the same looks at the bound).
 template <int Kind>
 float row_dist_scalar(const float* v, const void* rows, int64_t d, int64_t r, const float* vmin, const float* scale,
-                      int metric) {
+                      int metric, float bound) {
   float lanes[16] = {0.f};
   int64_t j = 0;
   auto get = [&](int64_t at) -> float {
@@ -98,13 +122,17 @@ float row_dist_scalar(const float* v, const void* rows, int64_t d, int64_t r, co
     if constexpr (Kind == 1) return half_to_float(static_cast<const uint16_t*>(rows)[r * d + at]);
     return vmin[at] + static_cast<float>(static_cast<const uint8_t*>(rows)[r * d + at]) * scale[at];
   };
-  for (; j + 16 <= d; j += 16)
+  for (; j + 16 <= d; j += 16) {
     for (int i = 0; i < 16; ++i) {
       const float x = get(j + i);
       lanes[i] += metric == 0 ? (v[j + i] - x) * (v[j + i] - x) : v[j + i] * x;
     }
-  float s = 0.f;
-  for (int i = 0; i < 16; ++i) s += lanes[i];
+    if (metric == 0 && look_at(j + 16, d)) {
+      const float part = fold16_scalar(lanes);
+      if (part > bound) return part;
+    }
+  }
+  float s = fold16_scalar(lanes);
   for (; j < d; ++j) {
     const float x = get(j);
     s += metric == 0 ? (v[j] - x) * (v[j] - x) : v[j] * x;
@@ -112,7 +140,7 @@ float row_dist_scalar(const float* v, const void* rows, int64_t d, int64_t r, co
   return s;
 }
 
-using RowDist = float (*)(const float*, const void*, int64_t, int64_t, const float*, const float*, int);
+using RowDist = float (*)(const float*, const void*, int64_t, int64_t, const float*, const float*, int, float);
 
 RowDist row_dist(int kind, bool simd) {
   static const RowDist fast[3] = {row_dist_avx2<0>, row_dist_avx2<1>, row_dist_avx2<2>};
@@ -147,7 +175,9 @@ bool refine_query(const float* v, int64_t d, const RefineRows& r, const int64_t*
     if (row < 0) continue;  // no candidate
     const int64_t label = r.labels ? r.labels[row] : row;
     if (label < 0) continue;  // a removed row
-    const float dist = sign * dist_of(v, r.rows, d, row, r.vmin, r.scale, metric);
+    // l2: abandoned once above the k-th kept distance (what admits_any would refuse); ip: summed whole.
+    const float bound = metric == 0 ? tk.threshold() : std::numeric_limits<float>::infinity();
+    const float dist = sign * dist_of(v, r.rows, d, row, r.vmin, r.scale, metric, bound);
     if (tk.admits_any(dist)) tk.push(dist, label);
   }
   tk.write(sign, out_d, out_i);

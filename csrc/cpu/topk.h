@@ -228,7 +228,10 @@ class TopK {
     Cand* const first = buf_.data();
     if (at_hi <= most) {  // keep keys <= hi, in place (branchless)
       uint32_t top = 0;  // the largest kept key: a reduction of its own (in the copy loop, its chain bounds it)
-      for (size_t i = 0; i < n; ++i) top = std::max(top, keys[i] <= hi ? keys[i] : 0u);
+      for (size_t i = 0; i < n; ++i) {  // masked, not selected: the select does not vectorize
+        const uint32_t key = keys[i];
+        top = std::max(top, key & (0u - static_cast<uint32_t>(key <= hi)));
+      }
       size_t w = 0;
       for (size_t i = 0; i < n; ++i) {
         first[w] = first[i];
