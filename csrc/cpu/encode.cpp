@@ -132,6 +132,14 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void lut_row(const 
     for (int64_t k = 0; k < K; ++k) out[k] = std::sqrt(out[k]);
 }
 
+void lut_rows(const float* x, const float* Ct, int64_t M, int64_t d, int64_t K, int metric, float* out) {
+  if (K == 16 && active_simd() != Simd::scalar) {
+    for (int64_t m = 0; m < M; ++m) lut_row16(x + m * d, Ct + m * d * 16, d, metric, out + m * 16);
+    return;
+  }
+  for (int64_t m = 0; m < M; ++m) lut_row(x + m * d, Ct + m * d * K, d, K, metric, out + m * K);
+}
+
 namespace {
 
 // lut_row straight from codebooks [K][d] (no transposed copy, for a query or two): the same sums in the same

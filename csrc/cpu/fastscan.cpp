@@ -658,7 +658,7 @@ void ivf_fastscan(const float* queries, int64_t Q, int64_t d, const float* centr
       const float* x = queries + q * d;
       tk.reset();
       if (!residual) {
-        for (int64_t m = 0; m < M; ++m) lut_row(x + m * dsub, t.Ct.data() + m * dsub * K, dsub, K, metric, &L[m * K]);
+        lut_rows(x, t.Ct.data(), M, dsub, K, metric, L.data());
         if (metric == 1)
           for (int64_t i = 0; i < M * K; ++i) L[i] = -L[i];
         if (has_nonfinite(L.data(), M * K)) {
@@ -667,7 +667,7 @@ void ivf_fastscan(const float* queries, int64_t Q, int64_t d, const float* centr
         }
         if (simd != Simd::scalar) shared.assign(L.data(), M, exact);
       } else if (metric == 1 || precomputed) {  // <q_m, r_mk>: the ip table, or the query term of the l2 one
-        for (int64_t m = 0; m < M; ++m) lut_row(x + m * dsub, t.Ct.data() + m * dsub * K, dsub, K, 1, &qr[m * K]);
+        lut_rows(x, t.Ct.data(), M, dsub, K, 1, qr.data());
         if (has_nonfinite(qr.data(), M * K)) {
           nan.store(true, std::memory_order_relaxed);
           continue;
@@ -688,8 +688,7 @@ void ivf_fastscan(const float* queries, int64_t Q, int64_t d, const float* centr
             for (int64_t j = 0; j < d; ++j) base += (x[j] - c[j]) * (x[j] - c[j]);
           } else if (metric == 0) {
             for (int64_t j = 0; j < d; ++j) resid[j] = x[j] - c[j];
-            for (int64_t m = 0; m < M; ++m)
-              lut_row(&resid[m * dsub], t.Ct.data() + m * dsub * K, dsub, K, 0, &L[m * K]);
+            lut_rows(resid.data(), t.Ct.data(), M, dsub, K, 0, L.data());
           } else {
             for (int64_t j = 0; j < d; ++j) base += x[j] * c[j];
             for (int64_t i = 0; i < M * K; ++i) L[i] = -qr[i];

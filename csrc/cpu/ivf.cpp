@@ -133,10 +133,9 @@ void ivf_search(const float* queries, int64_t Q, int64_t d, const float* centroi
       const float* x = queries + q * d;
       tk.reset();
       if (!residual)  // codes of the vectors themselves: one table for every list
-        for (int64_t m = 0; m < M; ++m) lut_row(x + m * dsub, t.Ct.data() + m * dsub * K, dsub, K, metric, &lut[m * K]);
+        lut_rows(x, t.Ct.data(), M, dsub, K, metric, lut.data());
       else if (metric == 1 || precomputed)  // <q_m, r_mk>: the ip LUT, or the query term of the l2 decomposition
-        for (int64_t m = 0; m < M; ++m)
-          lut_row(x + m * dsub, t.Ct.data() + m * dsub * K, dsub, K, 1, (metric == 1 ? &lut[0] : &qr[0]) + m * K);
+        lut_rows(x, t.Ct.data(), M, dsub, K, 1, metric == 1 ? lut.data() : qr.data());
       for (int64_t p = 0; p < nprobe; ++p) {
         const int64_t l = probes[q * nprobe + p];
         if (l < 0 || list_sizes[l] == 0) continue;
@@ -150,8 +149,7 @@ void ivf_search(const float* queries, int64_t Q, int64_t d, const float* centroi
           for (int64_t j = 0; j < d; ++j) base += (x[j] - c[j]) * (x[j] - c[j]);
         } else if (metric == 0) {
           for (int64_t j = 0; j < d; ++j) resid[j] = x[j] - c[j];
-          for (int64_t m = 0; m < M; ++m)
-            lut_row(&resid[m * dsub], t.Ct.data() + m * dsub * K, dsub, K, 0, &lut[m * K]);
+          lut_rows(resid.data(), t.Ct.data(), M, dsub, K, 0, lut.data());
         } else {
           for (int64_t j = 0; j < d; ++j) base += x[j] * c[j];
         }
