@@ -152,10 +152,14 @@ RowDist row_dist(int kind, bool simd) {
 // row's cache lines are requested kPrefetch candidates ahead of its distance.
 constexpr int64_t kPrefetch = 4;
 
+// As an asm statement: GCC 12 at -O1 and above deleted every _mm_prefetch / __builtin_prefetch of this loop (the
+// module held no prefetch instruction at all), and the re-rank ran a third slower without them.
+inline void prefetch_line(const char* p) { asm volatile("prefetcht0 %0" : : "m"(*p)); }
+
 inline void prefetch_row(const void* rows, int64_t row_bytes, int64_t nrows, int64_t r) {
   if (r < 0 || r >= nrows) return;
   const char* p = static_cast<const char*>(rows) + r * row_bytes;
-  for (int64_t off = 0; off < row_bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
+  for (int64_t off = 0; off < row_bytes; off += 64) prefetch_line(p + off);
 }
 
 }  // namespace
