@@ -629,9 +629,10 @@ def test_ivf_search_with_refine_in_one_pass_equals_search_then_refine(layout, me
 @pytest.mark.parametrize("storage", ["flat", "fp16", "sq8"])
 def test_refine_topk_abandoning_rows_keeps_the_exact_k_best(level, storage):
     """The l2 re-rank stops summing a row once its partial distance passes the k-th kept one (every 32
-    dimensions). On rows whose leading dimensions dominate (PCA-like: most rows are abandoned at the first look),
-    with repeated (re-ranked as often), missing (-1) and removed candidates, heap and reservoir k, the k best are those of a float64
-    re-rank of the same decoded rows, with their whole distances; inner products (never abandoned) too."""
+    dimensions). On rows whose leading dimensions dominate (PCA-like: most rows are abandoned at the first
+    look), with repeated (re-ranked as often), missing (-1) and removed candidates, heap and reservoir k, the k
+    best are those of a float64 re-rank of the same decoded rows, with their whole distances; inner products
+    (never abandoned) too."""
     rng = np.random.default_rng(5)
     for d in (32, 33, 64, 100, 128):
         n, Q, kc = 3000, 7, 600
