@@ -625,6 +625,11 @@ def test_ivf_search_with_refine_in_one_pass_equals_search_then_refine(layout, me
                     assert ((got[1] == -1) == torch.isinf(got[0])).all()
 
 
+def _score64(x: torch.Tensor, v: torch.Tensor, metric: str) -> torch.Tensor:
+    """Squared l2 distances (or inner products) of rows x [n, d] to v [d], in float64."""
+    return ((x - v) ** 2).sum(1) if metric == "l2" else x @ v
+
+
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("storage", ["flat", "fp16", "sq8"])
 def test_refine_topk_abandoning_rows_keeps_the_exact_k_best(level, storage):
@@ -650,14 +655,12 @@ def test_refine_topk_abandoning_rows_keeps_the_exact_k_best(level, storage):
                 with simd(level), sqret.use_backend("cpu_native"):
                     got_d, got_i = ops.refine_topk(q, vectors, cand, k, metric, labels=labels, sq8=sq8)
                 for qi in range(Q):
+                    v = q[qi].double()
                     rows = cand[qi][cand[qi] >= 0]  # a repeated candidate is re-ranked as often
                     rows = rows[labels[rows] >= 0]
-                    diff = decoded[rows] - q[qi].double()
-                    dist = (diff * diff).sum(1) if metric == "l2" else decoded[rows] @ q[qi].double()
-                    want = torch.sort(dist, descending=metric == "ip").values[:k]
+                    want = torch.sort(_score64(decoded[rows], v, metric), descending=metric == "ip").values[:k]
                     assert (got_i[qi] >= 10).all(), (d, k, metric)
-                    mine = decoded[got_i[qi] - 10] - q[qi].double() if metric == "l2" else None
-                    back = (mine * mine).sum(1) if metric == "l2" else decoded[got_i[qi] - 10] @ q[qi].double()
+                    back = _score64(decoded[got_i[qi] - 10], v, metric)
                     np.testing.assert_allclose(back.numpy(), want.numpy(), rtol=2e-5, atol=1e-4)
                     np.testing.assert_allclose(got_d[qi].double().numpy(), want.numpy(), rtol=2e-5, atol=1e-4)
 

@@ -105,7 +105,7 @@ struct Transposed {
 // One sub-space's table: out[k] = ||xs - c_k||^2 (metric 0), xs . c_k (1), ||xs - c_k|| (2); Ct = [d][K].
 void lut_row(const float* xs, const float* Ct, int64_t d, int64_t K, int metric, float* out);
 // Every sub-space's table of one query x [M * d] from Transposed::Ct ([M][d][K]): out [M * K], the rows lut_row
-// gives, the SIMD level looked up once (a table row of 4-bit codes is a few instructions: calls per row cost more).
+// gives, the SIMD level looked up once.
 void lut_rows(const float* x, const float* Ct, int64_t M, int64_t d, int64_t K, int metric, float* out);
 
 // out[i] = pre[i] + alpha * qr[i], vectorized per SIMD level.
