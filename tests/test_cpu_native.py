@@ -245,7 +245,8 @@ def test_coarse_probe_equals_float64_and_every_simd_level(metric):
     them by the smaller list number, as the reference."""
     g = torch.Generator().manual_seed(3)
     for Q, d, nlist, nprobe in [(1, 3, 1, 1), (5, 17, 33, 4), (9, 128, 200, 2), (13, 64, 47, 47), (4, 8, 16, 16),
-                                (0, 8, 5, 2)]:
+                                (0, 8, 5, 2), (2, 40, 70, 70), (3, 16, 33, 9), (6, 24, 20, 20), (7, 9, 100, 3),
+                                (8, 32, 64, 64), (17, 20, 31, 31)]:
         q, c = torch.randn(Q, d, generator=g), torch.randn(nlist, d, generator=g)
         q64, c64 = q.double(), c.double()
         dist = ((q64[:, None] - c64[None]) ** 2).sum(-1) if metric == "l2" else -(q64 @ c64.T)
@@ -255,6 +256,10 @@ def test_coarse_probe_equals_float64_and_every_simd_level(metric):
             with simd(level), sqret.use_backend("cpu_native"):
                 runs.append(ops.coarse_probe(q, c, nprobe, metric))
         assert all(torch.equal(r, truth) for r in runs), (Q, d, nlist, nprobe)
+        for level in LEVELS:  # a query's lists do not depend on its batch (blocks of 8, 4, 2, 1 queries)
+            with simd(level), sqret.use_backend("cpu_native"):
+                alone = [ops.coarse_probe(q[i : i + 1], c, nprobe, metric) for i in range(Q)]
+            assert all(torch.equal(a[0], runs[0][i]) for i, a in enumerate(alone)), (level, Q)
         qi = torch.randint(-2, 3, (Q, d), generator=g).float()
         ci = torch.randint(-2, 3, (nlist, d), generator=g).float()
         got, want = both(lambda: ops.coarse_probe(qi, ci, nprobe, metric))  # noqa: B023
@@ -328,6 +333,55 @@ def test_ivf_search_probing_itself_equals_probe_then_search(layout, metric):
         ops.coarse_probe(q, cen, 2, metric, centroid_norms=torch.ones(3))
     empty = ops.ivf_search(q[:0], cen, cb, lists, None, 2, 5, metric)
     assert empty[0].shape == (0, 5) and empty[1].shape == (0, 5)
+
+
+@pytest.mark.parametrize("layout", ["codes", "fastscan"])
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_ivf_searcher_equals_ivf_search(layout, metric):
+    """ops.IVFSearcher (its arguments checked once) returns what ops.ivf_search returns for the same arguments,
+    natively and in the reference: batches of 0 to 19 queries (every probe block size), precomputed tables or
+    none, by_residual or not, exact and approximate, sorted or not, with a refinement, 1 and 2 threads; the
+    checks it keeps per search and those it makes once are clear errors."""
+    g = torch.Generator().manual_seed(21)
+    M, K, d, nlist = 4, 16, 16, 6
+    q, cen, cb = torch.randn(19, d, generator=g), torch.randn(nlist, d, generator=g), torch.randn(M, K, d // M)
+    codes = [torch.randint(0, K, (int(n), M), generator=g, dtype=torch.uint8)
+             for n in torch.randint(0, 80, (nlist,), generator=g)]
+    stored = [ops.fastscan_pack(c).blocks for c in codes] if layout == "fastscan" else codes
+    n = sum(len(c) for c in codes)
+    lists = ops.InvertedLists(stored, list(torch.randperm(n, generator=g).split([len(c) for c in codes])), M, K,
+                              layout=layout)
+    x = torch.randn(n, d, generator=g)
+    table = ops.ivf_precomputed_table(cen, cb) if metric == "l2" else None
+    for pre, by_residual in ((None, True), (table, True), (None, False)):
+        searcher = ops.IVFSearcher(cen, cb, lists, metric, precomputed=pre, by_residual=by_residual)
+        for backend in ("cpu_native", "reference"):
+            for Q in (0, 1, 2, 3, 5, 8, 9, 19):
+                for kw in (dict(exact=True), dict(exact=False, sorted=False), dict(refine=ops.Refinement(x, 12))):
+                    for n_threads in (1, 2):
+                        with threads(n_threads), sqret.use_backend(backend):
+                            got = searcher.search(q[:Q], 5, 3, **kw)
+                            want = ops.ivf_search(q[:Q], cen, cb, lists, None, 3, 5, metric, precomputed=pre,
+                                                  by_residual=by_residual, **kw)
+                        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (Q, kw, backend)
+    with pytest.raises(ValueError, match="more than the 6 lists"):
+        searcher.search(q, 5, nlist + 1)
+    with pytest.raises(ValueError, match="k must be"):
+        searcher.search(q, 0, 2)
+    with pytest.raises(ValueError, match="features"):
+        searcher.search(q[:, :8], 5, 2)
+    with pytest.raises(TypeError, match="exact and sorted"):
+        searcher.search(q, 5, 2, exact=1)
+    with pytest.raises(ValueError, match="at least k"):
+        searcher.search(q, 5, 2, refine=ops.Refinement(x, 3))
+    with pytest.raises(ValueError, match="6 lists of codes"):
+        ops.IVFSearcher(cen[:5], cb, lists, metric)
+    with pytest.raises(TypeError, match="ops.InvertedLists"):
+        ops.IVFSearcher(cen, cb, stored, metric)
+    with pytest.raises(ValueError, match="by_residual=False"):
+        ops.IVFSearcher(cen, cb, lists, "l2", precomputed=ops.ivf_precomputed_table(cen, cb), by_residual=False)
+    with pytest.raises(ValueError, match="centroids_t must be"):
+        ops.IVFSearcher(cen, cb, lists, metric, centroids_t=cen.T)
 
 
 @pytest.mark.parametrize("layout", ["codes", "fastscan"])

@@ -636,19 +636,26 @@ void ivf_fastscan(const float* queries, int64_t Q, int64_t d, const float* centr
                   int64_t M, const int64_t* list_blocks, const int64_t* list_ids, const int64_t* list_sizes,
                   int64_t nlist, const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed,
                   bool residual, bool exact, int nthreads, float* out_d, int64_t* out_i, bool sorted,
-                  const RefineRows* refine) {
+                  const RefineRows* refine, const float* ct, const float* norms) {
   if (Q < 0 || d < 1 || M < 1 || d % M || M > 257 || nlist < 1 || nprobe < 1 || k < 1 ||
       (metric != 0 && metric != 1) || (refine && refine->k < 1))
     throw std::invalid_argument("ivf_fastscan: bad sizes or metric");
-  check_probes(probes, Q * nprobe, nlist, "ivf_fastscan");
+  std::vector<int64_t> nearest;
+  if (probes) {
+    check_probes(probes, Q * nprobe, nlist, "ivf_fastscan");
+  } else {
+    check_coarse(Q, d, ct, norms, nlist, nprobe, metric, "ivf_fastscan");
+    nearest.resize(static_cast<size_t>(Q * nprobe));
+  }
+  const int64_t* lists_of = probes ? probes : nearest.data();
   const int64_t dsub = d / M, K = 16;
   const Simd simd = active_simd();
   Transposed t(codebooks, M, K, dsub, false);
   const float sign = metric == 0 ? 1.f : -1.f;  // the heap keeps the smallest: ip tables and base negated
   const Exact16 exact16 = simd == Simd::avx512 ? exact16_avx512 : exact16_avx2;
   std::atomic<bool> nan{false}, bad_row{false};
-#pragma omp parallel num_threads(team(nthreads, Q))
-  {
+  in_team(team(nthreads, Q), [&] {
+    if (!probes) nearest_lists(queries, Q, d, ct, norms, nlist, nprobe, metric, nearest.data());
     std::vector<float> qr(static_cast<size_t>(M * K)), L(static_cast<size_t>(M * K)), resid(static_cast<size_t>(d));
     TopK tk(k);
     Reranker rr(refine, k);
@@ -674,7 +681,7 @@ void ivf_fastscan(const float* queries, int64_t Q, int64_t d, const float* centr
         }
       }
       for (int64_t p = 0; p < nprobe; ++p) {
-        const int64_t l = probes[q * nprobe + p];
+        const int64_t l = lists_of[q * nprobe + p];
         if (l < 0 || list_sizes[l] == 0) continue;
         const uint8_t* blocks = reinterpret_cast<const uint8_t*>(list_blocks[l]);
         const int64_t* ids = reinterpret_cast<const int64_t*>(list_ids[l]);
@@ -715,7 +722,7 @@ void ivf_fastscan(const float* queries, int64_t Q, int64_t d, const float* centr
       else if (!rr.run(tk, sign, x, d, metric, out_d + q * refine->k, out_i + q * refine->k))
         bad_row.store(true, std::memory_order_relaxed);
     }
-  }
+  });
   if (nan.load()) throw std::invalid_argument("ivf_fastscan: the distance tables contain NaN or inf");
   if (bad_row.load()) throw std::invalid_argument("ivf_fastscan: list ids outside the refinement's rows");
 }

@@ -101,30 +101,28 @@ void check_probes(const int64_t* probes, int64_t n, int64_t nlist, const char* w
                                 ")");
 }
 
-const int64_t* probes_or_nearest(const int64_t* probes, std::vector<int64_t>& own, const float* x, int64_t Q,
-                                 int64_t d, const float* ct, const float* norms, int64_t nlist, int64_t nprobe,
-                                 int metric, int nthreads) {
-  if (probes) return probes;
-  if (!ct || (metric == 0 && !norms)) throw std::invalid_argument("ivf search: no probes and no centroids to probe");
-  own.resize(static_cast<size_t>(Q * nprobe));
-  if (Q) coarse_probe(x, Q, d, ct, norms, nlist, nprobe, metric, nthreads, own.data());
-  return own.data();
-}
-
 void ivf_search(const float* queries, int64_t Q, int64_t d, const float* centroids, const float* codebooks,
                 int64_t M, int64_t K, const int64_t* list_codes, const int64_t* list_ids, const int64_t* list_sizes,
                 int64_t nlist, const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed,
-                bool residual, int nthreads, float* out_d, int64_t* out_i, bool sorted, const RefineRows* refine) {
+                bool residual, int nthreads, float* out_d, int64_t* out_i, bool sorted, const RefineRows* refine,
+                const float* ct, const float* norms) {
   if (Q < 0 || d < 1 || M < 1 || d % M || K < 1 || K > 256 || nlist < 1 || nprobe < 1 || k < 1 ||
       (metric != 0 && metric != 1) || (refine && refine->k < 1))
     throw std::invalid_argument("ivf_search: bad sizes or metric");
-  check_probes(probes, Q * nprobe, nlist, "ivf_search");
+  std::vector<int64_t> nearest;
+  if (probes) {
+    check_probes(probes, Q * nprobe, nlist, "ivf_search");
+  } else {
+    check_coarse(Q, d, ct, norms, nlist, nprobe, metric, "ivf_search");
+    nearest.resize(static_cast<size_t>(Q * nprobe));
+  }
+  const int64_t* lists_of = probes ? probes : nearest.data();
   const int64_t dsub = d / M;
   Transposed t(codebooks, M, K, dsub, false);
   const float sign = metric == 0 ? 1.f : -1.f;  // the reservoir keeps the smallest: negate ip scores
   std::atomic<bool> bad_row{false};
-#pragma omp parallel num_threads(team(nthreads, Q))
-  {
+  in_team(team(nthreads, Q), [&] {
+    if (!probes) nearest_lists(queries, Q, d, ct, norms, nlist, nprobe, metric, nearest.data());
     std::vector<float> lut(static_cast<size_t>(M * K)), qr(static_cast<size_t>(M * K)), resid(static_cast<size_t>(d));
     TopK tk(k);
     Reranker rr(refine, k);
@@ -137,7 +135,7 @@ void ivf_search(const float* queries, int64_t Q, int64_t d, const float* centroi
       else if (metric == 1 || precomputed)  // <q_m, r_mk>: the ip LUT, or the query term of the l2 decomposition
         lut_rows(x, t.Ct.data(), M, dsub, K, 1, metric == 1 ? lut.data() : qr.data());
       for (int64_t p = 0; p < nprobe; ++p) {
-        const int64_t l = probes[q * nprobe + p];
+        const int64_t l = lists_of[q * nprobe + p];
         if (l < 0 || list_sizes[l] == 0) continue;
         const float* c = centroids + l * d;
         float base = 0.f;
@@ -160,7 +158,7 @@ void ivf_search(const float* queries, int64_t Q, int64_t d, const float* centroi
       else if (!rr.run(tk, sign, x, d, metric, out_d + q * refine->k, out_i + q * refine->k))
         bad_row.store(true, std::memory_order_relaxed);
     }
-  }
+  });
   if (bad_row.load()) throw std::invalid_argument("ivf_search: list ids outside the refinement's rows");
 }
 
@@ -310,33 +308,76 @@ void smallest_k_rows(const float* dist, int64_t Q, int64_t n, int64_t k, int64_t
   });
 }
 
-void coarse_probe(const float* x, int64_t Q, int64_t d, const float* ct, const float* norms, int64_t nlist,
-                  int64_t nprobe, int metric, int nthreads, int64_t* out) {
-  if (Q < 0 || d < 1 || nlist < 1 || nprobe < 1 || nprobe > nlist || (metric != 0 && metric != 1) ||
-      (metric == 0 && !norms))
-    throw std::invalid_argument("coarse_probe: bad sizes or metric");
-  // a task: 16 queries; AVX-512 runs them as 2 blocks of 8 (a centroid load serves 8: 16 accumulators of its
-  // 32), AVX2 as 4 blocks of 4 (8 of its 16 registers)
-  constexpr int kTask = 16;
+namespace {
+
+// One block of n <= NQ queries (rows x[0..n), a shorter block padded with its last row), through the
+// smallest instantiation that holds it: the distances are the same whatever the block.
+template <int NQ>
+void coarse_tail_avx512(const float* const* x, int n, int64_t d, const float* ct, const float* norms, int64_t nlist,
+                        int metric, float* out) {
+  if constexpr (NQ > 1) {
+    if (n <= NQ / 2) return coarse_tail_avx512<NQ / 2>(x, n, d, ct, norms, nlist, metric, out);
+  }
+  coarse_block_avx512<NQ>(x, 1, d, ct, norms, nlist, metric, out);
+}
+
+template <int NQ>
+void coarse_tail_avx2(const float* const* x, int n, int64_t d, const float* ct, const float* norms, int64_t nlist,
+                      int metric, float* out) {
+  if constexpr (NQ > 1) {
+    if (n <= NQ / 2) return coarse_tail_avx2<NQ / 2>(x, n, d, ct, norms, nlist, metric, out);
+  }
+  coarse_block_avx2<NQ>(x, 1, d, ct, norms, nlist, metric, out);
+}
+
+// A task: 8 queries, one AVX-512 block (a centroid load serves 8: 16 accumulators of its 32) or two AVX2
+// blocks of 4 (8 of its 16 registers); a short task runs the smallest block that holds it.
+constexpr int kProbeTask = 8;
+
+}  // namespace
+
+void nearest_lists(const float* x, int64_t Q, int64_t d, const float* ct, const float* norms, int64_t nlist,
+                   int64_t nprobe, int metric, int64_t* out) {
   const Simd simd = active_simd();
-  const int64_t tasks = (Q + kTask - 1) / kTask;
-  for_tasks(team(nthreads, tasks), tasks, [&](int64_t t) {
-    const int64_t q0 = t * kTask;
-    const int nq = static_cast<int>(std::min<int64_t>(kTask, Q - q0));
+  const int64_t tasks = (Q + kProbeTask - 1) / kProbeTask;
+#pragma omp for schedule(dynamic)
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t q0 = t * kProbeTask;
+    const int nq = static_cast<int>(std::min<int64_t>(kProbeTask, Q - q0));
     thread_local std::vector<float> dist, bv;
     thread_local std::vector<int64_t> bi;
-    dist.resize(static_cast<size_t>(kTask * nlist)), bv.resize(static_cast<size_t>(nprobe));
+    dist.resize(static_cast<size_t>(kProbeTask * nlist)), bv.resize(static_cast<size_t>(nprobe));
     bi.resize(static_cast<size_t>(nprobe));
-    const float* rows[kTask];
-    for (int i = 0; i < kTask; ++i) rows[i] = x + (q0 + std::min(i, nq - 1)) * d;  // a short task repeats its last
-    if (simd == Simd::avx512) coarse_block_avx512<8>(rows, (nq + 7) / 8, d, ct, norms, nlist, metric, dist.data());
-    else if (simd == Simd::avx2) coarse_block_avx2<4>(rows, (nq + 3) / 4, d, ct, norms, nlist, metric, dist.data());
-    else coarse_block_scalar(rows, nq, d, ct, norms, nlist, metric, dist.data());
+    const float* rows[kProbeTask];
+    for (int i = 0; i < kProbeTask; ++i) rows[i] = x + (q0 + std::min(i, nq - 1)) * d;
+    if (simd == Simd::avx512) {
+      coarse_tail_avx512<8>(rows, nq, d, ct, norms, nlist, metric, dist.data());
+    } else if (simd == Simd::avx2) {
+      coarse_block_avx2<4>(rows, nq / 4, d, ct, norms, nlist, metric, dist.data());
+      if (nq % 4) coarse_tail_avx2<4>(rows + nq / 4 * 4, nq % 4, d, ct, norms, nlist, metric,
+                                      dist.data() + nq / 4 * 4 * nlist);
+    } else {
+      coarse_block_scalar(rows, nq, d, ct, norms, nlist, metric, dist.data());
+    }
     for (int i = 0; i < nq; ++i) {
       smallest_k(dist.data() + i * nlist, nlist, nprobe, bv.data(), bi.data(), simd != Simd::scalar);
       std::copy(bi.begin(), bi.begin() + nprobe, out + (q0 + i) * nprobe);
     }
-  });
+  }
+}
+
+void check_coarse(int64_t Q, int64_t d, const float* ct, const float* norms, int64_t nlist, int64_t nprobe,
+                  int metric, const char* who) {
+  if (Q < 0 || d < 1 || nlist < 1 || nprobe < 1 || nprobe > nlist || (metric != 0 && metric != 1) || !ct ||
+      (metric == 0 && !norms))
+    throw std::invalid_argument(std::string(who) + ": bad sizes or metric for the coarse probe");
+}
+
+void coarse_probe(const float* x, int64_t Q, int64_t d, const float* ct, const float* norms, int64_t nlist,
+                  int64_t nprobe, int metric, int nthreads, int64_t* out) {
+  check_coarse(Q, d, ct, norms, nlist, nprobe, metric, "coarse_probe");
+  in_team(team(nthreads, (Q + kProbeTask - 1) / kProbeTask),
+          [&] { nearest_lists(x, Q, d, ct, norms, nlist, nprobe, metric, out); });
 }
 
 }  // namespace sqret

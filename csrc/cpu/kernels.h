@@ -25,6 +25,18 @@ inline int team(int nthreads, int64_t tasks) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, tasks)));
 }
 
+// work() on an OpenMP team of `threads`, or called directly for one (a team of one still costs a team start and
+// a futex wake-up); work may hold orphaned `omp for` loops, which then run whole on the one thread.
+template <typename F>
+void in_team(int threads, F&& work) {
+  if (threads <= 1) {
+    work();
+    return;
+  }
+#pragma omp parallel num_threads(threads)
+  work();
+}
+
 // body(t) for t in [0, n) on an OpenMP team of `threads` (dynamic schedule), or a plain loop for one thread:
 // a team of one still costs a team start and a futex wake-up, a fifth of a single small query's time.
 template <typename F>
@@ -94,7 +106,7 @@ void ivf_fastscan(const float* queries, int64_t Q, int64_t d, const float* centr
                   int64_t M, const int64_t* list_blocks, const int64_t* list_ids, const int64_t* list_sizes,
                   int64_t nlist, const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed, bool residual,
                   bool exact, int nthreads, float* out_d, int64_t* out_i, bool sorted = true,
-                  const RefineRows* refine = nullptr);
+                  const RefineRows* refine = nullptr, const float* ct = nullptr, const float* norms = nullptr);
 
 // Codebooks [M][K][d] transposed to [M][d][K] (vectorizable over the K codewords), and norms [M][K] if asked.
 struct Transposed {
@@ -114,7 +126,8 @@ void axpy_table(const float* pre, const float* qr, float alpha, int64_t n, float
 // IVF-PQ search: per query, the LUT of each probed list (residual q - c_l for l2; for ip the LUT of q plus
 // <q, c_l>) and a scan of that list's codes [n_l, M] (uint8) straight from memory; ids from the list's ids.
 // list_codes / list_ids / list_sizes: each of the nlist lists' arrays and length; probes [Q, nprobe] list
-// numbers (-1: none), checked (std::invalid_argument) before any is read.
+// numbers (-1: none), checked (std::invalid_argument) before any is read; probes null: the nprobe nearest
+// lists of each query, found by coarse_probe's search (ct, norms as there) in the same team as the scan.
 // metric 0 = l2 (smallest first), 1 = ip (largest first). Ties by smaller id. precomputed (l2, may be null):
 // [nlist, M, K] = ||r_mk||^2 + 2 <c_l,m, r_mk>, so a list's LUT costs M*K additions instead of d*K products.
 // residual false: codes of the vectors themselves (FAISS's by_residual = false): one table per query for all lists.
@@ -122,18 +135,20 @@ void ivf_search(const float* queries, int64_t Q, int64_t d, const float* centroi
                 int64_t M, int64_t K, const int64_t* list_codes, const int64_t* list_ids, const int64_t* list_sizes,
                 int64_t nlist, const int64_t* probes, int64_t nprobe, int64_t k, int metric, const float* precomputed,
                 bool residual, int nthreads, float* out_d, int64_t* out_i, bool sorted = true,
-                const RefineRows* refine = nullptr);
-
-// probes itself, or (probes null) the nprobe nearest lists of each query computed by coarse_probe into own.
-const int64_t* probes_or_nearest(const int64_t* probes, std::vector<int64_t>& own, const float* x, int64_t Q,
-                                 int64_t d, const float* ct, const float* norms, int64_t nlist, int64_t nprobe,
-                                 int metric, int nthreads);
+                const RefineRows* refine = nullptr, const float* ct = nullptr, const float* norms = nullptr);
 
 // The nprobe nearest centroids of each query x [Q, d] (ivf.cpp: coarse_block_*): ct the centroids transposed
 // [d, nlist], norms [nlist] their squared norms (l2; unused for ip) -> out [Q, nprobe] list numbers, nearest first,
 // ties by the smaller number. metric 0 l2, 1 ip (largest inner product first).
 void coarse_probe(const float* x, int64_t Q, int64_t d, const float* ct, const float* norms, int64_t nlist,
                   int64_t nprobe, int metric, int nthreads, int64_t* out);
+// coarse_probe's search from inside a team (an orphaned `omp for` over tasks of 8 queries, its barrier at the
+// end: every query's lists are in out when it returns); the arguments checked by check_coarse first.
+void nearest_lists(const float* x, int64_t Q, int64_t d, const float* ct, const float* norms, int64_t nlist,
+                   int64_t nprobe, int metric, int64_t* out);
+// Throws std::invalid_argument (naming who) unless coarse_probe can run on these arguments.
+void check_coarse(int64_t Q, int64_t d, const float* ct, const float* norms, int64_t nlist, int64_t nprobe,
+                  int metric, const char* who);
 
 // Per row of dist [Q, n]: the positions of its k smallest values (ties by position), sorted: out [Q, k] int64.
 // (The coarse quantizer's probes from distances computed elsewhere: n centroid distances per query, k = nprobe.)

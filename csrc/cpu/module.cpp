@@ -143,14 +143,11 @@ PYBIND11_MODULE(_cpu, m) {
                                 reinterpret_cast<const int64_t*>(rlabels), rk};
         if (rk && (rkind < 0 || rkind > 2 || rnrows < 0 || (rnrows && !rrows)))
           throw std::invalid_argument("ivf_fastscan: bad refinement rows");
-        std::vector<int64_t> own;
-        const int64_t* pr = probes_or_nearest(reinterpret_cast<const int64_t*>(probes), own, ptr<const float>(queries),
-                                              Q, d, reinterpret_cast<const float*>(centroids_t),
-                                              reinterpret_cast<const float*>(norms), nlist, nprobe, metric, nthreads);
         ivf_fastscan(ptr<const float>(queries), Q, d, ptr<const float>(centroids), ptr<const float>(codebooks), M,
                      ptr<const int64_t>(list_blocks), ptr<const int64_t>(list_ids), ptr<const int64_t>(list_sizes),
-                     nlist, pr, nprobe, k, metric, reinterpret_cast<const float*>(precomputed),
-                     residual, exact, nthreads, ptr<float>(out_d), ptr<int64_t>(out_i), sorted, rk ? &refine : nullptr);
+                     nlist, reinterpret_cast<const int64_t*>(probes), nprobe, k, metric, reinterpret_cast<const float*>(precomputed),
+                     residual, exact, nthreads, ptr<float>(out_d), ptr<int64_t>(out_i), sorted, rk ? &refine : nullptr,
+                     reinterpret_cast<const float*>(centroids_t), reinterpret_cast<const float*>(norms));
       },
       "IVF-PQ fast scan over 4-bit lists in fast-scan blocks; out [Q, k] (best first when sorted); probes 0: the "
       "nprobe nearest lists, from centroids_t [d, nlist] and norms [nlist] (l2); rk > 0: the k best re-ranked with "
@@ -168,14 +165,11 @@ PYBIND11_MODULE(_cpu, m) {
                                 reinterpret_cast<const int64_t*>(rlabels), rk};
         if (rk && (rkind < 0 || rkind > 2 || rnrows < 0 || (rnrows && !rrows)))
           throw std::invalid_argument("ivf_search: bad refinement rows");
-        std::vector<int64_t> own;
-        const int64_t* pr = probes_or_nearest(reinterpret_cast<const int64_t*>(probes), own, ptr<const float>(queries),
-                                              Q, d, reinterpret_cast<const float*>(centroids_t),
-                                              reinterpret_cast<const float*>(norms), nlist, nprobe, metric, nthreads);
         ivf_search(ptr<const float>(queries), Q, d, ptr<const float>(centroids), ptr<const float>(codebooks), M, K,
                    ptr<const int64_t>(list_codes), ptr<const int64_t>(list_ids), ptr<const int64_t>(list_sizes),
-                   nlist, pr, nprobe, k, metric, reinterpret_cast<const float*>(precomputed),
-                   residual, nthreads, ptr<float>(out_d), ptr<int64_t>(out_i), sorted, rk ? &refine : nullptr);
+                   nlist, reinterpret_cast<const int64_t*>(probes), nprobe, k, metric, reinterpret_cast<const float*>(precomputed),
+                   residual, nthreads, ptr<float>(out_d), ptr<int64_t>(out_i), sorted, rk ? &refine : nullptr,
+                   reinterpret_cast<const float*>(centroids_t), reinterpret_cast<const float*>(norms));
       },
       "IVF-PQ search: per query, LUTs of the probed lists and a scan of their codes; out [Q, k] (best first when "
       "sorted); probes 0: the nprobe nearest lists, as ivf_fastscan");

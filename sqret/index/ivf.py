@@ -149,10 +149,17 @@ class IVFPQIndex(Index):
             probes = ops.coarse_probe(q, on[0], nprobe, self.metric, centroid_norms=on[2])
             return ops.ivf_search(q, on[0], on[1], s.lists, None, probes, k, self.metric, exact=exact,
                                   by_residual=self.by_residual, sorted=sorted)
-        cnorm, ct = _probe_caches(s)
-        return ops.ivf_search(q, s.centroids, s.codebooks, s.lists, None, nprobe, k, self.metric,  # probed inside
-                              precomputed=self._precomputed(s), exact=exact, by_residual=self.by_residual,
-                              sorted=sorted, centroid_norms=cnorm, centroids_t=ct, refine=refine)
+        return self._searcher(s).search(q, k, nprobe, exact=exact, sorted=sorted, refine=refine)
+
+    def _searcher(self, s: _State) -> ops.IVFSearcher:
+        """The CPU search of this state's lists, its arguments checked once (cached while the lists stay)."""
+        hit = s.cache.get("searcher")
+        if hit is None or hit[0] is not s.lists:
+            cnorm, ct = _probe_caches(s)
+            hit = s.cache["searcher"] = (s.lists, ops.IVFSearcher(
+                s.centroids, s.codebooks, s.lists, self.metric, precomputed=self._precomputed(s),
+                by_residual=self.by_residual, centroid_norms=cnorm, centroids_t=ct))
+        return hit[1]
 
     def _candidates(self, s: _State, q: torch.Tensor, k: int, **params) -> torch.Tensor:
         return self._search_in(s, q, k, **params, sorted=False)[1]

@@ -28,7 +28,7 @@ from .codes import (
     residual_encode,
     unpack4,
 )
-from .ivf import InvertedLists, coarse_probe, ivf_precomputed_table, ivf_search
+from .ivf import InvertedLists, IVFSearcher, coarse_probe, ivf_precomputed_table, ivf_search
 from .lut import build_lut, codeword_tables, largest_for
 from .refine import Refinement, refine_topk, sq8_decode, sq8_encode, sq8_train
 from .registry import (
@@ -65,6 +65,7 @@ register(
             "ivf_search",
             "ivf_probe_search",
             "ivf_refine_search",
+            "ivf_searcher",
             "smallest_k_rows",
             "coarse_probe",
             "refine_topk",
@@ -82,6 +83,7 @@ __all__ = [
     "Impl",
     "FastScanCodes",
     "InvertedLists",
+    "IVFSearcher",
     "fastscan_pack",
     "fastscan_unpack",
     "LUT_METRICS",

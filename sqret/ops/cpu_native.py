@@ -266,6 +266,52 @@ def _ivf(queries, centroids, codebooks, lists, probes, nprobe, k, metric, precom
     return v, i
 
 
+
+def _prepared(searcher) -> tuple:
+    """The searcher's static native arguments (and the float32 tensors they point into, kept referenced)."""
+    p = searcher.prepared.get("cpu_native")
+    if p is None:
+        cen, ct, norms = _probe_inputs(searcher.centroids, searcher.metric, searcher.centroid_norms,
+                                       searcher.centroids_t)
+        cb, lists, metric = _f32(searcher.codebooks), searcher.lists, searcher.metric
+        pre = _f32(searcher.precomputed) if searcher.precomputed is not None and metric == "l2" else None
+        p = searcher.prepared["cpu_native"] = (
+            (cen, cb, ct, norms, pre),  # alive with the searcher
+            lists.layout == "fastscan", cen.data_ptr(), cb.data_ptr(), cb.shape[0], cb.shape[1],
+            (lists.code_addresses.data_ptr(), lists.id_addresses.data_ptr(), lists.sizes.data_ptr(), len(lists), 0),
+            (0 if metric == "l2" else 1, pre.data_ptr() if pre is not None else 0, searcher.by_residual),
+            (ct.data_ptr(), norms.data_ptr() if norms is not None else 0))
+    return p
+
+
+def ivf_searcher(searcher, queries, nprobe: int, k: int, exact: bool, sorted: bool, refine=None):  # noqa: A002
+    """IVFSearcher.search in one native call (the probe, the scan and, with refine, the re-rank)."""
+    _, fast, cen, cb, M, K, lists, how, caches = _prepared(searcher)
+    q = _f32(queries)
+    Q, d = q.shape
+    v, i = _outputs(Q, k)
+    if not Q:
+        return v, i
+    kc, rr = k, (0, 0, 0, 0, 0, 0, 0)
+    if refine is not None:  # the tensors below stay referenced through the call
+        rows, kc = refine.vectors, refine.candidates
+        lab = refine.labels.contiguous() if refine.labels is not None else None
+        vmin, scale = (_f32(refine.sq8[0]), _f32(refine.sq8[1])) if refine.sq8 is not None else (None, None)
+        rr = (rows.data_ptr() if rows.shape[0] else 0, STORE_DTYPES[rows.dtype], rows.shape[0],
+              vmin.data_ptr() if vmin is not None else 0, scale.data_ptr() if scale is not None else 0,
+              lab.data_ptr() if lab is not None else 0, k)
+    out = (v.data_ptr(), i.data_ptr(), sorted and refine is None, *caches, *rr)
+    if fast:
+        _cpu.ivf_fastscan(q.data_ptr(), Q, d, cen, cb, M, *lists, nprobe, kc, *how, exact, _threads(), *out)
+    else:
+        _cpu.ivf_search(q.data_ptr(), Q, d, cen, cb, M, K, *lists, nprobe, kc, *how, _threads(), *out)
+    return v, i
+
+
+def _searcher_accepts(searcher, queries, nprobe, k, exact, sorted, refine=None) -> str | None:  # noqa: A002
+    return declines_float64(queries, searcher.centroids, searcher.codebooks) or (
+        None if refine is None else _refine_accepts(None, refine.vectors, None, 0, ""))
+
 if _cpu is not None:
     adc_topk.checks_nan = adc_topk_fastscan.checks_nan = True  # the kernels raise ValueError on a NaN in the LUT
     ivf_search.checks_probes = True  # the kernels raise ValueError on a list number outside [-1, nlist)
@@ -284,6 +330,7 @@ if _cpu is not None:
             "coarse_probe": Impl(coarse_probe, lambda q, cen, *_: declines_float64(q, cen)),
             "refine_topk": Impl(refine_topk, _refine_accepts),
             "ivf_refine_search": Impl(ivf_refine_search, _refine_search_accepts),
+            "ivf_searcher": Impl(ivf_searcher, _searcher_accepts),
             "pq_search": Impl(pq_search, _pq_search_accepts),
         },
         priority=10,

@@ -289,6 +289,69 @@ def ivf_search(
     return impl(*args)
 
 
+
+class IVFSearcher:
+    """:func:`ivf_search` over the nprobe nearest lists, with everything but the queries checked once.
+
+    centroids [nlist, d], codebooks [M, K, d/M] and ``lists`` (:class:`InvertedLists`) are fixed, as are
+    ``metric``, ``precomputed``, ``by_residual`` and the coarse probe's caches (computed here when not given);
+    ``search(queries, k, nprobe, ...)`` returns what ``ivf_search(queries, centroids, codebooks, lists, None,
+    nprobe, k, metric, ...)`` returns. An index holds one per state, so that a search of a few queries costs
+    the scan and not the checks. The searcher holds the tensors whose addresses a backend reads (``prepared``:
+    each backend's arguments, derived on its first search), so they live as long as it does.
+    """
+
+    def __init__(self, centroids: Tensor, codebooks: Tensor, lists: InvertedLists, metric: str = "l2", *,
+                 precomputed: Tensor | None = None, by_residual: bool = True, centroid_norms: Tensor | None = None,
+                 centroids_t: Tensor | None = None):
+        M, K, dsub = checks.codebooks(codebooks)
+        checks.tensor(centroids, "centroids", 2, checks.FLOATS)
+        nlist = centroids.shape[0]
+        if centroids.shape[1] != M * dsub:
+            raise ValueError(f"centroids must be [nlist, d = {M * dsub}], got {tuple(centroids.shape)}")
+        if not isinstance(lists, InvertedLists):
+            raise TypeError(f"lists must be an ops.InvertedLists, got {type(lists).__name__}")
+        if (lists.M, lists.K) != (M, K) or len(lists) != nlist:
+            raise ValueError(f"the inverted lists hold {len(lists)} lists of codes for M = {lists.M}, K = {lists.K}; "
+                             f"the centroids and codebooks need {nlist} lists for M = {M}, K = {K}")
+        checks.metric(metric, ("l2", "ip"))
+        if type(by_residual) is not bool:
+            raise TypeError(f"by_residual must be True or False, got {by_residual!r}")
+        if precomputed is not None:
+            checks.tensor(precomputed, "precomputed", 3, checks.FLOATS)
+            if tuple(precomputed.shape) != (nlist, M, K):
+                raise ValueError(f"precomputed must be [nlist, M, K] = {[nlist, M, K]}, got "
+                                 f"{list(precomputed.shape)}")
+            if not by_residual:
+                raise ValueError("precomputed tables are of residuals: pass none with by_residual=False")
+        checks.same_device(("centroids", centroids), ("codebooks", codebooks),
+                           *(() if precomputed is None else (("precomputed", precomputed),)))
+        _check_probe_caches(centroids, centroid_norms, centroids_t)
+        if centroid_norms is None and metric == "l2":
+            centroid_norms = (centroids * centroids).sum(1)
+        if centroids_t is None:
+            centroids_t = centroids.to(torch.float32).T.contiguous()
+        self.centroids, self.codebooks, self.lists, self.metric = centroids, codebooks, lists, metric
+        self.precomputed, self.by_residual = precomputed, by_residual
+        self.centroid_norms, self.centroids_t = centroid_norms, centroids_t
+        self.nlist, self.device_type = nlist, registry.device_type(centroids)
+        self.prepared: dict = {}
+
+    def search(self, queries: Tensor, k: int, nprobe: int, *, exact: bool = True,
+               sorted: bool = True,  # noqa: A002 (torch.topk's name)
+               refine: Refinement | None = None) -> tuple[Tensor, Tensor]:
+        """(values [Q, k], ids [Q, k]) of queries [Q, d] over the nprobe nearest lists (see :func:`ivf_search`)."""
+        checks.features(queries, self.codebooks, "queries")
+        checks.same_device(("queries", queries), ("centroids", self.centroids))
+        nprobe = _nprobe(nprobe, self.nlist)
+        k = checks.topk_k(k)
+        if type(exact) is not bool or type(sorted) is not bool:
+            raise TypeError(f"exact and sorted must be True or False, got {exact!r}, {sorted!r}")
+        if refine is not None:
+            refine = check_refinement(refine, queries, k)
+        return registry.run("ivf_searcher", self.device_type, self, queries, nprobe, k, exact, sorted, refine)
+
+
 def _within(t: Tensor, lo: int, hi: int) -> bool:
     a, b = torch.aminmax(t)
     return lo <= int(a) and int(b) <= hi

@@ -459,7 +459,7 @@ def refine_topk(queries, vectors, candidates, k: int, metric: str, labels=None, 
     x = vectors[rows.reshape(-1)].to(torch.float32)
     if sq8 is not None:
         x = sq8[0] + x * sq8[1]
-    x = x.reshape(Q, kc, -1)
+    x = x.reshape(Q, kc, vectors.shape[1])  # the width named: -1 is ambiguous for no queries
     q = queries.to(torch.float32)[:, None, :]
     largest = metric == "ip"
     dist = (q * x).sum(-1) if largest else ((q - x) ** 2).sum(-1)
@@ -516,6 +516,19 @@ def ivf_refine_search(queries, centroids, codebooks, lists, nprobe: int, k: int,
                            metric, precomputed, exact, by_residual, False, centroid_norms, centroids_t)
     return registry.run("refine_topk", dev, queries, refine.vectors, rows, k, metric, refine.labels, refine.sq8)
 
+
+
+def ivf_searcher(searcher, queries, nprobe: int, k: int, exact: bool, sorted: bool, refine=None):  # noqa: A002
+    """IVFSearcher.search: ivf_probe_search (or ivf_refine_search) of the searcher's arguments, each as the
+    registry chooses for these tensors."""
+    from . import registry
+
+    s, dev = searcher, registry.device_type(queries)
+    if refine is not None:
+        return registry.run("ivf_refine_search", dev, queries, s.centroids, s.codebooks, s.lists, nprobe, k, s.metric,
+                            s.precomputed, exact, s.by_residual, s.centroid_norms, s.centroids_t, refine)
+    return registry.run("ivf_probe_search", dev, queries, s.centroids, s.codebooks, s.lists, nprobe, k, s.metric,
+                        s.precomputed, exact, s.by_residual, sorted, s.centroid_norms, s.centroids_t)
 
 def smallest_k_rows(dist: torch.Tensor, k: int) -> torch.Tensor:
     """Positions [Q, k] of the k smallest values of each row of dist [Q, n], sorted, ties by position."""
