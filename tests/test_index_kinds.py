@@ -113,6 +113,39 @@ def test_ivf_approximate_mode_is_the_reference_model_exactly(metric):
         torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=1e-5)
 
 
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_ivf_first_block_cut_changes_no_result(exact):
+    """A query's first block of at least k codes offers only the codes that can beat its k-th smallest sum.
+    The same lists probed after a short list (fewer than k codes: the cut is skipped) give the same ids and
+    distances, and the reference's ids: near queries, and far ones (many equal quantized distances, ties by
+    id), both metrics, residual tables or not, k from 1 to 64. The other lists' centroids lie far away, so with
+    residual tables the k best are the first block's own: a cut too tight would lose some of them."""
+    g = torch.Generator().manual_seed(17)
+    for trial in range(40):  # few sub-spaces and far queries: many codes share the k-th code's distance
+        M, d_sub, k = (2, 2, 3, 5, 16)[trial % 5], 2, int(torch.randint(1, 65, (), generator=g))
+        d, far = M * d_sub, (0.0, 1e3, 3e4, 1e6)[trial % 4]
+        q, cen = torch.randn(3, d, generator=g) + far, torch.randn(4, d, generator=g)
+        cen[1:] -= far + 50.0
+        cb = torch.randn(M, 16, d_sub, generator=g)
+        sizes = [int(torch.randint(k, 65, (), generator=g)), int(torch.randint(0, 80, (), generator=g)),
+                 int(torch.randint(0, 20, (), generator=g)), int(torch.randint(1, k + 1, (), generator=g)) - 1]
+        codes = [torch.randint(0, 16, (n, M), generator=g, dtype=torch.uint8) for n in sizes]
+        ids = list(torch.randperm(10_000, generator=g)[: sum(sizes)].split(sizes))
+        lists = ops.InvertedLists([ops.fastscan_pack(c).blocks for c in codes], ids, M, 16, layout="fastscan")
+        cut_first, short_first = torch.tensor([[0, 1, 2, 3]] * 3), torch.tensor([[3, 0, 1, 2]] * 3)
+        for metric in ("l2", "ip"):
+            for by_residual in (True, False):
+                kw = dict(exact=exact, by_residual=by_residual)
+                with sqret.use_backend("cpu_native"):
+                    got = ops.ivf_search(q, cen, cb, lists, None, cut_first, k, metric, **kw)
+                    want = ops.ivf_search(q, cen, cb, lists, None, short_first, k, metric, **kw)
+                assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0]), (trial, metric, by_residual)
+                if not far:
+                    with sqret.use_backend("reference"):
+                        ref = ops.ivf_search(q, cen, cb, lists, None, cut_first, k, metric, **kw)
+                    assert torch.equal(got[1], ref[1]), (trial, metric, by_residual)
+
 def test_exact_mode_of_skewed_tables_stays_exact():
     x, q = _data(3000, 32, skew=True)
     index = PQIndex(32, 16, 4).train(x, iters=4, progress=False)

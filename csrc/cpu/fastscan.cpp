@@ -615,8 +615,27 @@ void adc_topk_fastscan(const float* lut, int64_t Q, int64_t M, const uint8_t* bl
   merge_partial(p, Q, k, partial, out_d, out_i, nthreads);
 }
 
+// The k-th smallest (k in 1..64) of a block's 64 sums, by bisection on counts of sums <= t.
+__attribute__((target("avx2,bmi2,popcnt"))) int kth_sum(const uint16_t* sums, int64_t k) {
+  const __m256i* s = reinterpret_cast<const __m256i*>(sums);
+  const __m256i v0 = _mm256_loadu_si256(s), v1 = _mm256_loadu_si256(s + 1), v2 = _mm256_loadu_si256(s + 2),
+                v3 = _mm256_loadu_si256(s + 3);
+  int lo = 0, hi = 65535;
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    const __m256i t = _mm256_set1_epi16(static_cast<short>(static_cast<uint16_t>(mid)));
+    const int64_t count = _mm_popcnt_u32(le_mask(v0, t)) + _mm_popcnt_u32(le_mask(v1, t)) +
+                          _mm_popcnt_u32(le_mask(v2, t)) + _mm_popcnt_u32(le_mask(v3, t));
+    if (count >= k) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
+}
+
 // One inverted list's n codes (fast-scan blocks, labels ids) offered to tk, block by block; AVX2 (block_mask and
-// the offers inline; only the SIMD paths call it).
+// the offers inline; only the SIMD paths call it). A query's first block of at least k codes offers only the
+// codes that can beat its k-th smallest sum (approximate: whose distance is at most that sum's; exact: whose
+// lower bound is at most that sum's upper bound, as GroupMins::cap), not every code until k are held.
 __attribute__((target("avx2,bmi2"))) void offer_list(Simd simd, const QuantLut& ql, const float* L, int64_t M,
                                                      const uint8_t* blocks, int64_t n, const int64_t* ids, TopK& tk,
                                                      Exact16 exact16, bool exact) {
@@ -626,7 +645,20 @@ __attribute__((target("avx2,bmi2"))) void offer_list(Simd simd, const QuantLut& 
   for (int64_t b = 0, nb = (n + kB - 1) / kB; b < nb && qthr >= 0; ++b) {
     const uint8_t* blk = blocks + b * M * kRow;
     one_block_sums(simd, ql, M, blk, sums);
-    const uint64_t mask = block_mask(sums, qthr);
+    int cut = qthr;
+    const int64_t valid = std::min<int64_t>(kB, n - b * kB);
+    if (tk.empty() && valid >= tk.k()) {
+      for (int64_t v = valid; v < kB; ++v) sums[lane_of(static_cast<int>(v))] = 0xffff;  // padding: never counted
+      cut = kth_sum(sums, tk.k());
+      if (exact) {  // k codes lie within bias + a cut + ehi: none whose lower bound passes it can enter (cap's)
+        const double c = cut + std::floor((ql.ehi - ql.elo) * ql.inv_a) + 1.0;
+        cut = c < 65535.0 ? static_cast<int>(c) : 65535;
+      } else {
+        const float at = ql.approx(cut);
+        while (cut < 65535 && !(ql.approx(cut + 1) > at)) ++cut;  // equal distances may still win on their ids
+      }
+    }
+    const uint64_t mask = block_mask(sums, cut);
     if (mask)
       offer_block<true>(mask, BlockDist{ql, L, M, blk, sums, exact16, exact}, b * kB, n, ids, tk, qthr, 65535, lower);
   }

@@ -106,6 +106,7 @@ class TopK {
   inline bool admits_any(float d) const { return !full_ || d <= thr_; }
   inline float threshold() const { return full_ ? thr_ : std::numeric_limits<float>::infinity(); }
   inline bool full() const { return full_; }
+  inline bool empty() const { return n_ == 0; }
   inline int64_t k() const { return k_; }
 
   inline void offer(float d, int64_t id) {
