@@ -26,31 +26,48 @@ DATA = Path(os.environ.get("SQRET_DATA", HERE.parents[1] / "shared" / "data"))
 
 def measure(repeats: int = 3000) -> dict[str, float]:
     """Median microseconds per one-query search, per case."""
-    import numpy as np
     import torch
 
     from sqret.data import read_fvecs
-    from sqret.index import IVFPQIndex, PQIndex
+    from sqret.index import IVFPQIndex, PQIndex, index_factory
 
     torch.set_num_threads(1)
     base = torch.from_numpy(read_fvecs(DATA / "siftsmall" / "siftsmall_base.fvecs"))
     queries = torch.from_numpy(read_fvecs(DATA / "siftsmall" / "siftsmall_query.fvecs"))
     cases = {"PQ16x4 flat": (PQIndex(128, 16, 4), {}), "PQ16x8 flat": (PQIndex(128, 16, 8), {}),
-             "IVF64,PQ16x8 nprobe 8": (IVFPQIndex(128, 64, 16, 8), {"nprobe": 8})}
+             "IVF64,PQ16x8 nprobe 8": (IVFPQIndex(128, 64, 16, 8), {"nprobe": 8}),
+             "IVF100,PQ32x4fs nprobe 2": (index_factory(128, "IVF100,PQ32x4fs"), {"nprobe": 2, "exact": False})}
     out = {}
     for name, (index, kw) in cases.items():
         index.train(base, iters=10, seed=0, progress=False)
         index.add(base)
-        for q in queries[:20]:
-            index.search(q[None], 10, **kw)
-        times = []
-        for j in range(repeats):
-            q = queries[j % len(queries)][None]
-            t0 = time.perf_counter_ns()
-            index.search(q, 10, **kw)
-            times.append(time.perf_counter_ns() - t0)
-        out[name] = float(np.median(times)) / 1000
+        out[name] = _median_us(lambda q, index=index, kw=kw: index.search(q, 10, **kw), queries, repeats)
+    try:  # the same configuration in FAISS, for scale (the same on both sides of --compare)
+        import faiss
+    except ImportError:
+        return out
+    faiss.omp_set_num_threads(1)
+    fi = faiss.index_factory(128, "IVF100,PQ32x4fs")
+    fi.train(base.numpy())
+    fi.add(base.numpy())
+    fi.nprobe = 2
+    out["faiss IVF100,PQ32x4fs nprobe 2"] = _median_us(lambda q: fi.search(q.numpy(), 10), queries, repeats)
     return out
+
+
+def _median_us(search, queries, repeats: int) -> float:
+    """Median microseconds of search(one query [1, d]) over the queries in turn, after a warm-up."""
+    import numpy as np
+
+    for q in queries[:20]:
+        search(q[None])
+    times = []
+    for j in range(repeats):
+        q = queries[j % len(queries)][None]
+        t0 = time.perf_counter_ns()
+        search(q)
+        times.append(time.perf_counter_ns() - t0)
+    return float(np.median(times)) / 1000
 
 
 def compare(old: Path, rounds: int) -> dict:
@@ -86,7 +103,7 @@ def main() -> None:
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     lines = ["| case | old us | new us | new / old |", "|---|---|---|---|"]
     for name in best["new"]:
-        o, n = best["old"][name], best["new"][name]
+        o, n = best["old"].get(name, float("nan")), best["new"][name]  # a case the old checkout lacks: nan
         lines.append(f"| {name} | {o:.1f} | {n:.1f} | {n / o:.2f} |")
     md = args.out.with_suffix(".md")
     md.write_text(f"One-query search latency, siftsmall, 1 thread, best median of {args.rounds} alternating rounds; "

@@ -299,10 +299,12 @@ void build_lut(const float* x, int64_t Q, const float* codebooks, int64_t M, int
     return;
   }
   Transposed t(codebooks, M, K, d, false);
-#pragma omp parallel for schedule(static) num_threads(std::max(1, Q > 64 ? nthreads : 1))
-  for (int64_t q = 0; q < Q; ++q)
-    for (int64_t m = 0; m < M; ++m)
-      lut_row(x + q * M * d + m * d, t.Ct.data() + m * d * K, d, K, metric, out + (q * M + m) * K);
+  in_team(Q > 64 ? nthreads : 1, [&] {
+#pragma omp for schedule(static)
+    for (int64_t q = 0; q < Q; ++q)
+      for (int64_t m = 0; m < M; ++m)
+        lut_row(x + q * M * d + m * d, t.Ct.data() + m * d * K, d, K, metric, out + (q * M + m) * K);
+  });
 }
 
 void encode(const float* x, int64_t N, const float* codebooks, int64_t M, int64_t K, int64_t d, int metric,
@@ -315,8 +317,7 @@ void encode(const float* x, int64_t N, const float* codebooks, int64_t M, int64_
   const float* base = metric == 0 ? t.norms.data() : zeros.data();
   const float coef = metric == 0 ? -2.f : -1.f;
   const FirstMin first_min = first_min_for(active_simd());
-#pragma omp parallel num_threads(team(nthreads, N / 64 + 1))
-  {
+  in_team(team(nthreads, N / 64 + 1), [&] {
     std::vector<float> dist(static_cast<size_t>(4 * K));
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; n += 4) {  // 4 rows at a time (omp for needs the step in the loop)
@@ -327,7 +328,7 @@ void encode(const float* x, int64_t N, const float* codebooks, int64_t M, int64_
         for (int r = 0; r < R; ++r) codes[(n + r) * M + m] = first_min(dist.data() + r * K, K);
       }
     }
-  }
+  });
 }
 
 }  // namespace sqret

@@ -195,14 +195,13 @@ void refine_topk(const float* queries, int64_t Q, int64_t d, const void* rows, i
     throw std::invalid_argument("refine_topk: bad sizes, kind or metric");
   const RefineRows r{rows, kind, nrows, vmin, scale, labels, k};
   std::atomic<bool> bad{false};
-#pragma omp parallel num_threads(team(nthreads, Q))
-  {
+  in_team(team(nthreads, Q), [&] {
     TopK tk(k);
 #pragma omp for schedule(dynamic)
     for (int64_t q = 0; q < Q; ++q)
       if (!refine_query(queries + q * d, d, r, cand + q * kc, kc, metric, tk, out_d + q * k, out_i + q * k))
         bad.store(true, std::memory_order_relaxed);
-  }
+  });
   if (bad.load())
     throw std::invalid_argument("refine_topk: candidates must be rows in [-1, " + std::to_string(nrows) + ")");
 }

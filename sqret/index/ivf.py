@@ -30,13 +30,15 @@ from .storage import IndexFile, IndexFileError, Meta
 @dataclass(frozen=True, eq=False)
 class _State:
     """One searchable state (see sqret.index.base on thread safety); ``cache`` holds what searches derive
-    from the centroids and codebooks (the l2 precomputed table, the centroid norms)."""
+    from the centroids and codebooks (the l2 precomputed table, the centroid norms), shared with the states
+    derived from this one; ``own`` what they derive from its lists (the searcher), this state's alone."""
 
     centroids: torch.Tensor | None  # [nlist, d] float32
     codebooks: torch.Tensor | None  # [M, K, d / M] float32
     lists: ops.InvertedLists
     source: IndexFile | None = None  # the memory-mapped file the lists map, checked before each scan
     cache: dict = field(default_factory=dict)
+    own: dict = field(default_factory=dict)
 
 
 class IVFPQIndex(Index):
@@ -152,14 +154,14 @@ class IVFPQIndex(Index):
         return self._searcher(s).search(q, k, nprobe, exact=exact, sorted=sorted, refine=refine)
 
     def _searcher(self, s: _State) -> ops.IVFSearcher:
-        """The CPU search of this state's lists, its arguments checked once (cached while the lists stay)."""
-        hit = s.cache.get("searcher")
-        if hit is None or hit[0] is not s.lists:
+        """The CPU search of this state's lists, its arguments checked once (made by its first search)."""
+        searcher = s.own.get("searcher")
+        if searcher is None:
             cnorm, ct = _probe_caches(s)
-            hit = s.cache["searcher"] = (s.lists, ops.IVFSearcher(
+            searcher = s.own["searcher"] = ops.IVFSearcher(
                 s.centroids, s.codebooks, s.lists, self.metric, precomputed=self._precomputed(s),
-                by_residual=self.by_residual, centroid_norms=cnorm, centroids_t=ct))
-        return hit[1]
+                by_residual=self.by_residual, centroid_norms=cnorm, centroids_t=ct)
+        return searcher
 
     def _candidates(self, s: _State, q: torch.Tensor, k: int, **params) -> torch.Tensor:
         return self._search_in(s, q, k, **params, sorted=False)[1]
